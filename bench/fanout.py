@@ -1,0 +1,802 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: Tidings against nginx + Nchan.
+
+For every target, transport and subscriber count this starts the server pinned to core 0, the
+load generator (bench/loadgen.js, Node.js) pinned to core 1, connects N idle subscribers to one
+channel, then publishes at a fixed rate and at saturation, and measures server CPU per
+delivered message, deliveries per second, publish-to-receive latency and server memory per
+idle connection. See bench/README.md for what every column means.
+
+Standard library only. Every process it starts is stopped by its PID at the end, on errors and
+on Ctrl-C. All traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+LOADGEN = BENCH_DIR / "loadgen.js"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CHANNEL = "bench"
+TRANSPORTS = ("ws", "sse", "longpoll")
+TARGETS = ("tidings", "nchan")
+TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
+NOFILE = 65536
+LOADGEN_HOT_PCT = 85.0  # warn when the load generator used more than this much of its core
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: split after the last ')'
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def proc_children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = proc_stat(int(entry))
+        if st is None:
+            continue
+        children.setdefault(int(st[1]), []).append(int(entry))
+    return children
+
+
+def proc_tree(root: int) -> list[int]:
+    """root and all its descendants that are alive now."""
+    if proc_stat(root) is None:
+        return []
+    children = proc_children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes (all their threads), in seconds."""
+    ticks = 0
+    for pid in pids:
+        st = proc_stat(pid)
+        if st is not None:
+            ticks += int(st[11]) + int(st[12])  # fields 14 and 15 of /proc/PID/stat
+    return ticks / CLK_TCK
+
+
+def start_time(pid: int) -> int | None:
+    st = proc_stat(pid)
+    return int(st[19]) if st else None  # field 22: start time, to detect PID reuse
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            pass
+    return total
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(NOFILE, soft), max(NOFILE, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# --------------------------------------------------------------------------- processes
+
+_STARTED: list[ManagedProcess] = []
+
+
+class ManagedProcess:
+    """A process we started, stopped by its PID (and its recorded descendants) at the end."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, stdin: Any = None,
+                 stdout: Any = None, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.name = name
+        self.log_path = log_path
+        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout if stdout is not None else self.log_file,
+            stderr=self.log_file, env=env, cwd=cwd, start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.known: dict[int, int | None] = {self.pid: start_time(self.pid)}
+        _STARTED.append(self)
+
+    def tree(self) -> list[int]:
+        pids = proc_tree(self.pid)
+        for pid in pids:
+            if pid not in self.known:
+                self.known[pid] = start_time(pid)
+        return pids
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 12.0) -> None:
+        self.tree()
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.pid}) did not stop in {grace}s, killing it")
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        # descendants we saw (nginx workers): kill those still alive, if the PID is still theirs
+        deadline = time.monotonic() + 3
+        for pid, started in self.known.items():
+            if pid == self.pid:
+                continue
+            while start_time(pid) == started and started is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if start_time(pid) == started and started is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self in _STARTED:
+            _STARTED.remove(self)
+        self.log_file.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def stop_all() -> None:
+    for mp in list(reversed(_STARTED)):
+        try:
+            mp.stop(grace=5.0)
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            log(f"stopping {mp.name}: {exc}")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+NGINX_CONF = """\
+# generated by bench/fanout.py
+worker_processes 1;
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+worker_rlimit_nofile {nofile};
+load_module {module};
+
+events {{
+    worker_connections {conns};
+    multi_accept on;
+    use epoll;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    nchan_shared_memory_size 256M;
+
+    server {{
+        listen 127.0.0.1:{port} backlog={backlog};
+
+        location = /healthz {{
+            return 200 "ok\\n";
+        }}
+
+        location = /pub {{
+            nchan_publisher;
+            nchan_channel_id $arg_channel;
+            nchan_message_buffer_length {buffer};
+            nchan_message_timeout 120s;
+        }}
+
+        location = /sub {{
+            nchan_subscriber websocket eventsource longpoll;
+            nchan_channel_id $arg_channel;
+            nchan_subscriber_timeout 0;
+            nchan_websocket_ping_interval 0;
+        }}
+    }}
+}}
+"""
+
+
+def nchan_module_path() -> str:
+    try:
+        out = subprocess.run(["dpkg", "-L", "libnginx-mod-nchan"], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit("libnginx-mod-nchan is not installed: run bench/setup.sh") from exc
+    for line in out.splitlines():
+        if line.endswith("ngx_nchan_module.so"):
+            return line
+    raise SystemExit("ngx_nchan_module.so not found in libnginx-mod-nchan")
+
+
+@dataclass
+class Server:
+    target: str
+    port: int
+    tmp: Path
+    mp: ManagedProcess
+    version: str = ""
+
+    def pids(self) -> list[int]:
+        return self.mp.tree()
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def rss(self) -> int:
+        return rss_kb(self.pids())
+
+
+def http_get_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def wait_healthy(mp: ManagedProcess, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not mp.alive():
+            return False
+        if http_get_status(port, "/healthz") == 200:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server:
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=workdir))
+    if target == "nchan":
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            tmp=tmp, port=port, module=args.nchan_module, nofile=args.nofile,
+            conns=max(1024, args.nofile - 512),
+            backlog=args.backlog, buffer=args.nchan_buffer,
+        ))
+        argv = ["taskset", "-c", args.server_cpu, args.nginx, "-p", str(tmp), "-c", str(conf),
+                "-e", str(tmp / "error.log")]
+        version = subprocess.run([args.nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    else:
+        argv = ["taskset", "-c", args.server_cpu, *args.tidings_cmd.split(), "serve",
+                "--host", "127.0.0.1", "--port", str(port), *args.tidings_args.split()]
+        version = "tidings (working tree)"
+    mp = ManagedProcess(f"{target} server", argv, tmp / "server.log", stdin=subprocess.DEVNULL,
+                        cwd=tmp)
+    if not wait_healthy(mp, port, args.start_timeout):
+        tail = mp.log_tail()
+        mp.stop(grace=5)
+        raise RuntimeError(f"{target} did not become healthy on port {port}:\n{tail}")
+    return Server(target, port, tmp, mp, version)
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+class LoadGenError(RuntimeError):
+    pass
+
+
+class LoadGen:
+    def __init__(self, server: Server, transport: str, args: argparse.Namespace):
+        config = {
+            "host": "127.0.0.1", "port": server.port, "target": server.target,
+            "transport": transport, "channel": CHANNEL, "sampleEvery": args.sample_every,
+            "pubConns": args.pub_conns, "payloadBytes": args.payload_bytes,
+            "pollTimeout": 30, "maxLifetimeS": 3600,
+        }
+        argv = ["taskset", "-c", args.loadgen_cpu, args.node, str(LOADGEN), json.dumps(config)]
+        self.mp = ManagedProcess(f"loadgen {server.target}/{transport}", argv,
+                                 server.tmp / f"loadgen-{transport}.log",
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.mp.proc.stdout is not None
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.mp.proc.stdout, selectors.EVENT_READ)
+        self._buf = b""
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.mp.tree())
+
+    def cmd(self, timeout: float, **msg: Any) -> dict[str, Any]:
+        proc = self.mp.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write((json.dumps(msg) + "\n").encode())
+            proc.stdin.flush()
+        except BrokenPipeError as exc:
+            raise LoadGenError(f"load generator exited:\n{self.mp.log_tail()}") from exc
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LoadGenError(f"load generator did not answer {msg['cmd']} in {timeout}s")
+            if not self._sel.select(timeout=min(left, 1.0)):
+                if not self.mp.alive():
+                    raise LoadGenError(f"load generator exited:\n{self.mp.log_tail()}")
+                continue
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise LoadGenError(f"load generator exited:\n{self.mp.log_tail()}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise LoadGenError(f"load generator: {msg['cmd']}: {answer['error']}")
+        return answer
+
+    def stop(self) -> None:
+        try:
+            if self.mp.alive():
+                self.cmd(5, cmd="quit")
+        except (LoadGenError, OSError, ValueError):
+            pass
+        try:
+            self.mp.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._sel.close()
+        self.mp.stop(grace=3)
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def measure_phase(server: Server, lg: LoadGen, timeout: float, **msg: Any) -> dict[str, Any]:
+    """Run one publishing phase; server CPU is the delta over the whole phase, drain included."""
+    s0, l0, t0 = server.cpu(), lg.cpu(), time.monotonic()
+    r = lg.cmd(timeout, **msg)
+    s1, l1, t1 = server.cpu(), lg.cpu(), time.monotonic()
+    wall = t1 - t0
+    delivered = int(r["received"])
+    r["serverCpuS"] = s1 - s0
+    r["serverCpuPct"] = 100 * (s1 - s0) / wall
+    r["loadgenCpuPct"] = 100 * (l1 - l0) / wall
+    r["usPerMsg"] = (s1 - s0) * 1e6 / delivered if delivered else None
+    r["msgsPerS"] = delivered / (r["wallMs"] / 1000) if r["wallMs"] else None
+    r["missing"] = max(0, int(r["expected"]) - delivered)
+    return r
+
+
+def run_cell(target: str, transport: str, n: int, args: argparse.Namespace,
+             workdir: Path) -> dict[str, Any]:
+    cell: dict[str, Any] = {"target": target, "transport": transport, "subs": n, "notes": []}
+    server = start_server(target, args, workdir)
+    cell["version"] = server.version
+    lg: LoadGen | None = None
+    try:
+        lg = LoadGen(server, transport, args)
+        hello = lg.cmd(30, cmd="hello")
+        if not hello.get("ok"):
+            raise LoadGenError(f"publisher connections did not open: {hello}")
+        # A few subscribers first, so one-time costs (imports, first buffers, the channel)
+        # are in the baseline; memory per connection is the marginal cost of the rest.
+        warm = min(args.prewarm, n // 10)
+        if warm:
+            r = lg.cmd(120, cmd="connect", n=warm, window=args.window)
+            if r["connected"] != warm:
+                cell["notes"].append(f"pre-warm: {r['connected']}/{warm} connected ({r['failReasons']})")
+        time.sleep(args.settle)
+        rss0 = server.rss()
+        t0 = time.monotonic()
+        r = lg.cmd(300, cmd="connect", n=n - warm, window=args.window, timeoutMs=240000)
+        cell["connectS"] = time.monotonic() - t0
+        cell["connected"] = warm + int(r["connected"])
+        if r["failed"] or r["connected"] != n - warm:
+            cell["notes"].append(
+                f"only {cell['connected']}/{n} subscribers connected: {r['failReasons']} ({r['end']})")
+        time.sleep(args.settle)
+        rss1 = server.rss()
+        st = lg.cmd(10, cmd="status")
+        cell["aliveIdle"] = st["alive"]
+        opened = max(1, int(r["connected"]))
+        cell["rssBeforeKb"], cell["rssAfterKb"] = rss0, rss1
+        cell["memKbPerConn"] = (rss1 - rss0) / opened
+        if not server.mp.alive():
+            raise RuntimeError(f"{target} exited while subscribers connected:\n{server.mp.log_tail()}")
+
+        w = lg.cmd(60, cmd="warmup", count=3, timeoutMs=15000)
+        if not w["ok"]:
+            cell["notes"].append(f"warm-up publishes not delivered to everyone: {w['rounds']}")
+
+        cell["rate"] = measure_phase(
+            server, lg, args.duration + 60, cmd="rate", rate=args.rate, durationS=args.duration,
+            idleMs=1500, drainTimeoutMs=20000)
+        cell["sat"] = measure_phase(
+            server, lg, args.sat_duration + 60, cmd="saturate", inflight=args.inflight,
+            maxPublishes=args.sat_max, durationS=args.sat_duration, stallMs=1000,
+            idleMs=1500, drainTimeoutMs=20000)
+        final = lg.cmd(10, cmd="status")
+        cell["final"] = final
+        stats = final["stats"]
+        if stats["closes"]:
+            cell["notes"].append(f"subscriber connections closed by the server: {stats['closes']}")
+        if stats["protoErrors"]:
+            cell["notes"].append(f"protocol problems: {stats['protoErrors'][:3]}")
+        bad_pub = {k: v for k, v in stats["pubStatus"].items() if not k.startswith("2")}
+        if bad_pub:
+            cell["notes"].append(f"publish answers other than 2xx: {bad_pub}")
+        if stats["reconnects"]:
+            cell["notes"].append(f"long-poll connections re-opened: {stats['reconnects']}")
+        for ph in ("rate", "sat"):
+            p = cell[ph]
+            if p["missing"]:
+                cell["notes"].append(
+                    f"{ph}: {p['missing']} of {p['expected']} deliveries missing ({p['drain']})")
+            if p["loadgenCpuPct"] >= LOADGEN_HOT_PCT:
+                cell["notes"].append(
+                    f"{ph}: load generator at {p['loadgenCpuPct']:.0f}% of its core: it may be "
+                    "the bottleneck")
+            if p.get("stalls"):
+                cell["notes"].append(f"{ph}: {p['stalls']} delivery stalls of 1 s")
+        if not server.mp.alive():
+            raise RuntimeError(f"{target} exited during the run:\n{server.mp.log_tail()}")
+    finally:
+        if lg is not None:
+            lg.stop()
+        server.mp.stop()
+        err = (server.tmp / "error.log")
+        if target == "nchan" and err.exists():
+            crit = [ln for ln in err.read_text(errors="replace").splitlines()
+                    if "[emerg]" in ln or "[alert]" in ln or "[crit]" in ln]
+            if crit:
+                cell["notes"].append(f"nginx error log: {crit[:3]}")
+    return cell
+
+
+def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every numeric field over repeated runs of one cell."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def merge(values: list[Any]) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            keys = set().union(*values)
+            return {k: merge([v.get(k) for v in values]) for k in keys}
+        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if nums and len(nums) == len(values):
+            return statistics.median(nums)
+        return values[0]
+
+    out = merge(runs)
+    out["notes"] = [note for r in runs for note in r["notes"]]
+    out["runs"] = len(runs)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return None
+    return a / b
+
+
+def cpu_target(transport: str, n: int) -> float:
+    if transport == "longpoll":
+        return 1.0
+    return 1.5 if n <= 1000 else 1.0
+
+
+MEM_TARGET_KB = {"sse": 3.0, "ws": 6.0}
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    out: list[str] = []
+    out.append("### Results\n")
+    out.append(
+        "| target | transport | subs | connected | idle KB/conn "
+        "| rate: us/msg | rate: msg/s | rate: p50 ms | rate: p99 ms "
+        "| sat: us/msg | sat: msg/s | sat: p50 ms | sat: p99 ms | server CPU % (rate/sat) "
+        "| loadgen CPU % (rate/sat) |")
+    out.append("|" + " --- |" * 15)
+    for c in results:
+        if "error" in c:
+            out.append(f"| {c['target']} | {TRANSPORT_TITLE[c['transport']]} | {c['subs']:,} "
+                       f"| failed: {c['error'].splitlines()[0][:80]} |" + " |" * 11)
+            continue
+        r, s = c["rate"], c["sat"]
+        hot = lambda p: " !" if p["loadgenCpuPct"] >= LOADGEN_HOT_PCT else ""  # noqa: E731
+        out.append(
+            f"| {c['target']} | {TRANSPORT_TITLE[c['transport']]} | {c['subs']:,} "
+            f"| {fmt(int(c['connected']))} | {fmt(c['memKbPerConn'], 2)} "
+            f"| {fmt(r['usPerMsg'], 2)} | {fmt(r['msgsPerS'])} | {fmt(r['p50ms'], 2)} "
+            f"| {fmt(r['p99ms'], 2)} "
+            f"| {fmt(s['usPerMsg'], 2)} | {fmt(s['msgsPerS'])} | {fmt(s['p50ms'], 2)} "
+            f"| {fmt(s['p99ms'], 2)} | {r['serverCpuPct']:.0f} / {s['serverCpuPct']:.0f} "
+            f"| {r['loadgenCpuPct']:.0f}{hot(r)} / {s['loadgenCpuPct']:.0f}{hot(s)} |")
+    out.append("")
+
+    by_key = {(c["target"], c["transport"], c["subs"]): c for c in results if "error" not in c}
+    cells = sorted({(c["transport"], c["subs"]) for c in results},
+                   key=lambda k: (TRANSPORTS.index(k[0]), k[1]))
+    if "tidings" in args.targets and "nchan" in args.targets:
+        out.append("### Tidings / Nchan\n")
+        out.append("| transport | subs | idle KB/conn | rate: us/msg | sat: us/msg | sat: msg/s "
+                   "| rate: p50 | rate: p99 | sat: p99 | CPU target (sat) | CPU | memory target "
+                   "| memory |")
+        out.append("|" + " --- |" * 13)
+        for transport, n in cells:
+            t = by_key.get(("tidings", transport, n))
+            g = by_key.get(("nchan", transport, n))
+            if t is None or g is None:
+                out.append(f"| {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 10)
+                continue
+            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
+            cpu_r = ratio(t["sat"]["usPerMsg"], g["sat"]["usPerMsg"])
+            goal = cpu_target(transport, n)
+            cpu_ok = "-" if cpu_r is None else ("pass" if cpu_r <= goal else "FAIL")
+            mem_goal = MEM_TARGET_KB.get(transport)
+            mem_ok = "-" if mem_goal is None else (
+                "pass" if t["memKbPerConn"] <= mem_goal else "FAIL")
+            out.append(
+                f"| {TRANSPORT_TITLE[transport]} | {n:,} "
+                f"| {rx(t['memKbPerConn'], g['memKbPerConn'])} "
+                f"| {rx(t['rate']['usPerMsg'], g['rate']['usPerMsg'])} "
+                f"| {rx(t['sat']['usPerMsg'], g['sat']['usPerMsg'])} "
+                f"| {rx(t['sat']['msgsPerS'], g['sat']['msgsPerS'])} "
+                f"| {rx(t['rate']['p50ms'], g['rate']['p50ms'])} "
+                f"| {rx(t['rate']['p99ms'], g['rate']['p99ms'])} "
+                f"| {rx(t['sat']['p99ms'], g['sat']['p99ms'])} "
+                f"| <= {goal:.1f}x | {cpu_ok} "
+                f"| {'-' if mem_goal is None else f'<= {mem_goal:.0f} KB'} | {mem_ok} |")
+        out.append("")
+
+    notes = [(c, note) for c in results for note in c.get("notes", [])]
+    notes += [(c, c["error"]) for c in results if "error" in c]
+    if notes:
+        out.append("### Notes\n")
+        for c, note in notes:
+            out.append(f"- {c['target']} {TRANSPORT_TITLE[c['transport']]} {c['subs']:,}: "
+                       f"{note.splitlines()[0][:400]}")
+        out.append("")
+    return "\n".join(out)
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty src" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def header(args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k}: {v}" for k, v in meta["versions"].items())
+    return (
+        f"## Fan-out benchmark, {meta['date']}\n\n"
+        f"`{meta['command']}`\n\n"
+        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {platform.system()} "
+        f"{platform.release()}; server on core {args.server_cpu}, load generator on core "
+        f"{args.loadgen_cpu}. Commit {meta['git']}. {versions}.\n\n"
+        f"Fixed rate: {args.rate} publishes/s for {args.duration:g} s. Saturation: up to "
+        f"{args.inflight} publishes in flight (published but not yet delivered to every "
+        f"subscriber), at most {args.sat_max:,} publishes or {args.sat_duration:g} s. Payload "
+        f"about {args.payload_bytes} bytes of JSON. Latency from 1 in {args.sample_every} "
+        f"subscribers. Each cell is a fresh server; {args.repeat} run(s) per cell "
+        f"(median).\n"
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--targets", default="tidings,nchan", help="comma list of tidings, nchan")
+    p.add_argument("--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll")
+    p.add_argument("--subs", default="1000,10000", help="comma list of subscriber counts")
+    p.add_argument("--duration", type=float, default=10.0, help="fixed-rate phase, seconds")
+    p.add_argument("--rate", type=float, default=50.0, help="fixed-rate publishes per second")
+    p.add_argument("--sat-duration", type=float, default=None,
+                   help="saturation phase, seconds (default: --duration)")
+    p.add_argument("--sat-max", type=int, default=100000, help="saturation: at most this many publishes")
+    p.add_argument("--inflight", type=int, default=4,
+                   help="saturation: publishes in flight (not yet delivered to everyone)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per cell; the report shows medians")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds to let memory settle")
+    p.add_argument("--prewarm", type=int, default=50,
+                   help="subscribers connected before the memory baseline")
+    p.add_argument("--window", type=int, default=500, help="subscriber handshakes in progress at once")
+    p.add_argument("--sample-every", type=int, default=10, help="latency from 1 in N subscribers")
+    p.add_argument("--payload-bytes", type=int, default=100)
+    p.add_argument("--pub-conns", type=int, default=16, help="publisher keep-alive connections")
+    p.add_argument("--backlog", type=int, default=4096, help="nginx listen backlog")
+    p.add_argument("--nchan-buffer", type=int, default=20, help="nchan_message_buffer_length")
+    p.add_argument("--server-cpu", default="0")
+    p.add_argument("--loadgen-cpu", default="1")
+    p.add_argument("--tidings-cmd", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
+    p.add_argument("--tidings-args", default="", help="extra arguments for `tidings serve`")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--nchan-module", default=None, help="default: from dpkg -L libnginx-mod-nchan")
+    p.add_argument("--node", default=shutil.which("node") or "/usr/bin/node")
+    p.add_argument("--start-timeout", type=float, default=20.0)
+    p.add_argument("--out", default=str(BENCH_DIR / "results" / "latest.md"))
+    args = p.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.transports = [t for t in args.transports.split(",") if t]
+    args.subs = [int(n) for n in args.subs.split(",") if n]
+    bad = [t for t in args.targets if t not in TARGETS] + [
+        t for t in args.transports if t not in TRANSPORTS]
+    if bad or not args.targets or not args.transports or not args.subs:
+        p.error(f"bad --targets/--transports/--subs {bad}")
+    if args.sat_duration is None:
+        args.sat_duration = args.duration
+    if "nchan" in args.targets and args.nchan_module is None:
+        args.nchan_module = nchan_module_path()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = args.nofile = raise_nofile()
+    if nofile < max(args.subs) + 1000:
+        log(f"warning: open files limit is {nofile}, below {max(args.subs) + 1000}")
+    lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if hi - lo < max(args.subs) + 2000:
+        log(f"warning: only {hi - lo} ephemeral ports for {max(args.subs)} subscribers")
+    if not shutil.which("taskset"):
+        raise SystemExit("taskset (util-linux) is required")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in
+                      Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "?")
+    versions = {"node": subprocess.run([args.node, "--version"], capture_output=True,
+                                       text=True).stdout.strip()}
+    if "nchan" in args.targets:
+        versions["nginx"] = subprocess.run([args.nginx, "-v"], capture_output=True,
+                                           text=True).stderr.strip().split("/")[-1]
+        pkg = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-nchan"],
+                             capture_output=True, text=True).stdout.strip()
+        versions["nchan"] = pkg or "?"
+    meta = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "command": "python3 bench/fanout.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "cpus": os.cpu_count(), "cpu_model": cpu_model, "git": git_rev(), "versions": versions,
+    }
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="fanout-"))
+    results: list[dict[str, Any]] = []
+    log(f"work dir {workdir}; open files limit {nofile}")
+    interrupted = False
+    try:
+        for transport in args.transports:
+            for n in args.subs:
+                for target in args.targets:
+                    runs = []
+                    for k in range(args.repeat):
+                        log(f"{target} {transport} {n} subscribers (run {k + 1}/{args.repeat})")
+                        try:
+                            cell = run_cell(target, transport, n, args, workdir)
+                        except (RuntimeError, LoadGenError, OSError) as exc:
+                            log(f"  failed: {exc}")
+                            cell = {"target": target, "transport": transport, "subs": n,
+                                    "error": str(exc), "notes": []}
+                        if "error" not in cell:
+                            r, s = cell["rate"], cell["sat"]
+                            log(f"  connected {int(cell['connected'])} in {cell['connectS']:.1f}s, "
+                                f"{cell['memKbPerConn']:.2f} KB/conn; rate {fmt(r['usPerMsg'], 2)} "
+                                f"us/msg p50 {fmt(r['p50ms'], 2)} ms, loadgen {r['loadgenCpuPct']:.0f}%; "
+                                f"sat {fmt(s['usPerMsg'], 2)} us/msg {fmt(s['msgsPerS'])} msg/s, "
+                                f"loadgen {s['loadgenCpuPct']:.0f}%")
+                            for note in cell["notes"]:
+                                log(f"  note: {note.splitlines()[0][:300]}")
+                        runs.append(cell)
+                    ok = [r for r in runs if "error" not in r]
+                    results.append(median_cell(ok) if ok else runs[-1])
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping everything we started")
+    finally:
+        stop_all()
+
+    if not results:
+        return 1
+    body = render(results, args, meta)
+    report = header(args, meta) + "\n" + body
+    if interrupted:
+        report = "**Interrupted: partial results.**\n\n" + report
+    print(report)
+    out_path.write_text(report + "\n")
+    (out_path.with_suffix(".json")).write_text(json.dumps(
+        {"meta": meta, "args": {k: v for k, v in vars(args).items()}, "results": results},
+        indent=1, default=str))
+    (out_path.parent / "readme-table.md").write_text(body + "\n")
+    shutil.rmtree(workdir, ignore_errors=True)
+    log(f"wrote {out_path}, {out_path.with_suffix('.json')} and "
+        f"{out_path.parent / 'readme-table.md'}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()

@@ -1,0 +1,828 @@
+'use strict';
+// Load generator for bench/fanout.py: N subscribers of one transport plus the publisher, in one
+// Node.js process (so the publish time embedded in each payload and the receive time come from
+// the same clock). No dependencies: WebSocket, SSE and long poll are spoken over raw `net`
+// sockets with minimal, allocation-light parsers, so the generator stays far below the server's
+// cost per message.
+//
+// Usage: node loadgen.js '<json config>'   (normally started by fanout.py, pinned to a core)
+// Commands arrive on stdin, one JSON object a line; every answer is one JSON line on stdout.
+// Diagnostics go to stderr. The process exits when stdin closes or after cfg.maxLifetimeS.
+
+const net = require('net');
+const crypto = require('crypto');
+const readline = require('readline');
+const { performance } = require('perf_hooks');
+
+const cfg = JSON.parse(process.argv[2] || '{}');
+const HOST = cfg.host || '127.0.0.1';
+const PORT = cfg.port;
+const TARGET = cfg.target; // 'tidings' | 'nchan'
+const TRANSPORT = cfg.transport; // 'ws' | 'sse' | 'longpoll'
+const CHANNEL = cfg.channel || 'bench';
+const SAMPLE_EVERY = Math.max(1, cfg.sampleEvery || 10);
+const PUB_CONNS = Math.max(1, cfg.pubConns || 16);
+const PAYLOAD_BYTES = cfg.payloadBytes || 100;
+const POLL_TIMEOUT = cfg.pollTimeout || 30;
+const MAX_LIFETIME_S = cfg.maxLifetimeS || 3600;
+
+if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'longpoll'].includes(TRANSPORT)) {
+  process.stderr.write('loadgen: bad config ' + JSON.stringify(cfg) + '\n');
+  process.exit(2);
+}
+
+const HOSTHDR = `${HOST}:${PORT}`;
+const CH = encodeURIComponent(CHANNEL);
+const PATHS = TARGET === 'tidings'
+  ? { ws: '/ws', sse: `/sse?channel=${CH}`, longpoll: `/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`, pub: '/api/publish' }
+  : { ws: `/sub?channel=${CH}`, sse: `/sub?channel=${CH}`, longpoll: `/sub?channel=${CH}`, pub: `/pub?channel=${CH}` };
+
+// Every published payload carries this key once; counting it counts delivered messages in any
+// framing (a WebSocket frame, an SSE event, a long-poll answer holding several events).
+const MARK = Buffer.from('bench_t"');
+const MARK_LEN = MARK.length;
+
+const nowUs = () => performance.now() * 1000;
+
+function log(msg) { process.stderr.write(`loadgen[${TARGET}/${TRANSPORT}]: ${msg}\n`); }
+function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+
+// ---------------------------------------------------------------- counters and latency
+let received = 0; // marks seen on all subscriber connections, since start
+let alive = 0; // subscribers ready and not closed
+const HIST_BIN_US = 10;
+const HIST_BINS = 1000000; // 10 us bins up to 10 s, plus one overflow bin
+const hist = new Uint32Array(HIST_BINS + 1);
+let histCount = 0;
+let latMaxUs = 0;
+const stats = {
+  closes: {}, // close reason -> count (after a subscriber was ready)
+  errors: {}, // error text -> count
+  reconnects: 0, // long-poll keep-alive connections re-opened
+  pollStatus: {}, // long-poll answer status -> count
+  pubStatus: {}, // publish answer status -> count
+  protoErrors: [], // first few unexpected things a server said
+};
+function bump(map, key, by = 1) { map[key] = (map[key] || 0) + by; }
+function protoError(msg) {
+  bump(stats.errors, 'protocol');
+  if (stats.protoErrors.length < 10) { stats.protoErrors.push(msg); log(msg); }
+}
+
+function recordLatency(buf, p, end) {
+  let j = p;
+  while (j < end && (buf[j] === 58 || buf[j] === 32)) j++; // ':' and ' '
+  let v = 0;
+  let digits = 0;
+  while (j < end) {
+    const c = buf[j];
+    if (c < 48 || c > 57) break;
+    v = v * 10 + (c - 48);
+    j++;
+    digits++;
+  }
+  if (digits === 0) return;
+  let lat = nowUs() - v;
+  if (lat < 0) lat = 0;
+  if (lat > latMaxUs) latMaxUs = lat;
+  let bin = Math.floor(lat / HIST_BIN_US);
+  if (bin > HIST_BINS) bin = HIST_BINS;
+  hist[bin]++;
+  histCount++;
+}
+
+// Count marks in buf[start, end); record latency of each when the subscriber is sampled.
+function countMarks(buf, start, end, sampled) {
+  let n = 0;
+  let i = buf.indexOf(MARK, start);
+  while (i !== -1 && i + MARK_LEN <= end) {
+    n++;
+    if (sampled) recordLatency(buf, i + MARK_LEN, end);
+    i = buf.indexOf(MARK, i + MARK_LEN);
+  }
+  return n;
+}
+
+function percentileMs(q) {
+  if (histCount === 0) return null;
+  const want = Math.max(1, Math.ceil(histCount * q));
+  let acc = 0;
+  for (let b = 0; b <= HIST_BINS; b++) {
+    acc += hist[b];
+    if (acc >= want) return b === HIST_BINS ? latMaxUs / 1000 : ((b + 0.5) * HIST_BIN_US) / 1000;
+  }
+  return latMaxUs / 1000;
+}
+function resetLatency() { hist.fill(0); histCount = 0; latMaxUs = 0; }
+
+let onDelivery = null; // hook for the saturation pump, called after each chunk that had marks
+
+// ---------------------------------------------------------------- HTTP helpers
+const CRLF2 = Buffer.from('\r\n\r\n');
+
+function parseHead(text) {
+  const lines = text.split('\r\n');
+  const status = parseInt(lines[0].slice(9, 12), 10);
+  const headers = {};
+  for (let k = 1; k < lines.length; k++) {
+    const c = lines[k].indexOf(':');
+    if (c > 0) headers[lines[k].slice(0, c).trim().toLowerCase()] = lines[k].slice(c + 1).trim();
+  }
+  return { status, headers };
+}
+
+// Chunked transfer decoding; feed() returns the index after the final chunk, or -1 for "more".
+class Chunked {
+  constructor() { this.state = 0; this.remaining = 0; this.line = ''; }
+  feed(buf, start, onPiece) {
+    let i = start;
+    const n = buf.length;
+    while (i < n) {
+      if (this.state === 0 || this.state === 3) {
+        const nl = buf.indexOf(10, i);
+        if (nl === -1) { this.line += buf.latin1Slice(i, n); return -1; }
+        const line = this.line + buf.latin1Slice(i, nl);
+        this.line = '';
+        i = nl + 1;
+        if (this.state === 3) { // trailers until an empty line
+          if (line === '' || line === '\r') { this.state = 0; return i; }
+          continue;
+        }
+        const size = parseInt(line, 16);
+        if (Number.isNaN(size)) throw new Error('bad chunk size line ' + JSON.stringify(line));
+        if (size === 0) { this.state = 3; continue; }
+        this.remaining = size;
+        this.state = 1;
+      } else if (this.state === 1) {
+        const take = Math.min(this.remaining, n - i);
+        onPiece(buf, i, i + take);
+        i += take;
+        this.remaining -= take;
+        if (this.remaining === 0) this.state = 2;
+      } else { // CRLF after chunk data
+        const nl = buf.indexOf(10, i);
+        if (nl === -1) return -1;
+        i = nl + 1;
+        this.state = 0;
+      }
+    }
+    return -1;
+  }
+}
+
+// Sequential HTTP/1.1 responses on one keep-alive connection.
+class HttpReader {
+  constructor(onResponse) { this.onResponse = onResponse; this.hbuf = null; this.reset(); }
+  reset() { this.state = 0; this.head = null; this.parts = []; this.remaining = 0; this.chunked = null; }
+  feed(buf) {
+    let i = 0;
+    while (i < buf.length) {
+      if (this.state === 0) {
+        if (this.hbuf) { buf = Buffer.concat([this.hbuf, buf.subarray(i)]); i = 0; this.hbuf = null; }
+        const end = buf.indexOf(CRLF2, i);
+        if (end === -1) {
+          this.hbuf = Buffer.from(buf.subarray(i));
+          if (this.hbuf.length > 65536) throw new Error('response head too large');
+          return;
+        }
+        this.head = parseHead(buf.latin1Slice(i, end));
+        i = end + 4;
+        const st = this.head.status;
+        const h = this.head.headers;
+        if (st === 204 || st === 304 || (st >= 100 && st < 200)) { this.complete(); continue; }
+        if ((h['transfer-encoding'] || '').toLowerCase().includes('chunked')) {
+          this.chunked = new Chunked();
+          this.state = 2;
+        } else if (h['content-length'] !== undefined) {
+          this.remaining = parseInt(h['content-length'], 10);
+          this.state = 1;
+          if (this.remaining === 0) this.complete();
+        } else {
+          this.state = 3; // body until the connection closes
+        }
+      } else if (this.state === 1) {
+        const take = Math.min(this.remaining, buf.length - i);
+        this.parts.push(Buffer.from(buf.subarray(i, i + take)));
+        i += take;
+        this.remaining -= take;
+        if (this.remaining === 0) this.complete();
+      } else if (this.state === 2) {
+        const r = this.chunked.feed(buf, i, (b, s, e) => this.parts.push(Buffer.from(b.subarray(s, e))));
+        if (r === -1) return;
+        i = r;
+        this.complete();
+      } else {
+        this.parts.push(Buffer.from(buf.subarray(i)));
+        return;
+      }
+    }
+  }
+  eof() { if (this.state === 3) this.complete(); }
+  complete() {
+    const body = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
+    const head = this.head;
+    this.reset();
+    this.onResponse(head.status, head.headers, body);
+  }
+}
+
+// Every socket reads into this one buffer (net's `onread` option): no allocation and no stream
+// machinery per read. A handler may only look at the bytes during its call; whatever it keeps
+// for later (a partial frame, a response head) it copies.
+const READ_BUF = Buffer.allocUnsafe(256 * 1024);
+
+function connectSocket(onBytes) {
+  const s = net.connect({
+    host: HOST,
+    port: PORT,
+    onread: { buffer: READ_BUF, callback: (nread, buf) => { onBytes(buf.subarray(0, nread)); } },
+  });
+  s.setNoDelay(true);
+  return s;
+}
+
+// ---------------------------------------------------------------- WebSocket
+function maskedFrame(opcode, payload) {
+  const len = payload.length;
+  let hdr;
+  if (len < 126) { hdr = Buffer.alloc(2); hdr[1] = 0x80 | len; }
+  else if (len < 65536) { hdr = Buffer.alloc(4); hdr[1] = 0x80 | 126; hdr.writeUInt16BE(len, 2); }
+  else { hdr = Buffer.alloc(10); hdr[1] = 0x80 | 127; hdr.writeUInt32BE(0, 2); hdr.writeUInt32BE(len, 6); }
+  hdr[0] = 0x80 | opcode;
+  const key = crypto.randomBytes(4);
+  const body = Buffer.alloc(len);
+  for (let k = 0; k < len; k++) body[k] = payload[k] ^ key[k & 3];
+  return Buffer.concat([hdr, key, body]);
+}
+const SUBSCRIBE_FRAME = TARGET === 'tidings'
+  ? maskedFrame(1, Buffer.from(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 }))) : null;
+const SUBSCRIBED = Buffer.from('"subscribed"');
+
+class Sub {
+  constructor(idx, done) {
+    this.idx = idx;
+    this.sampled = idx % SAMPLE_EVERY === 0;
+    this.done = done; // called once: done(null) when ready, done(err) when the attempt failed
+    this.ready = false;
+    this.closed = false;
+    this.sock = null;
+    this.hbuf = null;
+    this.head = null;
+  }
+  finishConnect(err) {
+    if (!this.done) return;
+    const d = this.done;
+    this.done = null;
+    if (!err) { this.ready = true; alive++; }
+    d(err);
+  }
+  openSocket() {
+    const s = connectSocket((c) => {
+      try { this.onData(c); } catch (e) { protoError(`sub ${this.idx}: ${e.message}`); s.destroy(); }
+    });
+    this.sock = s;
+    s.on('error', (e) => { this.lastError = e.code || e.message; });
+    s.on('close', () => this.onClose());
+    return s;
+  }
+  onClose(reason) {
+    if (this.closed) return;
+    this.closed = true;
+    const why = reason || this.closeReason || this.lastError || 'eof';
+    if (this.done) { this.finishConnect(new Error(why)); return; }
+    if (this.ready) { alive--; bump(stats.closes, why); }
+  }
+  // Accumulate the response head; returns the buffer and index where the body starts, or null.
+  takeHead(chunk) {
+    let buf = chunk;
+    if (this.hbuf) { buf = Buffer.concat([this.hbuf, chunk]); this.hbuf = null; }
+    const end = buf.indexOf(CRLF2);
+    if (end === -1) {
+      this.hbuf = Buffer.from(buf);
+      if (buf.length > 65536) throw new Error('response head too large');
+      return null;
+    }
+    this.head = parseHead(buf.latin1Slice(0, end));
+    return [buf, end + 4];
+  }
+}
+
+class WsSub extends Sub {
+  start() {
+    this.wbuf = null;
+    const s = this.openSocket();
+    s.on('connect', () => {
+      const key = crypto.randomBytes(16).toString('base64');
+      s.write(`GET ${PATHS.ws} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+        + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    });
+  }
+  onData(chunk) {
+    if (this.head === null) {
+      const r = this.takeHead(chunk);
+      if (r === null) return;
+      if (this.head.status !== 101) {
+        protoError(`websocket handshake answered ${this.head.status}`);
+        this.closeReason = `http ${this.head.status}`;
+        this.sock.destroy();
+        return;
+      }
+      if (SUBSCRIBE_FRAME) this.sock.write(SUBSCRIBE_FRAME);
+      else this.finishConnect(null);
+      if (r[1] < r[0].length) this.frames(r[0].subarray(r[1]));
+      return;
+    }
+    this.frames(chunk);
+  }
+  frames(buf) {
+    if (this.wbuf) { buf = Buffer.concat([this.wbuf, buf]); this.wbuf = null; }
+    const len = buf.length;
+    let off = 0;
+    let got = 0;
+    for (;;) {
+      if (len - off < 2) break;
+      const b0 = buf[off];
+      const b1 = buf[off + 1];
+      let plen = b1 & 0x7f;
+      let hdr = 2;
+      if (plen === 126) { if (len - off < 4) break; plen = buf.readUInt16BE(off + 2); hdr = 4; }
+      else if (plen === 127) {
+        if (len - off < 10) break;
+        plen = buf.readUInt32BE(off + 2) * 4294967296 + buf.readUInt32BE(off + 6);
+        hdr = 10;
+      }
+      if (b1 & 0x80) { hdr += 4; protoError('server sent a masked frame'); }
+      if (len - off < hdr + plen) break;
+      const ps = off + hdr;
+      const pe = ps + plen;
+      const op = b0 & 0x0f;
+      if (op === 1 || op === 0 || op === 2) {
+        const n = countMarks(buf, ps, pe, this.sampled);
+        if (n > 0) got += n;
+        else if (!this.ready && this.done) {
+          if (buf.indexOf(SUBSCRIBED, ps) !== -1 && buf.indexOf(SUBSCRIBED, ps) < pe) this.finishConnect(null);
+          else protoError(`unexpected frame before subscribed: ${buf.toString('utf8', ps, Math.min(pe, ps + 200))}`);
+        } else {
+          const text = buf.toString('utf8', ps, Math.min(pe, ps + 300));
+          if (text.includes('"error"')) protoError(`error frame: ${text}`);
+        }
+      } else if (op === 9) {
+        this.sock.write(maskedFrame(10, buf.subarray(ps, pe)));
+      } else if (op === 8) {
+        const code = plen >= 2 ? buf.readUInt16BE(ps) : 1005;
+        this.closeReason = `ws close ${code}`;
+        this.sock.end(maskedFrame(8, buf.subarray(ps, Math.min(pe, ps + 2))));
+      }
+      off = pe;
+    }
+    if (off < len) this.wbuf = Buffer.from(buf.subarray(off));
+    if (got) { received += got; if (onDelivery) onDelivery(); }
+  }
+}
+
+class SseSub extends Sub {
+  start() {
+    this.carry = null;
+    this.chunked = null;
+    const s = this.openSocket();
+    s.on('connect', () => {
+      s.write(`GET ${PATHS.sse} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nAccept: text/event-stream\r\n\r\n`);
+    });
+    this.piece = (b, s0, e0) => this.ssePiece(b, s0, e0);
+  }
+  onData(chunk) {
+    let buf = chunk;
+    let start = 0;
+    if (this.head === null) {
+      const r = this.takeHead(chunk);
+      if (r === null) return;
+      const h = this.head;
+      if (h.status !== 200 || !(h.headers['content-type'] || '').startsWith('text/event-stream')) {
+        protoError(`SSE answered ${h.status} ${h.headers['content-type']}`);
+        this.closeReason = `http ${h.status}`;
+        this.sock.destroy();
+        return;
+      }
+      if ((h.headers['transfer-encoding'] || '').toLowerCase().includes('chunked')) this.chunked = new Chunked();
+      this.finishConnect(null);
+      buf = r[0];
+      start = r[1];
+      if (start >= buf.length) return;
+    }
+    if (this.chunked) {
+      if (this.chunked.feed(buf, start, this.piece) !== -1) { this.closeReason = 'stream ended'; this.sock.destroy(); }
+    } else {
+      this.ssePiece(buf, start, buf.length);
+    }
+  }
+  // Count marks only in complete events (up to the last blank line), so that a mark split
+  // across two reads is never missed nor counted twice.
+  ssePiece(buf, s, e) {
+    if (this.carry) {
+      buf = Buffer.concat([this.carry, buf.subarray(s, e)]);
+      s = 0;
+      e = buf.length;
+      this.carry = null;
+    }
+    let upto;
+    if (e - s >= 2 && buf[e - 1] === 10 && buf[e - 2] === 10) upto = e;
+    else {
+      const last = e - s >= 2 ? buf.lastIndexOf('\n\n', e - 2) : -1;
+      if (last === -1 || last < s) {
+        this.carry = Buffer.from(buf.subarray(s, e));
+        if (this.carry.length > 1 << 20) throw new Error('SSE event larger than 1 MB');
+        return;
+      }
+      upto = last + 2;
+      this.carry = Buffer.from(buf.subarray(upto, e));
+    }
+    const n = countMarks(buf, s, upto, this.sampled);
+    if (n) { received += n; if (onDelivery) onDelivery(); }
+  }
+}
+
+class PollSub extends Sub {
+  start() {
+    this.cursor = null; // tidings
+    this.lastModified = null; // nchan
+    this.etag = null;
+    this.failures = 0;
+    this.reader = new HttpReader((st, h, body) => this.onResponse(st, h, body));
+    this.open();
+  }
+  open() {
+    const s = connectSocket((c) => {
+      if (s !== this.sock) return;
+      try { this.reader.feed(c); } catch (e) { protoError(`poll ${this.idx}: ${e.message}`); s.destroy(); }
+    });
+    this.sock = s;
+    this.reader.hbuf = null;
+    this.reader.reset();
+    this.connClose = false;
+    s.on('error', (e) => { this.lastError = e.code || e.message; });
+    s.on('close', () => { if (s === this.sock) this.onSockClose(); });
+    s.on('connect', () => {
+      this.failures = 0;
+      this.request();
+      if (this.done) this.finishConnect(null);
+    });
+  }
+  request() {
+    let req;
+    if (TARGET === 'tidings') {
+      const since = this.cursor ? `&since=${encodeURIComponent(this.cursor)}` : '';
+      req = `GET ${PATHS.longpoll}${since} HTTP/1.1\r\nHost: ${HOSTHDR}\r\n\r\n`;
+    } else {
+      let cond = '';
+      if (this.lastModified) cond += `If-Modified-Since: ${this.lastModified}\r\n`;
+      if (this.etag) cond += `If-None-Match: ${this.etag}\r\n`;
+      req = `GET ${PATHS.longpoll} HTTP/1.1\r\nHost: ${HOSTHDR}\r\n${cond}\r\n`;
+    }
+    this.sock.write(req);
+  }
+  onResponse(st, h, body) {
+    bump(stats.pollStatus, st);
+    if (st === 200) {
+      const n = countMarks(body, 0, body.length, this.sampled);
+      if (n) { received += n; if (onDelivery) onDelivery(); }
+    } else if (st !== 204 && st !== 304 && st !== 408) {
+      protoError(`long poll answered ${st}: ${body.toString('utf8', 0, Math.min(body.length, 200))}`);
+    }
+    if (TARGET === 'tidings') {
+      let cur = h['tidings-cursor'];
+      if (!cur && st === 200) {
+        try { cur = JSON.parse(body.toString('utf8')).cursor; } catch (e) { /* reported below */ }
+      }
+      if (cur) this.cursor = cur;
+      else if (st === 200 || st === 204) protoError(`long poll ${st} without a cursor`);
+    } else {
+      if (h['last-modified']) this.lastModified = h['last-modified'];
+      if (h.etag) this.etag = h.etag;
+    }
+    if ((h.connection || '').toLowerCase() === 'close') { this.connClose = true; return; } // re-poll on close
+    if (st >= 400 && st !== 408) {
+      this.failures++;
+      if (this.failures > 20) { this.sock.destroy(); return; }
+      setTimeout(() => { if (!this.closed) this.request(); }, 200);
+      return;
+    }
+    this.request();
+  }
+  onSockClose() {
+    this.reader.eof();
+    if (this.done) { this.closed = true; this.finishConnect(new Error(this.lastError || 'closed while connecting')); return; }
+    if (this.stopping || this.closed) return;
+    // The server ended a keep-alive connection: open a new one and poll on from the cursor.
+    this.failures++;
+    if (this.failures > 5) { this.onClose(this.lastError || 'eof'); return; }
+    stats.reconnects++;
+    setTimeout(() => { if (!this.stopping) this.open(); }, this.failures > 1 ? 100 : 0);
+  }
+}
+
+const SubClass = { ws: WsSub, sse: SseSub, longpoll: PollSub }[TRANSPORT];
+const subs = [];
+
+// Open n subscribers with at most `window` handshakes in progress; retry a failed attempt.
+function connectMany(n, windowSize, timeoutMs, retries) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const base = subs.length;
+    let next = 0;
+    let pending = 0;
+    let ok = 0;
+    let failed = 0;
+    const failReasons = {};
+    let finished = false;
+    const timer = setTimeout(() => finish('timeout'), timeoutMs);
+    function finish(why) {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      resolve({ requested: n, connected: ok, failed, pendingAtEnd: pending, failReasons, ms: Date.now() - t0, end: why, alive });
+    }
+    function attempt(idx, left) {
+      pending++;
+      const sub = new SubClass(idx, (err) => {
+        pending--;
+        if (!err) { ok++; subs.push(sub); }
+        else if (left > 0 && !finished) { setTimeout(() => attempt(idx, left - 1), 50); return; }
+        else { failed++; bump(failReasons, err.message); }
+        pump();
+      });
+      sub.start();
+    }
+    function pump() {
+      if (finished) return;
+      while (pending < windowSize && next < n) attempt(base + next++, retries);
+      if (next >= n && pending === 0) finish('done');
+    }
+    pump();
+  });
+}
+
+// ---------------------------------------------------------------- publisher
+let pubSeq = 0;
+let pubOutstanding = 0;
+let pubErrors = 0;
+let pubQueue = 0; // publishes due while every connection was busy
+const pubIdle = [];
+const pubConns = [];
+let pubCallback = null; // called after every publish answer
+const PAD = 'x'.repeat(Math.max(0, PAYLOAD_BYTES - 40));
+
+class PubConn {
+  constructor() {
+    this.reader = new HttpReader((st) => this.onResponse(st));
+    this.open();
+  }
+  open() {
+    const s = connectSocket((c) => {
+      try { this.reader.feed(c); } catch (e) { protoError(`publisher: ${e.message}`); s.destroy(); }
+    });
+    this.sock = s;
+    this.busy = false;
+    this.ready = false;
+    this.reader.hbuf = null;
+    this.reader.reset();
+    s.on('connect', () => { this.ready = true; pubIdle.push(this); drainPubQueue(); });
+    s.on('error', (e) => { bump(stats.errors, `publisher ${e.code || e.message}`); });
+    s.on('close', () => {
+      if (s !== this.sock || stopping) return;
+      const i = pubIdle.indexOf(this);
+      if (i !== -1) pubIdle.splice(i, 1);
+      if (this.busy) { // the request was lost with the connection
+        this.busy = false;
+        pubOutstanding--;
+        pubErrors++;
+        bump(stats.pubStatus, 'closed');
+        if (pubCallback) pubCallback();
+      }
+      setTimeout(() => { if (!stopping) this.open(); }, 50);
+    });
+  }
+  send() {
+    const t = Math.round(nowUs());
+    const seq = pubSeq++;
+    const payload = `{"bench_t":${t},"seq":${seq},"pad":"${PAD}"}`;
+    let req;
+    if (TARGET === 'tidings') {
+      const body = `{"channel":${JSON.stringify(CHANNEL)},"data":${payload}}`;
+      req = `POST ${PATHS.pub} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    } else {
+      req = `POST ${PATHS.pub} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`;
+    }
+    this.busy = true;
+    pubOutstanding++;
+    this.sock.write(req);
+  }
+  onResponse(st) {
+    bump(stats.pubStatus, st);
+    if (st < 200 || st >= 300) pubErrors++;
+    this.busy = false;
+    pubOutstanding--;
+    pubIdle.push(this);
+    drainPubQueue();
+    if (pubCallback) pubCallback();
+  }
+}
+
+function publishOne() {
+  const c = pubIdle.pop();
+  if (c) c.send();
+  else pubQueue++;
+}
+function drainPubQueue() {
+  while (pubQueue > 0 && pubIdle.length) { pubQueue--; pubIdle.pop().send(); }
+}
+function openPublishers() {
+  for (let k = 0; k < PUB_CONNS; k++) pubConns.push(new PubConn());
+  return waitFor(() => pubIdle.length === PUB_CONNS, 10000);
+}
+
+// ---------------------------------------------------------------- phases
+function waitFor(pred, timeoutMs, stepMs = 5) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const tick = () => {
+      if (pred()) resolve(true);
+      else if (Date.now() - t0 >= timeoutMs) resolve(false);
+      else setTimeout(tick, stepMs);
+    };
+    tick();
+  });
+}
+
+// Wait until every publish is answered and every alive subscriber has every message, or
+// until nothing arrives for idleMs, or timeoutMs in all.
+function drain(rec0, published, forgiven, idleMs, timeoutMs) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    let last = received;
+    let lastChange = Date.now();
+    const tick = () => {
+      const now = Date.now();
+      if (received !== last) { last = received; lastChange = now; }
+      const complete = pubOutstanding === 0 && pubQueue === 0 && received - rec0 + forgiven >= published * alive;
+      if (complete) resolve('complete');
+      else if (pubOutstanding === 0 && pubQueue === 0 && now - lastChange >= idleMs) resolve('idle');
+      else if (now - t0 >= timeoutMs) resolve('timeout');
+      else setTimeout(tick, 2);
+    };
+    tick();
+  });
+}
+
+function phaseResult(kind, t0, rec0, published, pubErr0, cpu0, extra) {
+  const cpu = process.cpuUsage(cpu0);
+  const wallMs = performance.now() - t0;
+  return Object.assign({
+    phase: kind,
+    published,
+    publishErrors: pubErrors - pubErr0,
+    received: received - rec0,
+    expected: published * alive,
+    alive,
+    wallMs,
+    latencySamples: histCount,
+    p50ms: percentileMs(0.5),
+    p90ms: percentileMs(0.9),
+    p99ms: percentileMs(0.99),
+    maxms: histCount ? latMaxUs / 1000 : null,
+    loadgenCpuMs: (cpu.user + cpu.system) / 1000,
+  }, extra);
+}
+
+async function warmup(msg) {
+  const count = msg.count || 3;
+  const results = [];
+  for (let k = 0; k < count; k++) {
+    const rec0 = received;
+    const t0 = performance.now();
+    publishOne();
+    const ok = await waitFor(() => received - rec0 >= alive && pubOutstanding === 0, msg.timeoutMs || 10000, 2);
+    results.push({ received: received - rec0, alive, ok, ms: performance.now() - t0 });
+    await waitFor(() => false, 50);
+  }
+  return { ok: results.every((r) => r.ok), rounds: results };
+}
+
+async function ratePhase(msg) {
+  const rate = msg.rate;
+  const total = Math.max(1, Math.round(rate * msg.durationS));
+  resetLatency();
+  const rec0 = received;
+  const pubErr0 = pubErrors;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  let sent = 0;
+  let late = 0;
+  await new Promise((resolve) => {
+    const tick = () => {
+      const elapsed = performance.now() - t0;
+      const due = Math.min(total, Math.floor((elapsed * rate) / 1000) + 1);
+      if (due - sent > 1) late += due - sent - 1;
+      while (sent < due) { publishOne(); sent++; }
+      if (sent >= total) resolve();
+      else setTimeout(tick, Math.max(0, (sent * 1000) / rate - elapsed));
+    };
+    tick();
+  });
+  const sendMs = performance.now() - t0;
+  const end = await drain(rec0, sent, 0, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
+  return phaseResult('rate', t0, rec0, sent, pubErr0, cpu0, { targetRate: rate, sendMs, late, drain: end });
+}
+
+async function saturatePhase(msg) {
+  const inflight = msg.inflight || 4;
+  const maxPub = msg.maxPublishes || 100000;
+  const durMs = msg.durationS * 1000;
+  const stallMs = msg.stallMs || 1000;
+  resetLatency();
+  const rec0 = received;
+  const pubErr0 = pubErrors;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  let sent = 0;
+  let forgiven = 0; // deliveries given up on after a stall (messages a subscriber never got)
+  let stalls = 0;
+  let sending = true;
+  let lastRec = received;
+  let lastProgress = t0;
+  const pump = () => {
+    while (sending) {
+      if (sent >= maxPub || performance.now() - t0 >= durMs) { sending = false; break; }
+      if (pubOutstanding + pubQueue >= inflight) break;
+      if (sent * alive - (received - rec0) - forgiven >= inflight * alive) break;
+      publishOne();
+      sent++;
+    }
+  };
+  onDelivery = pump;
+  pubCallback = pump;
+  await new Promise((resolve) => {
+    const tick = () => {
+      const now = performance.now();
+      if (received !== lastRec) { lastRec = received; lastProgress = now; }
+      if (sending && now - lastProgress >= stallMs && pubOutstanding === 0) {
+        const deficit = sent * alive - (received - rec0) - forgiven;
+        if (deficit > 0) { forgiven += deficit; stalls++; }
+        lastProgress = now;
+      }
+      pump();
+      if (!sending) resolve();
+      else setTimeout(tick, 20);
+    };
+    tick();
+  });
+  onDelivery = null;
+  pubCallback = null;
+  const sendMs = performance.now() - t0;
+  const end = await drain(rec0, sent, forgiven, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
+  return phaseResult('saturate', t0, rec0, sent, pubErr0, cpu0, { inflight, sendMs, stalls, forgiven, drain: end });
+}
+
+function status() {
+  return { alive, subs: subs.length, received, stats, pubOutstanding, pubQueue, memRssKb: Math.round(process.memoryUsage().rss / 1024) };
+}
+
+let stopping = false;
+function shutdown(code) {
+  stopping = true;
+  for (const s of subs) { s.stopping = true; if (s.sock) s.sock.destroy(); }
+  for (const p of pubConns) if (p.sock) p.sock.destroy();
+  setTimeout(() => process.exit(code), 50);
+}
+
+// ---------------------------------------------------------------- command loop
+const commands = {
+  async hello() { const ok = await openPublishers(); return { ok, pid: process.pid, publishers: pubIdle.length }; },
+  async connect(msg) {
+    return connectMany(msg.n, msg.window || 500, msg.timeoutMs || 120000, msg.retries === undefined ? 2 : msg.retries);
+  },
+  warmup,
+  rate: ratePhase,
+  saturate: saturatePhase,
+  async status() { return status(); },
+  async quit() { setTimeout(() => shutdown(0), 10); return { ok: true }; },
+};
+
+let chain = Promise.resolve();
+const rl = readline.createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  if (!line.trim()) return;
+  chain = chain.then(async () => {
+    let msg;
+    try { msg = JSON.parse(line); } catch (e) { reply({ error: 'bad json' }); return; }
+    const fn = commands[msg.cmd];
+    if (!fn) { reply({ cmd: msg.cmd, error: 'unknown command' }); return; }
+    try {
+      const r = await fn(msg);
+      reply(Object.assign({ cmd: msg.cmd }, r));
+    } catch (e) {
+      reply({ cmd: msg.cmd, error: String(e && e.stack ? e.stack : e) });
+    }
+  });
+});
+rl.on('close', () => shutdown(0));
+setTimeout(() => { log('max lifetime reached, exiting'); shutdown(3); }, MAX_LIFETIME_S * 1000).unref();

@@ -1,0 +1,91 @@
+"""The broker seam: what every broker promises the hub (DESIGN.md "Brokers").
+
+Guarantees every implementation keeps, checked by one conformance suite:
+
+- ``publish`` stores the event in the channel's history and gives it the next offset of the
+  channel's current epoch *atomically*: offsets are consecutive, never reused within an epoch,
+  and an event is acknowledged only once stored. Then it is fanned out to every node that
+  subscribed to the channel, each node receiving a channel's events in offset order.
+- ``history`` returns the events after a cursor, in order, or a Reset when they are not all
+  still held (reason ``gap``) or the cursor belongs to another epoch or lies beyond the last
+  event (reason ``epoch``). It never skips silently.
+- An idempotency key repeated on the same channel while its first event is still in history
+  returns that first event and stores nothing.
+- ``check`` makes a real round trip, so a dead link is reported, not guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tidings.config import Settings
+from tidings.protocol.cursor import Cursor
+from tidings.protocol.event import Event, Reset
+
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Events after a cursor (at most ``limit``), and the cursor after the last one returned.
+
+    ``reset`` is set when history could not cover the request; ``events`` then start from the
+    reset's cursor.
+    """
+
+    events: Sequence[Event]
+    cursor: Cursor
+    reset: Reset | None = None
+
+
+class Broker(Protocol):
+    """Owns order, cursors and history; fans stored events out to the nodes."""
+
+    def start(self, sink: EventSink) -> None:
+        """Begin delivering this node's subscribed channels' events to ``sink``."""
+
+    async def close(self) -> None: ...
+
+    async def publish(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> Event:
+        """Store and fan out one event; raise BrokerUnavailable if it was not stored."""
+        ...
+
+    async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
+        """Events after ``since`` (``None``: none, the page holds the current cursor)."""
+        ...
+
+    def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
+        """The same answer without I/O when the broker holds it locally, else ``None``.
+
+        The hot paths (long-poll re-polls, subscribes) try this first so that a memory broker
+        costs no task and no await.
+        """
+        ...
+
+    async def subscribe(self, channel: str) -> None:
+        """This node has subscribers for ``channel``: deliver its events to the sink."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def check(self) -> None:
+        """A round trip through the broker; raise BrokerUnavailable if it fails."""
+
+
+BrokerFactory = Callable[[str, Settings], Broker]
+
+
+def broker_for(url: str, settings: Settings) -> Broker:
+    """The broker named by ``url``'s scheme, imported lazily (optional extras)."""
+    from tidings.brokers import REGISTRY
+    from tidings.exceptions import ConfigError
+
+    scheme = url.partition("://")[0]
+    loader = REGISTRY.get(scheme)
+    if loader is None:
+        raise ConfigError("server.broker", f"unknown scheme {scheme!r}: use {', '.join(REGISTRY)}")
+    factory: BrokerFactory = loader()
+    return factory(url, settings)

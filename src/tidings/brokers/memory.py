@@ -1,0 +1,132 @@
+"""``memory://``: one process, per-channel ring buffers, a random epoch per channel per start.
+
+Everything happens on the event loop thread, so a publish appends and fans out in one step:
+nothing can come between storing an event and delivering it, and no lock is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from itertools import islice
+
+from tidings.brokers.base import EventSink, HistoryPage
+from tidings.config import Settings
+from tidings.protocol.channel import namespace_of
+from tidings.protocol.cursor import Cursor, new_epoch
+from tidings.protocol.event import Event, Reset
+
+
+class ChannelLog:
+    """One channel's stream: a bounded ring of its latest events and its idempotency keys."""
+
+    __slots__ = ("channel", "epoch", "events", "key_at", "keys", "last_offset", "ttl_ms")
+
+    def __init__(self, channel: str, size: int, ttl_seconds: float) -> None:
+        self.channel = channel
+        self.epoch = new_epoch()
+        self.last_offset = 0
+        self.events: deque[Event] = deque(maxlen=size)
+        self.keys: dict[str, Event] = {}
+        self.key_at: dict[int, str] = {}
+        self.ttl_ms = int(ttl_seconds * 1000)
+
+    @property
+    def head(self) -> Cursor:
+        return Cursor(self.epoch, self.last_offset)
+
+    def append(self, event_name: str, data: bytes, key: str | None) -> Event:
+        now = time.time_ns() // 1_000_000
+        self.expire(now)
+        self.last_offset += 1
+        event = Event(self.channel, self.epoch, self.last_offset, event_name, data, now)
+        if self.events.maxlen == 0:
+            return event
+        if len(self.events) == self.events.maxlen:
+            self._forget_key_of(self.events[0])
+        self.events.append(event)
+        if key is not None:
+            self.keys[key] = event
+            self.key_at[event.offset] = key
+        return event
+
+    def find_key(self, key: str) -> Event | None:
+        event = self.keys.get(key)
+        if event is None or not self.events or event.offset < self.events[0].offset:
+            return None
+        return event
+
+    def expire(self, now_ms: int) -> None:
+        oldest_allowed = now_ms - self.ttl_ms
+        while self.events and self.events[0].ts < oldest_allowed:
+            self._forget_key_of(self.events.popleft())
+
+    def _forget_key_of(self, event: Event) -> None:
+        key = self.key_at.pop(event.offset, None)
+        if key is not None:
+            del self.keys[key]
+
+    def page(self, since: Cursor | None, limit: int) -> HistoryPage:
+        self.expire(time.time_ns() // 1_000_000)
+        head = self.head
+        if since is None or (since.epoch == self.epoch and since.offset == self.last_offset):
+            return HistoryPage((), head)
+        if since.epoch != self.epoch or since.offset > self.last_offset:
+            return HistoryPage((), head, Reset(self.channel, head, "epoch"))
+        first_held = self.events[0].offset if self.events else self.last_offset + 1
+        if since.offset + 1 < first_held:
+            return HistoryPage((), head, Reset(self.channel, head, "gap"))
+        start = since.offset + 1 - first_held
+        events = tuple(islice(self.events, start, start + limit))
+        return HistoryPage(events, events[-1].cursor if events else since)
+
+
+class MemoryBroker:
+    """The default broker: no service needed, history lives as long as the process."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._settings = settings
+        self._logs: dict[str, ChannelLog] = {}
+        self._sink: EventSink | None = None
+
+    def start(self, sink: EventSink) -> None:
+        self._sink = sink
+
+    async def close(self) -> None:
+        self._sink = None
+
+    def _log(self, channel: str) -> ChannelLog:
+        log = self._logs.get(channel)
+        if log is None:
+            namespace = self._settings.namespace(namespace_of(channel))
+            log = ChannelLog(channel, namespace.history_size, namespace.history_ttl_seconds)
+            self._logs[channel] = log
+        return log
+
+    async def publish(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> Event:
+        log = self._log(channel)
+        if idempotency_key is not None:
+            first = log.find_key(idempotency_key)
+            if first is not None:
+                return first
+        stored = log.append(event, data, idempotency_key)
+        if self._sink is not None:
+            self._sink(stored)
+        return stored
+
+    async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
+        return self._log(channel).page(since, limit)
+
+    def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
+        return self._log(channel).page(since, limit)
+
+    async def subscribe(self, channel: str) -> None:
+        """Every event already reaches the sink: there is one node."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Nothing to undo: see subscribe."""
+
+    async def check(self) -> None:
+        """Always reachable: it lives in this process."""

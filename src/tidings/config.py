@@ -1,0 +1,251 @@
+"""One typed settings model: defaults < ``tidings.toml`` < ``TIDINGS_*`` environment < flags.
+
+Every key is documented once, here, in the dataclass fields; ``describe()`` prints them all.
+A bad value stops start-up with a ConfigError that names the key (``server.port``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tidings.exceptions import ConfigError
+
+SLOW_CONSUMER_POLICIES = ("disconnect", "drop-oldest")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    broker: str = "memory://"
+    api_keys: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ("*",)
+    heartbeat_seconds: float = 15.0
+    max_poll_seconds: float = 30.0
+    max_message_bytes: int = 65536
+    max_channels_per_connection: int = 32
+    drain_seconds: float = 10.0
+    sse_retry_ms: int = 2000
+    ws_ping_timeout_seconds: float = 20.0
+    write_buffer_limit: int = 1_048_576
+    max_header_bytes: int = 16384
+    read_timeout_seconds: float = 30.0
+    lab: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    token_secret: str = ""
+    token_public_key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSettings:
+    history_size: int = 100
+    history_ttl_seconds: float = 300.0
+    public: bool = True
+    client_publish: bool = False
+    presence: bool = False
+    slow_consumer: str = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    namespaces: Mapping[str, NamespaceSettings] = field(
+        default_factory=lambda: {"default": NamespaceSettings()}
+    )
+
+    def namespace(self, name: str) -> NamespaceSettings:
+        """The settings of namespace ``name`` (``""`` is the default namespace)."""
+        found = self.namespaces.get(name or "default")
+        return found if found is not None else self.namespaces["default"]
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the four layers and validate the result."""
+    raw: dict[str, Any] = {"server": {}, "auth": {}, "namespaces": {}}
+    if path is not None:
+        _merge(raw, _read_toml(Path(path)))
+    _merge(raw, _from_environ(os.environ if environ is None else environ))
+    if flags:
+        _merge(raw, {"server": {k: v for k, v in flags.items() if v is not None}})
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("--config", f"{path} is not valid TOML: {error}") from None
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TIDINGS_SERVER_PORT=9000``; ``TIDINGS_NAMESPACES_CHAT_PRESENCE=true``."""
+    layer: dict[str, Any] = {"server": {}, "auth": {}, "namespaces": {}}
+    namespace_keys = sorted((f.name for f in fields(NamespaceSettings)), key=len, reverse=True)
+    for name, value in environ.items():
+        if not name.startswith("TIDINGS_"):
+            continue
+        rest = name[len("TIDINGS_") :].lower()
+        for section in ("server", "auth"):
+            if rest.startswith(section + "_"):
+                layer[section][rest[len(section) + 1 :]] = value
+        if rest.startswith("namespaces_"):
+            tail = rest[len("namespaces_") :]
+            for key in namespace_keys:
+                if tail.endswith("_" + key):
+                    layer["namespaces"].setdefault(tail[: -len(key) - 1], {})[key] = value
+                    break
+    return layer
+
+
+def _build(raw: dict[str, Any]) -> Settings:
+    unknown = set(raw) - {"server", "auth", "namespaces"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section: use server, auth or namespaces")
+    server = _section(ServerSettings, raw["server"], "server")
+    auth = _section(AuthSettings, raw["auth"], "auth")
+    default = _section(
+        NamespaceSettings, raw["namespaces"].get("default", {}), "namespaces.default"
+    )
+    namespaces = {"default": default}
+    for name, values in raw["namespaces"].items():
+        if name != "default":
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"namespaces.{name}", "must be a table of namespace options")
+            namespaces[name] = _section(NamespaceSettings, values, f"namespaces.{name}", default)
+    settings = Settings(server, auth, namespaces)
+    _validate(settings)
+    return settings
+
+
+def _section(cls: Any, values: Mapping[str, Any], prefix: str, base: Any = None) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key; known keys: {', '.join(known)}")
+        converted[key] = _convert(f"{prefix}.{key}", known[key].type, value)
+    return replace(base, **converted) if base is not None else cls(**converted)
+
+
+def _convert(key: str, type_name: Any, value: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return tuple(item.strip() for item in items if item.strip())
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except ValueError:
+        raise ConfigError(key, f"{value!r} is not a valid {kind}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError
+
+
+def _validate(settings: Settings) -> None:
+    server = settings.server
+    _require(0 <= server.port <= 65535, "server.port", "must be from 0 to 65535")
+    _require(server.heartbeat_seconds > 0, "server.heartbeat_seconds", "must be more than 0")
+    _require(server.max_poll_seconds > 0, "server.max_poll_seconds", "must be more than 0")
+    _require(server.max_message_bytes >= 16, "server.max_message_bytes", "must be at least 16")
+    _require(
+        server.max_channels_per_connection >= 1,
+        "server.max_channels_per_connection",
+        "must be at least 1",
+    )
+    _require(server.drain_seconds >= 0, "server.drain_seconds", "must be 0 or more")
+    _require(server.sse_retry_ms >= 0, "server.sse_retry_ms", "must be 0 or more")
+    _require(
+        server.write_buffer_limit >= 4096, "server.write_buffer_limit", "must be at least 4096"
+    )
+    _require(
+        server.ws_ping_timeout_seconds > 0, "server.ws_ping_timeout_seconds", "must be more than 0"
+    )
+    _require(
+        "://" in server.broker, "server.broker", "must be a URL such as memory:// or redis://..."
+    )
+    for name, namespace in settings.namespaces.items():
+        prefix = f"namespaces.{name}"
+        _require(namespace.history_size >= 0, f"{prefix}.history_size", "must be 0 or more")
+        _require(
+            namespace.history_ttl_seconds > 0,
+            f"{prefix}.history_ttl_seconds",
+            "must be more than 0",
+        )
+        _require(
+            namespace.slow_consumer in SLOW_CONSUMER_POLICIES,
+            f"{prefix}.slow_consumer",
+            f"must be one of {', '.join(SLOW_CONSUMER_POLICIES)}",
+        )
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def describe() -> str:
+    """Every key with its default, for ``tidings serve --help-config`` and the docs."""
+    lines = []
+    for section, cls in (
+        ("server", ServerSettings),
+        ("auth", AuthSettings),
+        ("namespaces.default", NamespaceSettings),
+    ):
+        lines.append(f"[{section}]")
+        for item in dataclasses.fields(cls):
+            lines.append(f"{item.name} = {item.default!r}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""The event model (PROTOCOL.md section 1) and its once-per-format encodings.
+
+An event is serialised once per wire format the first time a subscriber of that format needs
+it; every subscriber then gets the same ``bytes`` object (STYLE.md 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tidings.protocol.cursor import Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored event. ``data`` is its compact JSON encoding, kept as published."""
+
+    channel: str
+    epoch: str
+    offset: int
+    event: str
+    data: bytes
+    ts: int
+    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.epoch}.{self.offset}"
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.epoch, self.offset)
+
+    def as_json(self) -> bytes:
+        """The event object of PROTOCOL.md section 1, as sent by polls and ``envelope=1``."""
+        encoded = self.wire.get("json")
+        if encoded is None:
+            encoded = orjson.dumps(
+                {
+                    "channel": self.channel,
+                    "id": self.id,
+                    "event": self.event,
+                    "data": orjson.Fragment(self.data),
+                    "ts": self.ts,
+                }
+            )
+            self.wire["json"] = encoded
+        return encoded
+
+    def to_dict(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(self.as_json())
+        return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """History cannot cover a cursor: the client reloads and continues from ``cursor``."""
+
+    channel: str
+    cursor: Cursor
+    reason: str  # "gap" or "epoch"
+
+    def as_json(self) -> bytes:
+        return orjson.dumps(
+            {"channel": self.channel, "id": str(self.cursor), "reason": self.reason}
+        )
+
+
+def encode_data(value: object) -> bytes:
+    """Compact JSON of a publisher's ``data``, the form that ``max_message_bytes`` limits."""
+    return orjson.dumps(value)

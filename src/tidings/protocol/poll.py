@@ -1,0 +1,20 @@
+"""Poll response bodies (PROTOCOL.md section 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tidings.protocol.event import Event, Reset
+
+
+def poll_body(events: Sequence[Event], cursor_list: str, resets: Sequence[Reset] = ()) -> bytes:
+    """``{"events": [...], "cursor": "...", "resets": [...]}`` from pre-encoded events."""
+    parts = [b'{"events":[', b",".join(event.as_json() for event in events), b'],"cursor":"']
+    parts.append(cursor_list.encode("ascii"))
+    parts.append(b'"')
+    if resets:
+        parts.append(b',"resets":[')
+        parts.append(b",".join(reset.as_json() for reset in resets))
+        parts.append(b"]")
+    parts.append(b"}")
+    return b"".join(parts)

@@ -1,0 +1,111 @@
+"""Query strings of ``/sse`` and ``/poll`` (PROTOCOL.md sections 4 and 5).
+
+Everything a subscription request can get wrong is found here, before any stream starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from tidings.exceptions import InvalidChannel, InvalidField, TooManyChannels
+from tidings.protocol.channel import Channel, parse_channel
+from tidings.protocol.cursor import Cursor, parse_cursor_list
+
+MAX_QUERY_PAIRS = 256
+DEFAULT_POLL_LIMIT = 100
+MAX_POLL_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query string: every value of every name, in order."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
+
+    def one(self, name: str) -> str | None:
+        values = self.all(name)
+        if len(values) > 1:
+            raise InvalidField(f"{name} is given {len(values)} times: give it once")
+        return values[0] if values else None
+
+
+def parse_query(raw: str) -> Query:
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_QUERY_PAIRS)
+    except ValueError:
+        raise InvalidField(f"query has more than {MAX_QUERY_PAIRS} fields") from None
+    return Query(tuple(pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """Channels and, when the client resumes, one cursor per channel in the same order."""
+
+    channels: tuple[Channel, ...]
+    since: tuple[Cursor, ...] | None
+
+
+def parse_subscription(query: Query, max_channels: int, resume_from: str | None) -> Subscription:
+    """``channel=a&channel=b&since=...``; ``resume_from`` (Last-Event-ID) wins over ``since``."""
+    names = query.all("channel")
+    if not names:
+        raise InvalidChannel("give at least one channel: ?channel=<name>")
+    if len(names) > max_channels:
+        raise TooManyChannels(f"{len(names)} channels requested; at most {max_channels} allowed")
+    channels = tuple(parse_channel(name) for name in names)
+    if len(set(channels)) != len(channels):
+        raise InvalidChannel("a channel is named twice in one request")
+    cursor_text = resume_from if resume_from else query.one("since")
+    if not cursor_text:
+        return Subscription(channels, None)
+    return Subscription(channels, tuple(parse_cursor_list(cursor_text, len(channels))))
+
+
+@dataclass(frozen=True, slots=True)
+class PollRequest:
+    subscription: Subscription
+    timeout: float
+    limit: int
+
+
+def parse_poll(query: Query, max_channels: int, max_poll_seconds: float) -> PollRequest:
+    subscription = parse_subscription(query, max_channels, None)
+    return PollRequest(
+        subscription,
+        _parse_timeout(query.one("timeout"), max_poll_seconds),
+        _parse_limit(query.one("limit")),
+    )
+
+
+def _parse_timeout(text: str | None, max_poll_seconds: float) -> float:
+    if text is None or text == "":
+        return 0.0
+    try:
+        timeout = float(text)
+    except ValueError:
+        raise InvalidField(f"timeout {text[:32]!r} is not a number of seconds") from None
+    if not math.isfinite(timeout) or timeout < 0:
+        raise InvalidField("timeout must be a number of seconds, 0 or more")
+    return min(timeout, max_poll_seconds)
+
+
+def _parse_limit(text: str | None) -> int:
+    if text is None or text == "":
+        return DEFAULT_POLL_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_POLL_LIMIT:
+        raise InvalidField(f"limit must be a whole number from 1 to {MAX_POLL_LIMIT}")
+    return int(text)
+
+
+def parse_flag(query: Query, name: str) -> bool:
+    value = query.one(name)
+    if value in (None, "", "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise InvalidField(f"{name} must be 1 or 0")

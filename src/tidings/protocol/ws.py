@@ -1,0 +1,183 @@
+"""WebSocket JSON messages (PROTOCOL.md section 6) and server text frames.
+
+Server frames are never masked, so an event's frame is built once and written to every
+subscriber as it is; the ``websockets`` sans-I/O protocol handles what clients send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tidings.exceptions import InvalidField, InvalidJSON, RequestError, WebSocketOnlyError
+from tidings.protocol.channel import Channel, parse_channel, parse_event_name
+from tidings.protocol.cursor import Cursor, parse_cursor
+from tidings.protocol.event import Event, Reset
+
+Ref = int | None
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_TOO_SLOW = 4000
+CLOSE_TOKEN = 4001
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: Ref
+    channel: Channel
+    since: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: Ref
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    ref: Ref
+    channel: Channel
+    data: bytes
+    event: str
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    ref: Ref
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | PresenceQuery | Ping
+
+
+class MessageError(Exception):
+    """A client message we refuse, with the ``ref`` to answer it under."""
+
+    def __init__(self, ref: Ref, error: RequestError) -> None:
+        super().__init__(error.message)
+        self.ref = ref
+        self.error = error
+
+
+def parse_client_message(payload: str | bytes) -> ClientMessage:
+    """Decode and validate one client message; raise MessageError carrying its ref."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise MessageError(None, InvalidJSON("message is not valid JSON")) from None
+    if not isinstance(obj, dict):
+        raise MessageError(None, InvalidJSON("message must be a JSON object"))
+    ref = obj.get("ref")
+    if ref is not None and (not isinstance(ref, int) or isinstance(ref, bool)):
+        raise MessageError(None, InvalidField("ref must be an integer"))
+    try:
+        return _parse_op(obj, ref)
+    except RequestError as error:
+        raise MessageError(ref, error) from None
+
+
+def _parse_op(obj: dict[str, Any], ref: Ref) -> ClientMessage:
+    op = obj.get("op")
+    if op == "subscribe":
+        since = obj.get("since")
+        if since is not None and not isinstance(since, str):
+            raise InvalidField("since must be a cursor string")
+        return Subscribe(
+            ref, parse_channel(obj.get("channel")), parse_cursor(since) if since else None
+        )
+    if op == "unsubscribe":
+        return Unsubscribe(ref, parse_channel(obj.get("channel")))
+    if op == "publish":
+        return _parse_publish(obj, ref)
+    if op == "presence":
+        return PresenceQuery(ref, parse_channel(obj.get("channel")))
+    if op == "ping":
+        return Ping(ref)
+    raise WebSocketOnlyError(
+        "unknown_op", f"unknown op {op!r}: use subscribe, unsubscribe, publish, presence or ping"
+    )
+
+
+def _parse_publish(obj: dict[str, Any], ref: Ref) -> Publish:
+    if "data" not in obj:
+        raise InvalidField("publish needs data")
+    key = obj.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
+        raise InvalidField("idempotency_key must be a string of 1 to 128 characters")
+    return Publish(
+        ref,
+        parse_channel(obj.get("channel")),
+        orjson.dumps(obj["data"]),
+        parse_event_name(obj.get("event")),
+        key,
+    )
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 65536:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+def _frame(obj: dict[str, Any]) -> bytes:
+    return encode_text_frame(orjson.dumps(obj))
+
+
+def event_frame(event: Event) -> bytes:
+    """``{"op":"event",...}``: the event object with ``op`` first, built once per event."""
+    frame = event.wire.get("ws")
+    if frame is None:
+        frame = encode_text_frame(b'{"op":"event",' + event.as_json()[1:])
+        event.wire["ws"] = frame
+    return frame
+
+
+def subscribed_frame(ref: Ref, channel: str, cursor: Cursor, recovered: bool | None) -> bytes:
+    message: dict[str, Any] = {
+        "op": "subscribed",
+        "ref": ref,
+        "channel": channel,
+        "id": str(cursor),
+    }
+    if recovered is not None:
+        message["recovered"] = recovered
+    return _frame(message)
+
+
+def unsubscribed_frame(ref: Ref, channel: str) -> bytes:
+    return _frame({"op": "unsubscribed", "ref": ref, "channel": channel})
+
+
+def published_frame(ref: Ref, channel: str, cursor: str) -> bytes:
+    return _frame({"op": "published", "ref": ref, "channel": channel, "id": cursor})
+
+
+def pong_frame(ref: Ref) -> bytes:
+    return _frame({"op": "pong", "ref": ref})
+
+
+def error_frame(ref: Ref, code: str, message: str) -> bytes:
+    return _frame({"op": "error", "ref": ref, "code": code, "message": message})
+
+
+def reset_frame(reset: Reset) -> bytes:
+    return encode_text_frame(b'{"op":"reset",' + reset.as_json()[1:])

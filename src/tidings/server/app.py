@@ -1,0 +1,197 @@
+"""The standalone server: routes, shared node state, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidings.brokers.base import Broker, broker_for
+from tidings.config import Settings
+from tidings.exceptions import BrokerUnavailable, MethodNotAllowed, NotFound, RequestError
+from tidings.hub.hub import Hub
+from tidings.protocol.http import error_body
+from tidings.server.http import HttpConnection
+from tidings.server.poll import handle_poll
+from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
+from tidings.server.request import Request
+from tidings.server.sse import handle_sse
+from tidings.server.websocket import handle_websocket
+
+log = logging.getLogger("tidings.server")
+
+Handler = Callable[["App", HttpConnection, Request], None]
+EXPOSED = b"Tidings-Cursor, ETag"
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters the node keeps about itself (exported as metrics in a later layer)."""
+
+    published: int = 0
+    resets: int = 0
+    slow_consumers: int = 0
+    opened_by_transport: dict[str, int] = field(default_factory=dict)
+
+    def opened(self, transport: str) -> None:
+        self.opened_by_transport[transport] = self.opened_by_transport.get(transport, 0) + 1
+
+
+def handle_health(app: App, connection: HttpConnection, request: Request) -> None:
+    connection.respond(200, b'{"status":"ok"}')
+
+
+def handle_ready(app: App, connection: HttpConnection, request: Request) -> None:
+    app.hub.spawn(_ready(app, connection))
+
+
+async def _ready(app: App, connection: HttpConnection) -> None:
+    try:
+        await app.broker.check()
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    connection.respond(200, b'{"status":"ready"}')
+
+
+ROUTES: dict[str, tuple[str, Handler]] = {
+    "/healthz": ("GET", handle_health),
+    "/readyz": ("GET", handle_ready),
+    "/api/publish": ("POST", handle_publish),
+    "/api/history": ("GET", handle_history),
+    "/sse": ("GET", handle_sse),
+    "/poll": ("GET", handle_poll),
+    "/ws": ("GET", handle_websocket),
+}
+
+
+class App:
+    """One node: its settings, broker, hub and open connections."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.broker: Broker = broker_for(settings.server.broker, settings)
+        self.hub = Hub(self.broker, settings, loop)
+        self.connections: set[asyncio.Protocol] = set()
+        self.stats = Stats()
+        origins = settings.server.allowed_origins
+        self.cors_varies = "*" not in origins
+        self._allowed_origins = frozenset(origins)
+
+    def body_limit(self, target: bytes) -> int:
+        if target.split(b"?", 1)[0] == b"/api/publish":
+            return MAX_BATCH * self.settings.server.max_message_bytes
+        return 65536
+
+    def handle(self, connection: HttpConnection, request: Request) -> None:
+        try:
+            self._route(connection, request)
+        except RequestError as error:
+            connection.respond(
+                error.status, error_body(error.code, error.message), self._error_headers(error)
+            )
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.path)
+            connection.respond(500, error_body("internal", "the server failed; see its log"))
+
+    def _route(self, connection: HttpConnection, request: Request) -> None:
+        route = ROUTES.get(request.path)
+        if route is None:
+            raise NotFound(f"no endpoint at {request.path[:200]}")
+        method, handler = route
+        if request.method == "OPTIONS":
+            connection.respond(
+                204,
+                b"",
+                [
+                    *self.cors_pairs(request),
+                    (b"Access-Control-Allow-Methods", method.encode()),
+                    (
+                        b"Access-Control-Allow-Headers",
+                        b"Authorization, Content-Type, Last-Event-ID",
+                    ),
+                    (b"Access-Control-Max-Age", b"600"),
+                ],
+            )
+            return
+        if request.method != method:
+            raise MethodNotAllowed(f"{request.path} answers {method} only", (method, "OPTIONS"))
+        handler(self, connection, request)
+
+    def _error_headers(self, error: RequestError) -> list[tuple[bytes, bytes]]:
+        headers = list(self.cors_pairs(None))
+        if isinstance(error, MethodNotAllowed):
+            headers.append((b"Allow", ", ".join(error.allowed).encode()))
+        return headers
+
+    def answer_error(self, connection: HttpConnection, error: BrokerUnavailable) -> None:
+        retry = str(error.retry_after).encode()
+        connection.respond(503, error_body(error.code, error.message), [(b"Retry-After", retry)])
+
+    def error_body(self, code: str, message: str) -> bytes:
+        return error_body(code, message)
+
+    def cors_pairs(self, request: Request | None) -> list[tuple[bytes, bytes]]:
+        """CORS headers for browser callers; ``*`` unless origins are restricted."""
+        if not self.cors_varies:
+            return [
+                (b"Access-Control-Allow-Origin", b"*"),
+                (b"Access-Control-Expose-Headers", EXPOSED),
+            ]
+        origin = request.header(b"origin") if request is not None else None
+        if origin is None or origin not in self._allowed_origins:
+            return []
+        return [
+            (b"Access-Control-Allow-Origin", origin.encode("latin-1")),
+            (b"Vary", b"Origin"),
+            (b"Access-Control-Expose-Headers", EXPOSED),
+        ]
+
+    def cors_headers(self, request: Request | None) -> bytes:
+        return b"".join(name + b": " + value + b"\r\n" for name, value in self.cors_pairs(request))
+
+    def protocol_factory(self) -> HttpConnection:
+        return HttpConnection(self)
+
+
+async def run(settings: Settings, ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then close every connection and the broker."""
+    loop = asyncio.get_running_loop()
+    app = App(settings, loop)
+    app.hub.start()
+    server = await loop.create_server(
+        app.protocol_factory, settings.server.host, settings.server.port, backlog=4096
+    )
+    port = server.sockets[0].getsockname()[1]
+    log.info(
+        "tidings listening on http://%s:%d (broker %s)",
+        settings.server.host,
+        port,
+        settings.server.broker,
+    )
+    if ready is not None:
+        ready(port)
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        server.close()
+        _close_connections(app)
+        await app.hub.close()
+        await server.wait_closed()
+
+
+def _close_connections(app: App) -> None:
+    for connection in list(app.connections):
+        drain = getattr(connection, "drain", None)
+        if drain is not None:
+            drain(app.settings.server.sse_retry_ms)
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.close()

@@ -1,0 +1,245 @@
+"""One HTTP/1.1 connection: httptools parses, routes answer, one request at a time.
+
+Pipelined requests queue behind the one being answered, so answers leave in order. A
+request that turns into a stream (SSE) or a WebSocket hands the transport to a smaller
+protocol object with ``transport.set_protocol``: the parser is dropped, and an idle stream
+holds little more than its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from tidings.protocol.http import build_error, build_response
+from tidings.server.request import Request
+
+if TYPE_CHECKING:
+    from tidings.server.app import App
+
+log = logging.getLogger("tidings.http")
+
+MAX_PIPELINED = 32
+MAX_PLAIN_BODY = 65536
+
+
+class _Refuse(Exception):
+    """Raised inside a parser callback to stop parsing and answer with an error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_body_limit",
+        "_busy",
+        "_head_bytes",
+        "_headers",
+        "_in_message",
+        "_queue",
+        "_url",
+        "app",
+        "cleanup",
+        "closed",
+        "current",
+        "parser",
+        "peer",
+        "transport",
+    )
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = None
+        self.peer = ""
+        self.closed = False
+        self.current: Request | None = None
+        self.cleanup: Callable[[], None] | None = None
+        self._busy = False
+        self._in_message = False
+        self._queue: deque[Request] = deque()
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_limit = MAX_PLAIN_BODY
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        self.transport.set_write_buffer_limits(high=self.app.settings.server.write_buffer_limit)
+        self.parser = httptools.HttpRequestParser(self)
+        self.app.connections.add(self)
+        self.app.hub.timers.add(self, self.app.settings.server.read_timeout_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.app.connections.discard(self)
+        self.app.hub.timers.discard(self)
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as error:
+            refusal = error.__context__
+            if isinstance(refusal, _Refuse):
+                self.refuse(refusal.status, refusal.code, refusal.message)
+            else:
+                log.error("error while parsing a request", exc_info=refusal)
+                self.refuse(500, "internal", "the server failed to read the request")
+        except httptools.HttpParserError as error:
+            self.refuse(400, "invalid_field", f"malformed HTTP request: {error}")
+
+    def expire(self) -> None:
+        """The read deadline passed: an idle keep-alive closes, a half-sent request gets 408."""
+        if self._in_message:
+            self.refuse(408, "invalid_field", "the request was not completely sent in time")
+        elif self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        """A reader that lets responses pile up: stop reading its requests until it drains."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._busy:
+            self.transport.resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._reset_message()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.app.settings.server.max_header_bytes:
+            raise _Refuse(431, "too_large", "request line and headers are too large")
+
+    def on_headers_complete(self) -> None:
+        self._body_limit = self.app.body_limit(self._url)
+        length = next((v for k, v in self._headers if k.lower() == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self._body_limit:
+            raise _Refuse(413, "too_large", f"request body is over {self._body_limit} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._body_limit -= len(body)
+        if self._body_limit < 0:
+            raise _Refuse(413, "too_large", "request body is too large")
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self._in_message = False
+        self.app.hub.timers.discard(self)
+        request = Request(
+            self.parser.get_method().decode("ascii", "replace"),
+            self._url,
+            self._headers,
+            b"".join(self._body),
+            self.parser.should_keep_alive(),
+            self.peer,
+            upgrade=self.parser.should_upgrade(),
+        )
+        self._reset_message()
+        self._queue.append(request)
+        if len(self._queue) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+        if not request.upgrade:
+            self._next()
+
+    def _upgrade_requested(self, leftover: bytes) -> None:
+        """The parser stopped at an Upgrade request: the rest of the bytes are not HTTP."""
+        self.parser = None
+        if self._queue:
+            self._queue[-1].leftover = leftover
+        self._next()
+
+    # answering
+
+    def _next(self) -> None:
+        while self._queue and not self._busy and not self.closed:
+            self._busy = True
+            self.current = self._queue.popleft()
+            self.app.handle(self, self.current)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        content_type: bytes | None = b"application/json",
+    ) -> None:
+        keep_alive = self.current is not None and self.current.keep_alive
+        self.send(build_response(status, body, content_type, headers or (), keep_alive), keep_alive)
+
+    def send(self, response: bytes, keep_alive: bool = True) -> None:
+        """Write a complete response and go on to the next request."""
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(response)
+        self._busy = False
+        self.current = None
+        if not keep_alive or self.parser is None:
+            self.transport.close()
+            self.closed = True
+            return
+        if self._queue:
+            self._next()
+        else:
+            self.transport.resume_reading()
+            self.app.hub.timers.add(self, self.app.settings.server.read_timeout_seconds)
+
+    def refuse(self, status: int, code: str, message: str) -> None:
+        """Answer an error and close: the byte stream can no longer be trusted."""
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(build_error(status, code, message, keep_alive=False))
+        self.transport.close()
+        self.closed = True
+
+    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+        """Give the transport to a stream or WebSocket protocol; this object is done."""
+        assert self.transport is not None
+        transport = self.transport
+        self.closed = True
+        self.parser = None
+        self._queue.clear()
+        self.app.connections.discard(self)
+        self.app.hub.timers.discard(self)
+        transport.set_protocol(protocol)
+        transport.resume_reading()
+        return transport

@@ -1,0 +1,219 @@
+"""``GET /poll``: short and long polling (PROTOCOL.md section 5).
+
+A long poll that finds nothing new registers one waiter on its channels and a deadline in
+the hub's timer wheel; no task is created. When an event continues a caught-up
+single-channel poll exactly, the whole HTTP response is built once per event and the same
+bytes answer every such waiter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tidings.exceptions import BrokerUnavailable
+from tidings.protocol.cursor import Cursor, format_cursor_list
+from tidings.protocol.event import Event, Reset
+from tidings.protocol.http import build_response
+from tidings.protocol.poll import poll_body
+from tidings.protocol.query import PollRequest, parse_poll
+from tidings.server.http import HttpConnection
+from tidings.server.request import Request
+
+if TYPE_CHECKING:
+    from tidings.brokers.base import HistoryPage
+    from tidings.server.app import App
+
+
+@dataclass(slots=True)
+class Gathered:
+    events: list[Event]
+    cursors: list[Cursor]
+    resets: list[Reset]
+
+
+def handle_poll(app: App, connection: HttpConnection, request: Request) -> None:
+    server = app.settings.server
+    poll = parse_poll(request.query(), server.max_channels_per_connection, server.max_poll_seconds)
+    since = poll.subscription.since
+    gathered = _gather_nowait(app, poll, since)
+    if gathered is None:
+        app.hub.spawn(_poll_async(app, connection, request, poll, since))
+    else:
+        _answer_or_wait(app, connection, request, poll, since, gathered)
+
+
+def _gather_nowait(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered | None:
+    pages = []
+    remaining = poll.limit
+    for index, channel in enumerate(poll.subscription.channels):
+        page = app.broker.history_nowait(channel, since[index] if since else None, remaining)
+        if page is None:
+            return None
+        remaining -= len(page.events)
+        pages.append(page)
+    return _combine(pages)
+
+
+async def _gather(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
+    pages = []
+    remaining = poll.limit
+    for index, channel in enumerate(poll.subscription.channels):
+        page = await app.broker.history(channel, since[index] if since else None, remaining)
+        remaining -= len(page.events)
+        pages.append(page)
+    return _combine(pages)
+
+
+def _combine(pages: list[HistoryPage]) -> Gathered:
+    gathered = Gathered([], [], [])
+    for page in pages:
+        gathered.events.extend(page.events)
+        gathered.cursors.append(page.cursor)
+        if page.reset is not None:
+            gathered.resets.append(page.reset)
+    return gathered
+
+
+async def _poll_async(
+    app: App,
+    connection: HttpConnection,
+    request: Request,
+    poll: PollRequest,
+    since: Sequence[Cursor] | None,
+) -> None:
+    try:
+        gathered = await _gather(app, poll, since)
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    if not connection.closed:
+        _answer_or_wait(app, connection, request, poll, since, gathered)
+
+
+def _answer_or_wait(
+    app: App,
+    connection: HttpConnection,
+    request: Request,
+    poll: PollRequest,
+    since: Sequence[Cursor] | None,
+    gathered: Gathered,
+) -> None:
+    if gathered.resets:
+        app.stats.resets += len(gathered.resets)
+    if gathered.events or gathered.resets:
+        _answer(app, connection, gathered)
+    elif poll.timeout <= 0:
+        _answer_nothing_new(app, connection, request, gathered.cursors, since is not None)
+    else:
+        LongPoll(app, connection, poll, gathered.cursors).wait(poll.timeout)
+
+
+def _headers(app: App, request: Request | None, cursor_list: str) -> list[tuple[bytes, bytes]]:
+    encoded = cursor_list.encode("ascii")
+    return [
+        (b"Tidings-Cursor", encoded),
+        (b"ETag", b'"' + encoded + b'"'),
+        *app.cors_pairs(request),
+    ]
+
+
+def _answer(app: App, connection: HttpConnection, gathered: Gathered) -> None:
+    cursor_list = format_cursor_list(gathered.cursors)
+    body = poll_body(gathered.events, cursor_list, gathered.resets)
+    connection.respond(200, body, _headers(app, connection.current, cursor_list))
+
+
+def _answer_nothing_new(
+    app: App,
+    connection: HttpConnection,
+    request: Request,
+    cursors: list[Cursor],
+    resumed: bool,
+) -> None:
+    cursor_list = format_cursor_list(cursors)
+    headers = _headers(app, request, cursor_list)
+    if resumed and request.header(b"if-none-match") == f'"{cursor_list}"':
+        connection.respond(304, b"", headers)
+    else:
+        connection.respond(200, poll_body((), cursor_list), headers)
+
+
+def shared_response(app: App, event: Event) -> bytes:
+    """The answer to every caught-up single-channel long poll woken by ``event``."""
+    encoded = event.wire.get("poll")
+    if encoded is None:
+        body = poll_body((event,), event.id)
+        encoded = build_response(200, body, headers=_headers(app, None, event.id))
+        event.wire["poll"] = encoded
+    return encoded
+
+
+class LongPoll:
+    """One held poll: a waiter on each channel and one entry in the timer wheel."""
+
+    __slots__ = ("app", "connection", "cursors", "done", "poll")
+
+    def __init__(
+        self, app: App, connection: HttpConnection, poll: PollRequest, cursors: list[Cursor]
+    ) -> None:
+        self.app = app
+        self.connection = connection
+        self.poll = poll
+        self.cursors = cursors
+        self.done = False
+
+    def wait(self, timeout: float) -> None:
+        for channel in self.poll.subscription.channels:
+            self.app.hub.wait(channel, self)
+        self.app.hub.timers.add(self, timeout)
+        self.connection.cleanup = self.cancel
+
+    def cancel(self) -> None:
+        """The client went away, or the poll is answered: forget every registration."""
+        self.done = True
+        self.connection.cleanup = None
+        for channel in self.poll.subscription.channels:
+            self.app.hub.unwait(channel, self)
+        self.app.hub.timers.discard(self)
+
+    def wake(self, event: Event) -> None:
+        if self.done:
+            return
+        self.cancel()
+        connection = self.connection
+        cursor = self.cursors[0]
+        continues = event.epoch == cursor.epoch and event.offset == cursor.offset + 1
+        if len(self.cursors) == 1 and continues and self._shareable():
+            connection.send(shared_response(self.app, event))
+            return
+        gathered = _gather_nowait(self.app, self.poll, self.cursors)
+        if gathered is None:
+            self.app.hub.spawn(
+                _poll_async(self.app, connection, self._request(), self.poll, self.cursors)
+            )
+        else:
+            self._answer_or_wait_again(gathered)
+
+    def _request(self) -> Request:
+        assert self.connection.current is not None
+        return self.connection.current
+
+    def _shareable(self) -> bool:
+        request = self.connection.current
+        return request is not None and request.keep_alive and not self.app.cors_varies
+
+    def _answer_or_wait_again(self, gathered: Gathered) -> None:
+        if gathered.events or gathered.resets:
+            _answer(self.app, self.connection, gathered)
+        else:
+            LongPoll(self.app, self.connection, self.poll, gathered.cursors).wait(self.poll.timeout)
+
+    def expire(self) -> None:
+        """Time is up with nothing new: 204, with the cursor to poll from next."""
+        if self.done:
+            return
+        self.cancel()
+        cursor_list = format_cursor_list(self.cursors)
+        self.connection.respond(204, b"", _headers(self.app, self.connection.current, cursor_list))

@@ -1,0 +1,146 @@
+"""``POST /api/publish`` and ``GET /api/history`` (PROTOCOL.md sections 2 and 7)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tidings.exceptions import (
+    BrokerUnavailable,
+    Forbidden,
+    InvalidField,
+    InvalidJSON,
+    RequestError,
+    TooLarge,
+    Unauthorized,
+)
+from tidings.protocol.channel import Channel, parse_channel, parse_event_name
+from tidings.protocol.cursor import parse_cursor
+from tidings.protocol.event import encode_data
+from tidings.protocol.poll import poll_body
+from tidings.protocol.query import MAX_POLL_LIMIT, _parse_limit
+from tidings.server.http import HttpConnection
+from tidings.server.request import Request
+
+if TYPE_CHECKING:
+    from tidings.server.app import App
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCommand:
+    channel: Channel
+    event: str
+    data: bytes
+    idempotency_key: str | None
+
+
+def authorize_api(app: App, request: Request) -> None:
+    """API keys when configured (compared in constant time); otherwise loopback only."""
+    keys = app.settings.server.api_keys
+    if not keys:
+        if not request.is_loopback():
+            raise Forbidden("no API keys are configured: only loopback clients may publish")
+        return
+    header = request.header(b"authorization") or ""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("send the API key as Authorization: Bearer <key>")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    if not matched:
+        raise Unauthorized("the API key is not valid")
+
+
+def parse_command(obj: Any, max_bytes: int) -> PublishCommand:
+    if not isinstance(obj, dict):
+        raise InvalidField("each event must be a JSON object")
+    if "data" not in obj:
+        raise InvalidField("data is required (null is allowed)")
+    key = obj.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
+        raise InvalidField("idempotency_key must be a string of 1 to 128 characters")
+    channel = parse_channel(obj.get("channel"))
+    data = encode_data(obj["data"])
+    if len(data) > max_bytes:
+        raise TooLarge(f"data is {len(data)} bytes as compact JSON; at most {max_bytes} allowed")
+    return PublishCommand(channel, parse_event_name(obj.get("event")), data, key)
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidJSON(f"request body is not valid JSON: {error}") from None
+
+
+def handle_publish(app: App, connection: HttpConnection, request: Request) -> None:
+    authorize_api(app, request)
+    body = _decode(request.body)
+    max_bytes = app.settings.server.max_message_bytes
+    if isinstance(body, dict) and "events" in body:
+        entries = body["events"]
+        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH:
+            raise InvalidField(f"events must be a list of 1 to {MAX_BATCH} publish objects")
+        app.hub.spawn(_publish_batch(app, connection, entries, max_bytes))
+    else:
+        command = parse_command(body, max_bytes)
+        app.hub.spawn(_publish_one(app, connection, command))
+
+
+async def _store(app: App, command: PublishCommand) -> dict[str, str]:
+    event = await app.broker.publish(
+        command.channel, command.event, command.data, command.idempotency_key
+    )
+    app.stats.published += 1
+    return {"channel": event.channel, "id": event.id}
+
+
+async def _publish_one(app: App, connection: HttpConnection, command: PublishCommand) -> None:
+    try:
+        result = await _store(app, command)
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    connection.respond(200, orjson.dumps(result))
+
+
+async def _publish_batch(
+    app: App, connection: HttpConnection, entries: list[Any], max_bytes: int
+) -> None:
+    results: list[dict[str, Any]] = []
+    for entry in entries:
+        try:
+            results.append(await _store(app, parse_command(entry, max_bytes)))
+        except RequestError as error:
+            results.append({"error": {"code": error.code, "message": error.message}})
+        except BrokerUnavailable as error:
+            results.append({"error": {"code": error.code, "message": error.message}})
+    connection.respond(200, orjson.dumps({"results": results}))
+
+
+def handle_history(app: App, connection: HttpConnection, request: Request) -> None:
+    authorize_api(app, request)
+    query = request.query()
+    channel = parse_channel(query.one("channel"))
+    since_text = query.one("since")
+    since = parse_cursor(since_text) if since_text else None
+    limit = _parse_limit(query.one("limit"))
+    app.hub.spawn(_history(app, connection, channel, since, min(limit, MAX_POLL_LIMIT)))
+
+
+async def _history(
+    app: App, connection: HttpConnection, channel: str, since: Any, limit: int
+) -> None:
+    try:
+        page = await app.broker.history(channel, since, limit)
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    resets = (page.reset,) if page.reset is not None else ()
+    connection.respond(200, poll_body(page.events, str(page.cursor), resets))

@@ -1,0 +1,166 @@
+"""``GET /sse``: Server-Sent Events (PROTOCOL.md section 4).
+
+A single-channel stream without envelope writes, for each event, bytes built once and shared
+by every such subscriber (``id:`` is the event's own cursor). A multi-channel stream's
+``id:`` is its own cursor list, so it writes that line itself before the shared body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tidings.exceptions import BrokerUnavailable
+from tidings.hub.follow import Tail
+from tidings.protocol import sse
+from tidings.protocol.channel import namespace_of
+from tidings.protocol.cursor import Cursor, format_cursor_list
+from tidings.protocol.event import Event, Reset
+from tidings.protocol.query import Subscription, parse_flag, parse_subscription
+from tidings.server.http import HttpConnection
+from tidings.server.request import Request
+from tidings.server.stream import StreamConnection
+
+if TYPE_CHECKING:
+    from tidings.server.app import App
+
+SSE_HEADERS = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"X-Accel-Buffering: no\r\n"
+)
+PING = sse.encode_comment("ping")
+
+
+def event_bytes(event: Event, envelope: bool) -> bytes:
+    """``id:`` + body of a single-channel stream, encoded once per event and format."""
+    key = "sse-envelope" if envelope else "sse"
+    encoded = event.wire.get(key)
+    if encoded is None:
+        encoded = sse.encode_id_line(event.id) + body_bytes(event, envelope)
+        event.wire[key] = encoded
+    return encoded
+
+
+def body_bytes(event: Event, envelope: bool) -> bytes:
+    key = "sse-body-envelope" if envelope else "sse-body"
+    encoded = event.wire.get(key)
+    if encoded is None:
+        encoded = sse.encode_event_body(event.event, event.as_json() if envelope else event.data)
+        event.wire[key] = encoded
+    return encoded
+
+
+class SSEStream(StreamConnection):
+    __slots__ = ("envelope", "order")
+
+    def __init__(self, app: App, transport: asyncio.Transport, envelope: bool, policy: str) -> None:
+        super().__init__(app, transport, policy)
+        self.envelope = envelope
+        self.order: list[Tail] = []
+
+    def data_received(self, data: bytes) -> None:
+        """An event-stream client sends nothing after its request; ignore what it does."""
+
+    def cursor_list(self) -> str:
+        return format_cursor_list([tail.cursor for tail in self.order])
+
+    def write_event(self, tail: Tail, event: Event) -> None:
+        if self.closed:
+            return
+        if len(self.order) == 1:
+            self.transport.write(event_bytes(event, self.envelope))
+        else:
+            self.transport.write(
+                sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
+            )
+
+    def write_reset(self, tail: Tail, reset: Reset) -> None:
+        if not self.closed:
+            self.app.stats.resets += 1
+            self.transport.write(
+                sse.encode_reset(reset.channel, str(reset.cursor), reset.reason, self.cursor_list())
+            )
+
+    def heartbeat(self, now: float) -> None:
+        if not self.lagging and not self.closed:
+            self.transport.write(PING)
+
+    def too_slow(self) -> None:
+        """Drop the stream at once: the browser resumes from the last ``id:`` it parsed."""
+        self.transport.abort()
+
+    def drain(self, retry_ms: int) -> None:
+        """Ask the client to come back after ``retry_ms`` and end the stream."""
+        if not self.closed:
+            self.transport.write(sse.encode_retry(retry_ms) + b"\n")
+            self.transport.close()
+
+
+def handle_sse(app: App, connection: HttpConnection, request: Request) -> None:
+    query = request.query()
+    subscription = parse_subscription(
+        query, app.settings.server.max_channels_per_connection, request.header(b"last-event-id")
+    )
+    envelope = parse_flag(query, "envelope")
+    if subscription.since is not None:
+        _open(app, connection, subscription, envelope, subscription.since)
+        return
+    heads = _heads_nowait(app, subscription)
+    if heads is None:
+        app.hub.spawn(_open_async(app, connection, subscription, envelope))
+    else:
+        _open(app, connection, subscription, envelope, heads)
+
+
+def _heads_nowait(app: App, subscription: Subscription) -> list[Cursor] | None:
+    """Each channel's current cursor, where the broker holds it locally."""
+    heads = []
+    for channel in subscription.channels:
+        page = app.broker.history_nowait(channel, None, 0)
+        if page is None:
+            return None
+        heads.append(page.cursor)
+    return heads
+
+
+async def _open_async(
+    app: App, connection: HttpConnection, subscription: Subscription, envelope: bool
+) -> None:
+    try:
+        heads = [(await app.broker.history(c, None, 0)).cursor for c in subscription.channels]
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    if not connection.closed:
+        _open(app, connection, subscription, envelope, heads)
+
+
+def _open(
+    app: App,
+    connection: HttpConnection,
+    subscription: Subscription,
+    envelope: bool,
+    start: Sequence[Cursor],
+) -> None:
+    """Start the stream at the requested cursors (or now), then catch each channel up."""
+    first = subscription.channels[0]
+    policy = app.settings.namespace(namespace_of(first)).slow_consumer
+    opening = SSE_HEADERS + app.cors_headers(connection.current) + b"\r\n"
+    opening += sse.encode_stream_open(app.settings.server.sse_retry_ms, format_cursor_list(start))
+    transport = connection.transport
+    assert transport is not None
+    stream = SSEStream(app, transport, envelope, policy)
+    connection.hand_over(stream)
+    transport.write(opening)
+    app.stats.opened("sse")
+    for index, (channel, cursor) in enumerate(zip(subscription.channels, start, strict=True)):
+        tail = Tail(channel, cursor, index)
+        stream.order.append(tail)
+        tail.backlog = [] if subscription.since else None
+        stream.follow(tail)
+    if subscription.since:
+        for tail in stream.order:
+            stream.catch_up(tail)

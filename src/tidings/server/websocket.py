@@ -1,0 +1,246 @@
+"""``GET /ws``: the WebSocket transport (PROTOCOL.md section 6).
+
+The ``websockets`` sans-I/O ``ServerProtocol`` does the handshake, reads client frames,
+answers pings and runs the closing handshake. Event frames are server frames (never masked),
+so they are built once per event and written straight to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from tidings.brokers.base import HistoryPage
+from tidings.exceptions import (
+    BrokerUnavailable,
+    Forbidden,
+    InvalidField,
+    RequestError,
+    TooLarge,
+    TooManyChannels,
+    WebSocketOnlyError,
+)
+from tidings.hub.follow import PAGE_SIZE, Tail
+from tidings.protocol import ws
+from tidings.protocol.channel import namespace_of
+from tidings.protocol.cursor import Cursor
+from tidings.protocol.event import Event, Reset
+from tidings.protocol.http import build_error
+from tidings.server.http import HttpConnection
+from tidings.server.request import Request
+from tidings.server.stream import StreamConnection
+
+if TYPE_CHECKING:
+    from tidings.server.app import App
+
+log = logging.getLogger("tidings.ws")
+quiet = logging.getLogger("tidings.ws.protocol")
+quiet.setLevel(logging.WARNING)
+
+PING_FRAME = b"\x89\x00"
+CLOSE_LINGER_SECONDS = 5.0
+
+
+class WebSocketConnection(StreamConnection):
+    __slots__ = ("last_seen", "protocol")
+
+    def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
+        super().__init__(app, transport, "disconnect")
+        self.protocol = protocol
+        self.last_seen = app.hub.loop.time()
+
+    # reading
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self.hub.loop.time()
+        self.protocol.receive_data(data)
+        for frame in self.protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            if frame.opcode is Opcode.TEXT:
+                self._on_text(bytes(frame.data))
+            elif frame.opcode is Opcode.BINARY:
+                self.close(ws.CLOSE_UNSUPPORTED, "binary frames are not supported: send JSON text")
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._flush()
+        return None
+
+    def _flush(self) -> None:
+        """Write what the protocol wants sent; a close it started ends the transport."""
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif not self.transport.is_closing():
+                self.transport.close()
+        if self.protocol.state is State.CLOSED and not self.transport.is_closing():
+            self.transport.close()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; drop the connection if the peer never finishes it."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+        self.hub.timers.add(self, CLOSE_LINGER_SECONDS)
+        for channel in list(self.tails):
+            self.unfollow(channel)
+
+    def _on_text(self, payload: bytes) -> None:
+        try:
+            message = ws.parse_client_message(payload)
+        except ws.MessageError as error:
+            self._error(error.ref, error.error)
+            return
+        try:
+            self._dispatch(message)
+        except RequestError as error:
+            self._error(getattr(message, "ref", None), error)
+
+    def _dispatch(self, message: ws.ClientMessage) -> None:
+        if isinstance(message, ws.Subscribe):
+            self._subscribe(message)
+        elif isinstance(message, ws.Unsubscribe):
+            self._unsubscribe(message)
+        elif isinstance(message, ws.Publish):
+            self._publish(message)
+        elif isinstance(message, ws.PresenceQuery):
+            raise WebSocketOnlyError(
+                "presence_disabled", f"presence is not enabled for channel {message.channel!r}"
+            )
+        else:
+            self.send(ws.pong_frame(message.ref))
+
+    def _error(self, ref: ws.Ref, error: RequestError) -> None:
+        self.send(ws.error_frame(ref, error.code, error.message))
+
+    # requests
+
+    def _subscribe(self, message: ws.Subscribe) -> None:
+        if message.channel in self.tails:
+            raise WebSocketOnlyError(
+                "already_subscribed", f"already subscribed to {message.channel!r}"
+            )
+        if len(self.tails) >= self.app.settings.server.max_channels_per_connection:
+            raise TooManyChannels(
+                f"at most {self.app.settings.server.max_channels_per_connection} channels"
+                " per connection"
+            )
+        tail = Tail(message.channel, message.since or Cursor("", 0))
+        tail.backlog = []
+        self.follow(tail)
+        page = self.app.broker.history_nowait(message.channel, message.since, PAGE_SIZE)
+        if page is None:
+            self.hub.spawn(self._subscribe_async(message, tail))
+        else:
+            self._start(message, tail, page)
+
+    async def _subscribe_async(self, message: ws.Subscribe, tail: Tail) -> None:
+        try:
+            page = await self.app.broker.history(message.channel, message.since, PAGE_SIZE)
+        except BrokerUnavailable as error:
+            self.unfollow(message.channel)
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+            return
+        if self.tails.get(message.channel) is tail:
+            self._start(message, tail, page)
+
+    def _start(self, message: ws.Subscribe, tail: Tail, page: HistoryPage) -> None:
+        if message.since is None:
+            tail.move_to(page.cursor)
+            self.send(ws.subscribed_frame(message.ref, message.channel, page.cursor, None))
+        else:
+            recovered = page.reset is None
+            self.send(ws.subscribed_frame(message.ref, message.channel, message.since, recovered))
+        self.catch_up(tail, page if message.since is not None else None)
+
+    def _unsubscribe(self, message: ws.Unsubscribe) -> None:
+        if message.channel not in self.tails:
+            raise WebSocketOnlyError("not_subscribed", f"not subscribed to {message.channel!r}")
+        self.unfollow(message.channel)
+        self.send(ws.unsubscribed_frame(message.ref, message.channel))
+
+    def _publish(self, message: ws.Publish) -> None:
+        namespace = self.app.settings.namespace(namespace_of(message.channel))
+        if not namespace.client_publish:
+            raise Forbidden(f"clients may not publish to {message.channel!r}")
+        limit = self.app.settings.server.max_message_bytes
+        if len(message.data) > limit:
+            raise TooLarge(f"data is {len(message.data)} bytes; at most {limit} allowed")
+        self.hub.spawn(self._publish_async(message))
+
+    async def _publish_async(self, message: ws.Publish) -> None:
+        try:
+            event = await self.app.broker.publish(
+                message.channel, message.event, message.data, message.idempotency_key
+            )
+        except BrokerUnavailable as error:
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+            return
+        self.app.stats.published += 1
+        self.send(ws.published_frame(message.ref, message.channel, event.id))
+
+    # writing
+
+    def send(self, frame: bytes) -> None:
+        if self.protocol.state is State.OPEN and not self.closed:
+            self.transport.write(frame)
+
+    def write_event(self, tail: Tail, event: Event) -> None:
+        self.send(ws.event_frame(event))
+
+    def write_reset(self, tail: Tail, reset: Reset) -> None:
+        self.app.stats.resets += 1
+        self.send(ws.reset_frame(reset))
+
+    def heartbeat(self, now: float) -> None:
+        """Ping; a peer silent for a heartbeat plus the ping timeout is dead."""
+        server = self.app.settings.server
+        if now - self.last_seen > server.heartbeat_seconds + server.ws_ping_timeout_seconds:
+            self.transport.abort()
+        elif self.protocol.state is State.OPEN:
+            self.transport.write(PING_FRAME)
+
+    def too_slow(self) -> None:
+        self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
+
+    def drain(self, retry_ms: int) -> None:
+        self.close(ws.CLOSE_RESTART, "server restarting: reconnect after a short delay")
+
+
+def handle_websocket(app: App, connection: HttpConnection, request: Request) -> None:
+    if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
+        raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
+    protocol = ServerProtocol(max_size=app.settings.server.max_message_bytes + 4096, logger=quiet)
+    protocol.receive_data(_request_bytes(request))
+    handshake = next(iter(protocol.events_received()), None)
+    if not isinstance(handshake, WsRequest):
+        raise InvalidField("WebSocket handshake request could not be read")
+    response = protocol.accept(handshake)
+    if response.status_code != 101:
+        reason = str(protocol.handshake_exc or "invalid WebSocket handshake")
+        connection.send(build_error(400, "invalid_field", reason, keep_alive=False), False)
+        return
+    protocol.send_response(response)
+    transport = connection.transport
+    assert transport is not None
+    socket = WebSocketConnection(app, transport, protocol)
+    connection.hand_over(socket)
+    app.stats.opened("websocket")
+    socket._flush()
+    if request.leftover:
+        socket.data_received(request.leftover)
+
+
+def _request_bytes(request: Request) -> bytes:
+    """The handshake request as the sans-I/O protocol reads it: line and headers."""
+    lines = [b"GET " + request.target + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in request.headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"

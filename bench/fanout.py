@@ -115,6 +115,17 @@ def rss_kb(pids: list[int]) -> int:
     return total
 
 
+def cpu_busy_ticks(cores: list[int]) -> dict[int, int]:
+    """Busy (not idle, not iowait) jiffies of each core from /proc/stat."""
+    out: dict[int, int] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name = line.split(" ", 1)[0]
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            vals = [int(v) for v in line.split()[1:]]
+            out[int(name[3:])] = sum(vals[:8]) - vals[3] - vals[4]
+    return out
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -407,12 +418,19 @@ class LoadGen:
 # --------------------------------------------------------------------------- one cell
 
 
-def measure_phase(server: Server, lg: LoadGen, timeout: float, **msg: Any) -> dict[str, Any]:
+def measure_phase(server: Server, lg: LoadGen, cores: list[int], timeout: float,
+                  **msg: Any) -> dict[str, Any]:
     """Run one publishing phase; server CPU is the delta over the whole phase, drain included."""
+    b0 = cpu_busy_ticks(cores)
     s0, l0, t0 = server.cpu(), lg.cpu(), time.monotonic()
     r = lg.cmd(timeout, **msg)
     s1, l1, t1 = server.cpu(), lg.cpu(), time.monotonic()
+    b1 = cpu_busy_ticks(cores)
     wall = t1 - t0
+    # CPU time on the two benchmark cores that was neither the server's nor the load
+    # generator's: other processes on the machine disturbing the measurement.
+    busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
+    r["otherCpuPct"] = max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0)) / wall)
     delivered = int(r["received"])
     r["serverCpuS"] = s1 - s0
     r["serverCpuPct"] = 100 * (s1 - s0) / wall
@@ -464,11 +482,13 @@ def run_cell(target: str, transport: str, n: int, args: argparse.Namespace,
         if not w["ok"]:
             cell["notes"].append(f"warm-up publishes not delivered to everyone: {w['rounds']}")
 
+        cores = sorted({int(args.server_cpu), int(args.loadgen_cpu)})
+        rate = args.rate * 1000 / n if args.rate_scaling == "deliveries" else args.rate
         cell["rate"] = measure_phase(
-            server, lg, args.duration + 60, cmd="rate", rate=args.rate, durationS=args.duration,
+            server, lg, cores, args.duration + 60, cmd="rate", rate=rate, durationS=args.duration,
             idleMs=1500, drainTimeoutMs=20000)
         cell["sat"] = measure_phase(
-            server, lg, args.sat_duration + 60, cmd="saturate", inflight=args.inflight,
+            server, lg, cores, args.sat_duration + 60, cmd="saturate", inflight=args.inflight,
             maxPublishes=args.sat_max, durationS=args.sat_duration, stallMs=1000,
             idleMs=1500, drainTimeoutMs=20000)
         final = lg.cmd(10, cmd="status")
@@ -492,6 +512,10 @@ def run_cell(target: str, transport: str, n: int, args: argparse.Namespace,
                 cell["notes"].append(
                     f"{ph}: load generator at {p['loadgenCpuPct']:.0f}% of its core: it may be "
                     "the bottleneck")
+            if p["otherCpuPct"] >= 10:
+                cell["notes"].append(
+                    f"{ph}: other processes used {p['otherCpuPct']:.0f}% of a core on the "
+                    "benchmark cores: numbers are disturbed")
             if p.get("stalls"):
                 cell["notes"].append(f"{ph}: {p['stalls']} delivery stalls of 1 s")
         if not server.mp.alive():
@@ -642,6 +666,13 @@ def git_rev() -> str:
         return "?"
 
 
+def fixed_rate_text(args: argparse.Namespace) -> str:
+    if args.rate_scaling == "none":
+        return f"{args.rate:g} publishes/s"
+    per = ", ".join(f"{args.rate * 1000 / n:g}/s at {n:,}" for n in args.subs)
+    return f"{args.rate * 1000:,.0f} deliveries/s (publishes: {per} subscribers)"
+
+
 def header(args: argparse.Namespace, meta: dict[str, Any]) -> str:
     versions = ", ".join(f"{k}: {v}" for k, v in meta["versions"].items())
     return (
@@ -650,7 +681,7 @@ def header(args: argparse.Namespace, meta: dict[str, Any]) -> str:
         f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {platform.system()} "
         f"{platform.release()}; server on core {args.server_cpu}, load generator on core "
         f"{args.loadgen_cpu}. Commit {meta['git']}. {versions}.\n\n"
-        f"Fixed rate: {args.rate} publishes/s for {args.duration:g} s. Saturation: up to "
+        f"Fixed rate: {fixed_rate_text(args)} for {args.duration:g} s. Saturation: up to "
         f"{args.inflight} publishes in flight (published but not yet delivered to every "
         f"subscriber), at most {args.sat_max:,} publishes or {args.sat_duration:g} s. Payload "
         f"about {args.payload_bytes} bytes of JSON. Latency from 1 in {args.sample_every} "
@@ -669,11 +700,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll")
     p.add_argument("--subs", default="1000,10000", help="comma list of subscriber counts")
     p.add_argument("--duration", type=float, default=10.0, help="fixed-rate phase, seconds")
-    p.add_argument("--rate", type=float, default=50.0, help="fixed-rate publishes per second")
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="fixed-rate publishes per second (at 1,000 subscribers, see --rate-scaling)")
+    p.add_argument("--rate-scaling", choices=("deliveries", "none"), default="deliveries",
+                   help="deliveries: scale --rate by 1000/subs so every cell gets the same "
+                   "deliveries per second (50/s at 1,000 subs, 5/s at 10,000); none: --rate as is")
     p.add_argument("--sat-duration", type=float, default=None,
                    help="saturation phase, seconds (default: --duration)")
     p.add_argument("--sat-max", type=int, default=100000, help="saturation: at most this many publishes")
-    p.add_argument("--inflight", type=int, default=4,
+    p.add_argument("--inflight", type=int, default=16,
                    help="saturation: publishes in flight (not yet delivered to everyone)")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the report shows medians")
     p.add_argument("--settle", type=float, default=2.0, help="seconds to let memory settle")
@@ -684,7 +719,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--payload-bytes", type=int, default=100)
     p.add_argument("--pub-conns", type=int, default=16, help="publisher keep-alive connections")
     p.add_argument("--backlog", type=int, default=4096, help="nginx listen backlog")
-    p.add_argument("--nchan-buffer", type=int, default=20, help="nchan_message_buffer_length")
+    p.add_argument("--nchan-buffer", type=int, default=32, help="nchan_message_buffer_length")
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--tidings-cmd", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
@@ -789,7 +824,10 @@ def main(argv: list[str] | None = None) -> int:
         {"meta": meta, "args": {k: v for k, v in vars(args).items()}, "results": results},
         indent=1, default=str))
     (out_path.parent / "readme-table.md").write_text(body + "\n")
-    shutil.rmtree(workdir, ignore_errors=True)
+    if any("error" in c for c in results):
+        log(f"keeping server and load generator logs in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     log(f"wrote {out_path}, {out_path.with_suffix('.json')} and "
         f"{out_path.parent / 'readme-table.md'}")
     return 130 if interrupted else 0

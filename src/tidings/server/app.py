@@ -157,23 +157,45 @@ class App:
         return HttpConnection(self)
 
 
-async def run(settings: Settings, ready: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then close every connection and the broker."""
+class Server:
+    """A node listening on a socket: ``start`` it, read ``port``, ``stop`` it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.app: App | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.app = App(self.settings, loop)
+        self.app.hub.start()
+        server = self.settings.server
+        self._server = await loop.create_server(
+            self.app.protocol_factory, server.host, server.port, backlog=4096
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "tidings listening on http://%s:%d (broker %s)", server.host, self.port, server.broker
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, then the broker."""
+        if self._server is None or self.app is None:
+            return
+        self._server.close()
+        _close_connections(self.app)
+        await self.app.hub.close()
+        await self._server.wait_closed()
+        self._server = None
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
     loop = asyncio.get_running_loop()
-    app = App(settings, loop)
-    app.hub.start()
-    server = await loop.create_server(
-        app.protocol_factory, settings.server.host, settings.server.port, backlog=4096
-    )
-    port = server.sockets[0].getsockname()[1]
-    log.info(
-        "tidings listening on http://%s:%d (broker %s)",
-        settings.server.host,
-        port,
-        settings.server.broker,
-    )
-    if ready is not None:
-        ready(port)
+    server = Server(settings)
+    await server.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -181,10 +203,7 @@ async def run(settings: Settings, ready: Callable[[int], None] | None = None) ->
         await stop.wait()
     finally:
         log.info("shutting down")
-        server.close()
-        _close_connections(app)
-        await app.hub.close()
-        await server.wait_closed()
+        await server.stop()
 
 
 def _close_connections(app: App) -> None:

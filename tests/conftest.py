@@ -1,0 +1,114 @@
+"""Shared fixtures: a real Tidings server on 127.0.0.1:0, in its own thread and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvloop
+
+from tidings.config import Settings, load_settings
+from tidings.server.app import Server
+
+
+@dataclass
+class RunningServer:
+    """A server started by a test: its URL parts and the App inside it."""
+
+    server: Server
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` on the server's loop and return its result (to inspect state)."""
+        result: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(function())
+            except BaseException as error:  # handed back to the test thread
+                result.set_exception(error)
+
+        self.loop.call_soon_threadsafe(run)
+        return result.result(timeout=10)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def start_server(settings: Settings) -> RunningServer:
+    """Start a server in a new thread with its own uvloop; return once it listens."""
+    loop = uvloop.new_event_loop()
+    server = Server(settings)
+    started: Future[int] = Future()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started.set_result(loop.run_until_complete(server.start()))
+        except BaseException as error:
+            started.set_exception(error)
+            return
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=main, name="tidings-server", daemon=True)
+    thread.start()
+    started.result(timeout=10)
+    return RunningServer(server, loop, thread)
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """Settings on port 0 with ``section__key`` overrides (``namespaces__chat__presence``)."""
+    raw: dict[str, Any] = {"port": 0}
+    layers: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "__" in key:
+            layers[key] = value
+        else:
+            raw[key] = value
+    environ = {f"TIDINGS_{k.upper().replace('__', '_')}": str(v) for k, v in layers.items()}
+    return load_settings(environ=environ, flags=raw)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., RunningServer]]:
+    """``make_server(max_message_bytes=1024)`` starts a server with those settings."""
+    started: list[RunningServer] = []
+
+    def make(**overrides: Any) -> RunningServer:
+        running = start_server(settings_with(**overrides))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server with the default settings."""
+    return make_server()

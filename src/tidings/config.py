@@ -7,6 +7,7 @@ A bad value stops start-up with a ConfigError that names the key (``server.port`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -77,7 +78,7 @@ def load_settings(
     """Merge the four layers and validate the result."""
     raw: dict[str, Any] = {"server": {}, "auth": {}, "namespaces": {}}
     if path is not None:
-        _merge(raw, _read_toml(Path(path)))
+        _merge(raw, _check_tables(_read_toml(Path(path))))
     _merge(raw, _from_environ(os.environ if environ is None else environ))
     if flags:
         _merge(raw, {"server": {k: v for k, v in flags.items() if v is not None}})
@@ -92,6 +93,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("--config", f"{path} is not valid TOML: {error}") from None
+
+
+def _check_tables(layer: dict[str, Any]) -> dict[str, Any]:
+    """Sections, and each namespace, must be tables: ``server = 5`` names its key."""
+    for section in ("server", "auth", "namespaces"):
+        if section in layer and not isinstance(layer[section], Mapping):
+            raise ConfigError(section, "must be a table ([section] with key = value lines)")
+    for name, values in layer.get("namespaces", {}).items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"namespaces.{name}", "must be a table of namespace options")
+    return layer
 
 
 def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
@@ -119,6 +131,10 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
                 if tail.endswith("_" + key):
                     layer["namespaces"].setdefault(tail[: -len(key) - 1], {})[key] = value
                     break
+            else:
+                raise ConfigError(
+                    name, f"no namespace key ends it; known: {', '.join(namespace_keys)}"
+                )
     return layer
 
 
@@ -162,7 +178,7 @@ def _convert(key: str, type_name: Any, value: Any) -> Any:
                 raise ValueError
             return int(value)
         if kind == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
         if kind.startswith("tuple"):

@@ -51,6 +51,7 @@ class ChannelLog:
         return event
 
     def find_key(self, key: str) -> Event | None:
+        self.expire(time.time_ns() // 1_000_000)
         event = self.keys.get(key)
         if event is None or not self.events or event.offset < self.events[0].offset:
             return None

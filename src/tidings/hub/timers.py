@@ -73,7 +73,7 @@ class TimerWheel:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        current = self._slot(now)
+        current = math.floor(now / self._resolution)  # every slot here has its deadline passed
         for slot in range(self._next_slot, current + 1):
             for item in self._buckets.pop(slot, ()):
                 del self._bucket_of[item]

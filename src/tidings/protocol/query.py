@@ -89,15 +89,19 @@ def _parse_timeout(text: str | None, max_poll_seconds: float) -> float:
         timeout = float(text)
     except ValueError:
         raise InvalidField(f"timeout {text[:32]!r} is not a number of seconds") from None
-    if not math.isfinite(timeout) or timeout < 0:
+    spelled_out = text.strip().lstrip("+-").lower() in ("inf", "infinity", "nan")
+    if spelled_out or math.isnan(timeout) or timeout < 0:
         raise InvalidField("timeout must be a number of seconds, 0 or more")
-    return min(timeout, max_poll_seconds)
+    return min(timeout, max_poll_seconds)  # a decimal too large for a float is lowered too
 
 
 def _parse_limit(text: str | None) -> int:
     if text is None or text == "":
         return DEFAULT_POLL_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_POLL_LIMIT:
+    if (
+        not (text.isascii() and text.isdigit() and len(text) <= 4)
+        or not 1 <= int(text) <= MAX_POLL_LIMIT
+    ):
         raise InvalidField(f"limit must be a whole number from 1 to {MAX_POLL_LIMIT}")
     return int(text)
 

@@ -96,7 +96,9 @@ def _parse_op(obj: dict[str, Any], ref: Ref) -> ClientMessage:
         if since is not None and not isinstance(since, str):
             raise InvalidField("since must be a cursor string")
         return Subscribe(
-            ref, parse_channel(obj.get("channel")), parse_cursor(since) if since else None
+            ref,
+            parse_channel(obj.get("channel")),
+            parse_cursor(since) if since is not None else None,
         )
     if op == "unsubscribe":
         return Unsubscribe(ref, parse_channel(obj.get("channel")))

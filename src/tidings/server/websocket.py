@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
@@ -218,29 +219,28 @@ class WebSocketConnection(StreamConnection):
 def handle_websocket(app: App, connection: HttpConnection, request: Request) -> None:
     if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
         raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
-    protocol = ServerProtocol(max_size=app.settings.server.max_message_bytes + 4096, logger=quiet)
-    protocol.receive_data(_request_bytes(request))
-    handshake = next(iter(protocol.events_received()), None)
-    if not isinstance(handshake, WsRequest):
-        raise InvalidField("WebSocket handshake request could not be read")
-    response = protocol.accept(handshake)
+    response = ServerProtocol(logger=quiet).accept(_handshake_request(request))
     if response.status_code != 101:
-        reason = str(protocol.handshake_exc or "invalid WebSocket handshake")
-        connection.send(build_error(400, "invalid_field", reason, keep_alive=False), False)
+        reason = (response.body or b"invalid WebSocket handshake").decode("utf-8", "replace")
+        connection.send(build_error(400, "invalid_field", reason.strip(), keep_alive=False), False)
         return
-    protocol.send_response(response)
+    # A second protocol object, created already OPEN, reads the frames: the handshake's
+    # parser would keep the whole request alive for the life of the connection.
+    protocol = ServerProtocol(
+        state=State.OPEN, max_size=app.settings.server.max_message_bytes + 4096, logger=quiet
+    )
     transport = connection.transport
     assert transport is not None
     socket = WebSocketConnection(app, transport, protocol)
     connection.hand_over(socket)
+    transport.write(response.serialize())
     app.stats.opened("websocket")
-    socket._flush()
     if request.leftover:
         socket.data_received(request.leftover)
 
 
-def _request_bytes(request: Request) -> bytes:
-    """The handshake request as the sans-I/O protocol reads it: line and headers."""
-    lines = [b"GET " + request.target + b" HTTP/1.1"]
-    lines.extend(name + b": " + value for name, value in request.headers)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+def _handshake_request(request: Request) -> WsRequest:
+    headers = Headers(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+    )
+    return WsRequest(request.target.decode("latin-1"), headers)

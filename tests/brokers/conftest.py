@@ -1,0 +1,103 @@
+"""Fixtures of the broker conformance suite: every broker URL in BROKER_URLS runs every test.
+
+To add a broker, add its URL here (``redis://127.0.0.1:6379/15``, ``nats://127.0.0.1:4222``),
+skipping it when its service is not running, and teach ``Clock`` how to age its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import pytest
+
+from tidings.brokers import Broker, broker_for
+from tidings.config import load_settings
+from tidings.protocol.event import Event
+
+BROKER_URLS = ["memory://"]
+# Brokers that hold history in this process answer history_nowait with a page, never None.
+LOCAL_BROKERS = {"memory"}
+
+
+@pytest.fixture(params=BROKER_URLS)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.param
+    return url
+
+
+@pytest.fixture
+def holds_history_locally(broker_url: str) -> bool:
+    return broker_url.partition("://")[0] in LOCAL_BROKERS
+
+
+MakeBroker = Callable[..., Broker]
+
+
+@pytest.fixture
+async def make_broker(broker_url: str) -> AsyncIterator[MakeBroker]:
+    """``make_broker({"TIDINGS_NAMESPACES_DEFAULT_HISTORY_SIZE": "3"})``: a fresh broker."""
+    made: list[Broker] = []
+
+    def make(environ: Mapping[str, str] | None = None) -> Broker:
+        settings = load_settings(environ={**(environ or {}), "TIDINGS_SERVER_BROKER": broker_url})
+        broker = broker_for(broker_url, settings)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+class Clock:
+    """Moves the broker's idea of "now" forward, so that history ages without a long sleep.
+
+    The memory broker reads ``time.time_ns``; it is shifted. A broker whose clock lives in a
+    service (Redis key expiry) would sleep instead, so give it TTLs of a second or less.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, shift_in_process: bool) -> None:
+        self._shift_in_process = shift_in_process
+        self._offset_ns = 0
+        if shift_in_process:
+            real_time_ns = time.time_ns
+            monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + self._offset_ns)
+
+    async def advance(self, seconds: float) -> None:
+        if self._shift_in_process:
+            self._offset_ns += int(seconds * 1e9)
+        else:
+            await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, holds_history_locally: bool) -> Clock:
+    return Clock(monkeypatch, shift_in_process=holds_history_locally)
+
+
+class Sink:
+    """Collects what a broker delivers; ``wait_for(n)`` waits until n events arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Event]:
+        async def until() -> None:
+            while len(self.events) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return self.events
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()

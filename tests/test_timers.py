@@ -1,0 +1,214 @@
+"""The timer wheel (hub/timers.py) on a real event loop: deadlines, discards, periodic jobs.
+
+Every wait is on the event expected, with a timeout; an item that must *not* expire is checked
+after a later item has expired, never after a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings.hub.timers import TimerWheel
+
+RESOLUTION = 0.05
+# Scheduling jitter of a loaded CI machine on top of the wheel's own step.
+SLACK = 0.05
+WAIT = 2.0
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Item:
+    """An Expiring that records when it expired, and how often."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.added_at = loop.time()
+        self.expired_at: list[float] = []
+        self.done = asyncio.Event()
+
+    def expire(self) -> None:
+        self.expired_at.append(self.loop.time())
+        self.done.set()
+
+    @property
+    def late_by(self) -> float:
+        return self.expired_at[0] - self.added_at - self.delay
+
+    async def wait(self) -> None:
+        await asyncio.wait_for(self.done.wait(), WAIT)
+
+
+@pytest.fixture
+async def wheel() -> AsyncIterator[TimerWheel]:
+    timers = TimerWheel(asyncio.get_running_loop(), RESOLUTION)
+    timers.start()
+    yield timers
+    timers.stop()
+
+
+def add(wheel: TimerWheel, delay: float) -> Item:
+    item = Item(asyncio.get_running_loop(), delay)
+    wheel.add(item, delay)
+    return item
+
+
+async def test_an_item_expires_within_one_step_after_its_delay(wheel: TimerWheel) -> None:
+    item = add(wheel, 0.15)
+    await item.wait()
+    assert item.expired_at and len(item.expired_at) == 1
+    assert -RESOLUTION <= item.late_by <= RESOLUTION + SLACK
+
+
+async def test_items_expire_in_deadline_order(wheel: TimerWheel) -> None:
+    items = [add(wheel, delay) for delay in (0.25, 0.05, 0.15)]
+    await asyncio.wait_for(asyncio.gather(*(item.wait() for item in items)), WAIT)
+    by_expiry = sorted(items, key=lambda item: item.expired_at[0])
+    assert [item.delay for item in by_expiry] == [0.05, 0.15, 0.25]
+    for item in items:
+        assert item.late_by <= RESOLUTION + SLACK
+
+
+async def test_items_never_expire_before_their_delay(wheel: TimerWheel) -> None:
+    # Deadlines spread finely over two steps, so one lands inside every tick's last step.
+    items = [add(wheel, 0.1 + i * RESOLUTION / 10) for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*(item.wait() for item in items)), WAIT)
+    early = [(item.delay, round(item.late_by, 4)) for item in items if item.late_by < 0]
+    assert early == []
+
+
+async def test_many_items_on_one_deadline_all_expire_once(wheel: TimerWheel) -> None:
+    items = [add(wheel, 0.1) for _ in range(50)]
+    await asyncio.wait_for(asyncio.gather(*(item.wait() for item in items)), WAIT)
+    assert all(len(item.expired_at) == 1 for item in items)
+
+
+async def test_a_zero_delay_expires_on_the_next_tick(wheel: TimerWheel) -> None:
+    item = add(wheel, 0)
+    await item.wait()
+    assert item.late_by <= RESOLUTION + SLACK
+
+
+async def test_discard_prevents_expiry(wheel: TimerWheel) -> None:
+    discarded = add(wheel, 0.05)
+    kept = add(wheel, 0.1)
+    wheel.discard(discarded)
+    later = add(wheel, 0.2)
+    await later.wait()
+    assert discarded.expired_at == []
+    assert len(kept.expired_at) == 1
+
+
+async def test_discarding_twice_or_an_unknown_item_is_harmless(wheel: TimerWheel) -> None:
+    item = add(wheel, 0.05)
+    wheel.discard(item)
+    wheel.discard(item)
+    wheel.discard(Item(asyncio.get_running_loop(), 0))
+    later = add(wheel, 0.1)
+    await later.wait()
+    assert item.expired_at == []
+
+
+async def test_re_adding_moves_the_deadline_later(wheel: TimerWheel) -> None:
+    item = add(wheel, 0.05)
+    item.added_at = asyncio.get_running_loop().time()
+    item.delay = 0.3
+    wheel.add(item, 0.3)
+    sentinel = add(wheel, 0.15)
+    await sentinel.wait()
+    assert item.expired_at == []  # its first deadline has passed
+    await item.wait()
+    assert len(item.expired_at) == 1
+    assert -RESOLUTION <= item.late_by <= RESOLUTION + SLACK
+
+
+async def test_re_adding_moves_the_deadline_earlier(wheel: TimerWheel) -> None:
+    item = add(wheel, 0.3)
+    item.added_at = asyncio.get_running_loop().time()
+    item.delay = 0.05
+    wheel.add(item, 0.05)
+    await item.wait()
+    assert item.late_by <= RESOLUTION + SLACK
+    sentinel = add(wheel, 0.35)
+    await sentinel.wait()
+    assert len(item.expired_at) == 1  # not again at its old deadline
+
+
+async def test_an_item_can_be_added_again_after_it_expired(wheel: TimerWheel) -> None:
+    item = add(wheel, 0.05)
+    await item.wait()
+    item.done.clear()
+    wheel.add(item, 0.05)
+    await item.wait()
+    assert len(item.expired_at) == 2
+
+
+async def test_an_item_may_re_add_itself_when_it_expires(wheel: TimerWheel) -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    done = asyncio.Event()
+
+    class Repeating:
+        def expire(self) -> None:
+            times.append(loop.time())
+            if len(times) < 3:
+                wheel.add(self, 0.05)
+            else:
+                done.set()
+
+    wheel.add(Repeating(), 0.05)
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert len(times) == 3
+
+
+async def test_periodic_jobs_run_every_interval(wheel: TimerWheel) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    runs: list[float] = []
+    enough = asyncio.Event()
+
+    def job() -> None:
+        runs.append(loop.time())
+        if len(runs) == 4:
+            enough.set()
+
+    wheel.every(0.1, job)
+    await asyncio.wait_for(enough.wait(), WAIT)
+    gaps = [b - a for a, b in zip([started, *runs], runs, strict=False)]
+    assert all(gap >= 0.1 - 1e-6 for gap in gaps), gaps
+    assert all(gap <= 0.1 + 2 * RESOLUTION + SLACK for gap in gaps), gaps
+
+
+async def test_several_periodic_jobs_run_independently(wheel: TimerWheel) -> None:
+    fast: list[int] = []
+    slow: list[int] = []
+    done = asyncio.Event()
+    wheel.every(0.05, lambda: fast.append(1))
+
+    def slow_job() -> None:
+        slow.append(1)
+        done.set()
+
+    wheel.every(0.2, slow_job)
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert len(slow) == 1
+    assert len(fast) >= 2
+
+
+async def test_a_stopped_wheel_expires_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    wheel = TimerWheel(loop, RESOLUTION)
+    wheel.start()
+    item = add(wheel, 0.05)
+    ran: list[int] = []
+    wheel.every(0.05, lambda: ran.append(1))
+    wheel.stop()
+    passed = asyncio.Event()
+    loop.call_later(0.25, passed.set)
+    await asyncio.wait_for(passed.wait(), WAIT)
+    assert item.expired_at == []
+    assert ran == []

@@ -14,7 +14,7 @@ from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.hub import Hub
 from tidings.protocol.cursor import Cursor
-from tidings.protocol.event import Event, Reset
+from tidings.protocol.event import Batch, Event, Reset
 
 log = logging.getLogger("tidings.hub")
 
@@ -63,6 +63,24 @@ class Follower:
     def abandon(self, reason: str) -> None:
         """The connection cannot be kept consistent: close it so the client resumes."""
         raise NotImplementedError
+
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        """Write consecutive events; formats whose bytes can be shared override this."""
+        for event in batch.events:
+            self.write_event(tail, event)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """The hot path: a batch that continues the tail exactly is one write."""
+        tail = self.tails.get(batch.channel)
+        if tail is None:
+            return
+        first = batch.events[0]
+        if tail.backlog is None and first.epoch == tail.epoch and first.offset == tail.offset + 1:
+            tail.offset = batch.events[-1].offset
+            self.write_batch(tail, batch)
+        else:
+            for event in batch.events:
+                self.deliver(event)
 
     def deliver(self, event: Event) -> None:
         tail = self.tails.get(event.channel)

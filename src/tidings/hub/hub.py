@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from tidings.brokers.base import Broker
 from tidings.config import Settings
 from tidings.hub.timers import TimerWheel
-from tidings.protocol.event import Event
+from tidings.protocol.event import Batch, Event, batches
 
 log = logging.getLogger("tidings.hub")
 
@@ -25,13 +25,13 @@ INTEREST_SWEEP_SECONDS = 30.0
 class Subscriber(Protocol):
     """A local connection that follows channels (an SSE stream, a WebSocket)."""
 
-    def deliver(self, event: Event) -> None: ...
+    def deliver_batch(self, batch: Batch) -> None: ...
 
 
 class Waiter(Protocol):
     """A long poll held until an event arrives on one of its channels."""
 
-    def wake(self, event: Event) -> None: ...
+    def wake(self, batch: Batch) -> None: ...
 
 
 class Beating(Protocol):
@@ -51,6 +51,7 @@ class Hub:
         self._waiters: dict[str, set[Waiter]] = {}
         self._interest: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._arrived: dict[str, list[Event]] = {}
         self.deliveries = 0
 
     def start(self) -> None:
@@ -77,15 +78,31 @@ class Hub:
             log.error("background task failed", exc_info=task.exception())
 
     def deliver(self, event: Event) -> None:
-        subscribers = self._subscribers.get(event.channel)
+        """The broker's sink: collect what arrives in this loop iteration, fan out once."""
+        arrived = self._arrived.get(event.channel)
+        if arrived is not None:
+            arrived.append(event)
+            return
+        if not self._arrived:
+            self.loop.call_soon(self._fan_out)
+        self._arrived[event.channel] = [event]
+
+    def _fan_out(self) -> None:
+        arrived, self._arrived = self._arrived, {}
+        for events in arrived.values():
+            for batch in batches(events):
+                self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch: Batch) -> None:
+        subscribers = self._subscribers.get(batch.channel)
         if subscribers:
             for subscriber in tuple(subscribers):
-                subscriber.deliver(event)
-            self.deliveries += len(subscribers)
-        waiters = self._waiters.pop(event.channel, None)
+                subscriber.deliver_batch(batch)
+            self.deliveries += len(subscribers) * len(batch.events)
+        waiters = self._waiters.pop(batch.channel, None)
         if waiters:
             for waiter in waiters:
-                waiter.wake(event)
+                waiter.wake(batch)
 
     def attach(self, channel: str, subscriber: Subscriber) -> None:
         self._subscribers.setdefault(channel, set()).add(subscriber)
@@ -128,6 +145,3 @@ class Hub:
         now = self.loop.time()
         for connection in tuple(self.beating):
             connection.heartbeat(now)
-
-    def on_heartbeat(self, job: Callable[[], None]) -> None:
-        self.timers.every(self.settings.server.heartbeat_seconds, job)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidings.brokers.base import Broker, broker_for
 from tidings.config import Settings
-from tidings.exceptions import BrokerUnavailable, MethodNotAllowed, NotFound, RequestError
+from tidings.exceptions import (
+    BrokerUnavailable,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    RequestError,
+)
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.server.http import HttpConnection
@@ -134,6 +141,12 @@ class App:
     def error_body(self, code: str, message: str) -> bytes:
         return error_body(code, message)
 
+    def check_origin(self, request: Request) -> None:
+        """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""
+        origin = request.header(b"origin")
+        if self.cors_varies and origin is not None and origin not in self._allowed_origins:
+            raise Forbidden(f"origin {origin[:200]!r} is not allowed")
+
     def cors_pairs(self, request: Request | None) -> list[tuple[bytes, bytes]]:
         """CORS headers for browser callers; ``*`` unless origins are restricted."""
         if not self.cors_varies:
@@ -207,10 +220,12 @@ async def run(settings: Settings) -> None:
 
 
 def _close_connections(app: App) -> None:
+    """Ask each stream to come back after a random delay inside the drain window."""
+    window_ms = app.settings.server.drain_seconds * 1000
     for connection in list(app.connections):
         drain = getattr(connection, "drain", None)
         if drain is not None:
-            drain(app.settings.server.sse_retry_ms)
+            drain(int(random.uniform(0, window_ms)))
         transport = getattr(connection, "transport", None)
         if transport is not None:
             transport.close()

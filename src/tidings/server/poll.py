@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor, format_cursor_list
-from tidings.protocol.event import Event, Reset
+from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.http import build_response
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import PollRequest, parse_poll
@@ -140,13 +140,14 @@ def _answer_nothing_new(
         connection.respond(200, poll_body((), cursor_list), headers)
 
 
-def shared_response(app: App, event: Event) -> bytes:
-    """The answer to every caught-up single-channel long poll woken by ``event``."""
-    encoded = event.wire.get("poll")
+def shared_response(app: App, batch: Batch) -> bytes:
+    """The answer to every caught-up single-channel long poll woken by ``batch``."""
+    encoded = batch.wire.get("poll")
     if encoded is None:
-        body = poll_body((event,), event.id)
-        encoded = build_response(200, body, headers=_headers(app, None, event.id))
-        event.wire["poll"] = encoded
+        cursor = batch.last.id
+        body = poll_body(batch.events, cursor)
+        encoded = build_response(200, body, headers=_headers(app, None, cursor))
+        batch.wire["poll"] = encoded
     return encoded
 
 
@@ -178,15 +179,15 @@ class LongPoll:
             self.app.hub.unwait(channel, self)
         self.app.hub.timers.discard(self)
 
-    def wake(self, event: Event) -> None:
+    def wake(self, batch: Batch) -> None:
         if self.done:
             return
         self.cancel()
         connection = self.connection
-        cursor = self.cursors[0]
-        continues = event.epoch == cursor.epoch and event.offset == cursor.offset + 1
-        if len(self.cursors) == 1 and continues and self._shareable():
-            connection.send(shared_response(self.app, event))
+        cursor, first = self.cursors[0], batch.first
+        continues = first.epoch == cursor.epoch and first.offset == cursor.offset + 1
+        if len(self.cursors) == 1 and continues and self._shareable(len(batch.events)):
+            connection.send(shared_response(self.app, batch))
             return
         gathered = _gather_nowait(self.app, self.poll, self.cursors)
         if gathered is None:
@@ -200,9 +201,14 @@ class LongPoll:
         assert self.connection.current is not None
         return self.connection.current
 
-    def _shareable(self) -> bool:
+    def _shareable(self, count: int) -> bool:
         request = self.connection.current
-        return request is not None and request.keep_alive and not self.app.cors_varies
+        return (
+            count <= self.poll.limit
+            and request is not None
+            and request.keep_alive
+            and not self.app.cors_varies
+        )
 
     def _answer_or_wait_again(self, gathered: Gathered) -> None:
         if gathered.events or gathered.resets:

@@ -16,7 +16,7 @@ from tidings.hub.follow import Tail
 from tidings.protocol import sse
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, format_cursor_list
-from tidings.protocol.event import Event, Reset
+from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
 from tidings.server.http import HttpConnection
 from tidings.server.request import Request
@@ -42,6 +42,14 @@ def event_bytes(event: Event, envelope: bool) -> bytes:
         encoded = sse.encode_id_line(event.id) + body_bytes(event, envelope)
         event.wire[key] = encoded
     return encoded
+
+
+def _event_plain_bytes(event: Event) -> bytes:
+    return event_bytes(event, False)
+
+
+def _event_envelope_bytes(event: Event) -> bytes:
+    return event_bytes(event, True)
 
 
 def body_bytes(event: Event, envelope: bool) -> bytes:
@@ -77,6 +85,15 @@ class SSEStream(StreamConnection):
                 sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
             )
 
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        if len(self.order) > 1:
+            super().write_batch(tail, batch)
+        elif not self.closed:
+            if self.envelope:
+                self.transport.write(batch.joined("sse-envelope", _event_envelope_bytes))
+            else:
+                self.transport.write(batch.joined("sse", _event_plain_bytes))
+
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         if not self.closed:
             self.app.stats.resets += 1
@@ -100,6 +117,7 @@ class SSEStream(StreamConnection):
 
 
 def handle_sse(app: App, connection: HttpConnection, request: Request) -> None:
+    app.check_origin(request)
     query = request.query()
     subscription = parse_subscription(
         query, app.settings.server.max_channels_per_connection, request.header(b"last-event-id")

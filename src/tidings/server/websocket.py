@@ -31,7 +31,7 @@ from tidings.hub.follow import PAGE_SIZE, Tail
 from tidings.protocol import ws
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor
-from tidings.protocol.event import Event, Reset
+from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.http import build_error
 from tidings.server.http import HttpConnection
 from tidings.server.request import Request
@@ -197,6 +197,9 @@ class WebSocketConnection(StreamConnection):
     def write_event(self, tail: Tail, event: Event) -> None:
         self.send(ws.event_frame(event))
 
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        self.send(batch.joined("ws", ws.event_frame))
+
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.app.stats.resets += 1
         self.send(ws.reset_frame(reset))
@@ -219,6 +222,7 @@ class WebSocketConnection(StreamConnection):
 def handle_websocket(app: App, connection: HttpConnection, request: Request) -> None:
     if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
         raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
+    app.check_origin(request)
     response = ServerProtocol(logger=quiet).accept(_handshake_request(request))
     if response.status_code != 101:
         reason = (response.body or b"invalid WebSocket handshake").decode("utf-8", "replace")

@@ -82,3 +82,15 @@ async def test_an_infinite_history_age_is_refused_or_works() -> None:
     stored = await broker.publish("news", "message", b"1")
     page = await broker.history("news", Cursor(stored.epoch, 0), 10)
     assert list(page.events) == [stored]
+
+
+async def test_reading_many_empty_channels_does_not_grow_memory_without_bound() -> None:
+    from tidings.brokers import memory
+
+    broker = memory.MemoryBroker("memory://", Settings())
+    kept = await broker.publish("kept", "message", b"1")
+    for index in range(3 * memory.SWEEP_AT_LEAST):
+        await broker.history(f"empty-{index}", None, 0)
+    assert len(broker._logs) <= 2 * memory.SWEEP_AT_LEAST
+    page = await broker.history("kept", None, 0)
+    assert page.cursor == kept.cursor

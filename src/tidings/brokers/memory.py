@@ -82,13 +82,22 @@ class ChannelLog:
         return HistoryPage(events, events[-1].cursor if events else since)
 
 
+SWEEP_AT_LEAST = 10_000
+
+
 class MemoryBroker:
-    """The default broker: no service needed, history lives as long as the process."""
+    """The default broker: no service needed, history lives as long as the process.
+
+    Channels whose history is empty are forgotten when the number of channels doubles, so
+    that reading arbitrary channel names cannot grow memory without bound; such a channel
+    starts a new epoch when used again, which resuming clients see as a reset.
+    """
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._settings = settings
         self._logs: dict[str, ChannelLog] = {}
         self._sink: EventSink | None = None
+        self._sweep_at = SWEEP_AT_LEAST
 
     def start(self, sink: EventSink) -> None:
         self._sink = sink
@@ -99,10 +108,20 @@ class MemoryBroker:
     def _log(self, channel: str) -> ChannelLog:
         log = self._logs.get(channel)
         if log is None:
+            if len(self._logs) >= self._sweep_at:
+                self._forget_empty()
             namespace = self._settings.namespace(namespace_of(channel))
             log = ChannelLog(channel, namespace.history_size, namespace.history_ttl_seconds)
             self._logs[channel] = log
         return log
+
+    def _forget_empty(self) -> None:
+        now = time.time_ns() // 1_000_000
+        for name, log in list(self._logs.items()):
+            log.expire(now)
+            if not log.events:
+                del self._logs[name]
+        self._sweep_at = max(SWEEP_AT_LEAST, 2 * len(self._logs))
 
     async def publish(
         self, channel: str, event: str, data: bytes, idempotency_key: str | None = None

@@ -60,6 +60,10 @@ class Follower:
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         raise NotImplementedError
 
+    def writable(self) -> bool:
+        """False while the transport's buffer is full: catch-ups stop and resume later."""
+        return True
+
     def abandon(self, reason: str) -> None:
         """The connection cannot be kept consistent: close it so the client resumes."""
         raise NotImplementedError
@@ -107,6 +111,8 @@ class Follower:
         """Write what history holds after the tail, then the backlog; sync when it can."""
         if tail.backlog is None:
             tail.backlog = []
+        if not self.writable():
+            return  # resumed when the transport drains
         page = first or self.hub.broker.history_nowait(tail.channel, tail.cursor, PAGE_SIZE)
         while page is not None:
             if not self._apply(tail, page):
@@ -130,12 +136,14 @@ class Follower:
             tail.move_to(page.reset.cursor)
             self.write_reset(tail, page.reset)
         for event in page.events:
+            if not self.writable():
+                return False
             if event.epoch == tail.epoch and event.offset == tail.offset + 1:
                 tail.offset = event.offset
                 self.write_event(tail, event)
         if len(page.events) >= PAGE_SIZE:
             return True
-        return not self._drain_backlog(tail)
+        return self.writable() and not self._drain_backlog(tail)
 
     def _drain_backlog(self, tail: Tail) -> bool:
         """Apply held live events; False when one leaves a gap that history must fill."""
@@ -144,6 +152,9 @@ class Follower:
         for index, event in enumerate(backlog):
             if event.epoch == tail.epoch and event.offset <= tail.offset:
                 continue
+            if not self.writable():
+                tail.backlog = backlog[index:]
+                return False
             if event.epoch == tail.epoch and event.offset == tail.offset + 1:
                 tail.offset = event.offset
                 self.write_event(tail, event)

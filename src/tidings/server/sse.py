@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.follow import Tail
 from tidings.protocol import sse
-from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
@@ -64,8 +63,8 @@ def body_bytes(event: Event, envelope: bool) -> bytes:
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
 
-    def __init__(self, app: App, transport: asyncio.Transport, envelope: bool, policy: str) -> None:
-        super().__init__(app, transport, policy)
+    def __init__(self, app: App, transport: asyncio.Transport, envelope: bool) -> None:
+        super().__init__(app, transport)
         self.envelope = envelope
         self.order: list[Tail] = []
 
@@ -164,13 +163,11 @@ def _open(
     start: Sequence[Cursor],
 ) -> None:
     """Start the stream at the requested cursors (or now), then catch each channel up."""
-    first = subscription.channels[0]
-    policy = app.settings.namespace(namespace_of(first)).slow_consumer
     opening = SSE_HEADERS + app.cors_headers(connection.current) + b"\r\n"
     opening += sse.encode_stream_open(app.settings.server.sse_retry_ms, format_cursor_list(start))
     transport = connection.transport
     assert transport is not None
-    stream = SSEStream(app, transport, envelope, policy)
+    stream = SSEStream(app, transport, envelope)
     connection.hand_over(stream)
     transport.write(opening)
     app.stats.opened("sse")

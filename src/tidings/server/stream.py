@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tidings.hub.follow import Follower, Tail
+from tidings.protocol.channel import namespace_of
 
 if TYPE_CHECKING:
     from tidings.server.app import App
@@ -23,14 +24,13 @@ log = logging.getLogger("tidings.stream")
 
 
 class StreamConnection(Follower, asyncio.Protocol):
-    __slots__ = ("app", "closed", "hub", "lagging", "policy", "tails", "transport")
+    __slots__ = ("app", "closed", "hub", "lagging", "tails", "transport")
 
-    def __init__(self, app: App, transport: asyncio.Transport, policy: str) -> None:
+    def __init__(self, app: App, transport: asyncio.Transport) -> None:
         self.app = app
         self.hub = app.hub
         self.transport = transport
         self.tails: dict[str, Tail] = {}
-        self.policy = policy
         self.lagging = False
         self.closed = False
         app.connections.add(self)
@@ -53,8 +53,19 @@ class StreamConnection(Follower, asyncio.Protocol):
         self.hub.timers.discard(self)
         self.app.connections.discard(self)
 
+    def writable(self) -> bool:
+        return not self.lagging and not self.closed
+
+    def policy(self) -> str:
+        """``drop-oldest`` only when every followed channel's namespace asks for it."""
+        settings = self.app.settings
+        for channel in self.tails:
+            if settings.namespace(namespace_of(channel)).slow_consumer != "drop-oldest":
+                return "disconnect"
+        return "drop-oldest"
+
     def pause_writing(self) -> None:
-        if self.policy == "disconnect":
+        if self.policy() == "disconnect":
             self.app.stats.slow_consumers += 1
             self.too_slow()
             return

@@ -52,7 +52,7 @@ class WebSocketConnection(StreamConnection):
     __slots__ = ("last_seen", "protocol")
 
     def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
-        super().__init__(app, transport, "disconnect")
+        super().__init__(app, transport)
         self.protocol = protocol
         self.last_seen = app.hub.loop.time()
 

@@ -1,0 +1,258 @@
+"""The HTTP/1.1 edge, byte by byte: keep-alive, pipelining, and every way a request goes wrong.
+
+After each bad input the server must go on serving other clients, so every refusal test ends
+by asking a fresh connection for ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from tests.conftest import RunningServer
+from tests.server.support import RawConnection, assert_still_serving, get, publish
+
+
+def post(target: str, body: bytes, *headers: str) -> bytes:
+    lines = [
+        f"POST {target} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_keep_alive_serves_two_requests_on_one_connection(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        for _ in range(2):
+            await connection.send(get("/healthz"))
+            response = await connection.response()
+            assert response.status == 200
+            assert response.header("Connection") is None  # not "close"
+            assert response.json() == {"status": "ok"}
+
+
+async def test_connection_close_is_honoured(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/healthz", "Connection: close"))
+        response = await connection.response()
+        assert response.status == 200
+        assert response.header("Connection") == "close"
+        assert await connection.closed_by_server() == b""
+
+
+async def test_pipelined_requests_are_answered_in_order(server: RunningServer) -> None:
+    """Three requests in one write: the first is answered later (a task), yet first."""
+    before = publish(server, "pipe", "before")
+    body = orjson.dumps({"channel": "pipe", "data": "pipelined"})
+    async with await RawConnection.open(server) as connection:
+        await connection.send(
+            post("/api/publish", body) + get("/healthz") + get(f"/poll?channel=pipe&since={before}")
+        )
+        published = await connection.response()
+        health = await connection.response()
+        polled = await connection.response()
+    assert published.status == 200
+    cursor = published.json()["id"]
+    assert health.json() == {"status": "ok"}
+    assert polled.status == 200
+    assert [e["data"] for e in polled.json()["events"]] == ["pipelined"]
+    assert polled.json()["cursor"] == cursor
+
+
+async def test_three_pipelined_gets_come_back_in_request_order(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/healthz") + get("/no/such/path") + get("/poll?channel=p3"))
+        statuses = [(await connection.response()).status for _ in range(3)]
+    assert statuses == [200, 404, 200]
+
+
+async def test_malformed_request_line_is_a_400_and_closes(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(b"THIS IS NOT HTTP\r\n\r\n")
+        response = await connection.response()
+        assert response.status == 400
+        assert response.header("Content-Type") == "application/json"
+        assert response.header("Connection") == "close"
+        assert response.error_code() == "invalid_field"
+        assert await connection.closed_by_server() == b""
+    await assert_still_serving(server)
+
+
+async def test_headers_over_max_header_bytes_are_a_431(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(max_header_bytes=1024)
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/healthz", "X-Filler: " + "a" * 2000))
+        response = await connection.response()
+        assert response.status == 431
+        assert response.error_code() == "too_large"
+        assert await connection.closed_by_server() == b""
+    async with await RawConnection.open(server) as connection:  # just under the limit: fine
+        await connection.send(get("/healthz", "X-Filler: " + "a" * 800))
+        assert (await connection.response()).status == 200
+    await assert_still_serving(server)
+
+
+async def test_content_length_over_the_publish_limit_is_refused_before_the_body(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """The body is never sent: a 413 that arrives proves the server did not wait for it."""
+    server = make_server(max_message_bytes=1024)  # body limit: 1,000 events of 1,024 bytes
+    head = (
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1024001\r\n\r\n"
+    )
+    async with await RawConnection.open(server) as connection:
+        await connection.send(head.encode())
+        response = await connection.response()
+        assert response.status == 413
+        assert response.error_code() == "too_large"
+        assert await connection.closed_by_server() == b""
+    await assert_still_serving(server)
+
+
+async def test_chunked_body_over_the_limit_is_a_413(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(max_message_bytes=16)  # body limit: 16,000 bytes
+    chunk = b"x" * 20000
+    request = (
+        b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(chunk)
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
+    async with await RawConnection.open(server) as connection:
+        await connection.send(request)
+        response = await connection.response()
+        assert response.status == 413
+        assert response.error_code() == "too_large"
+    await assert_still_serving(server)
+
+
+async def test_unknown_path_is_a_404_and_the_connection_goes_on(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/nowhere?x=1"))
+        response = await connection.response()
+        assert response.status == 404
+        assert response.header("Content-Type") == "application/json"
+        assert response.error_code() == "not_found"
+        await connection.send(get("/healthz"))
+        assert (await connection.response()).status == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "allowed"),
+    [
+        (post("/poll?channel=a", b"{}"), "GET"),
+        (get("/api/publish"), "POST"),
+        (b"DELETE /sse?channel=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "GET"),
+    ],
+    ids=["post-poll", "get-publish", "delete-sse"],
+)
+async def test_wrong_method_is_a_405_with_allow(
+    server: RunningServer, request_bytes: bytes, allowed: str
+) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(request_bytes)
+        response = await connection.response()
+        assert response.status == 405
+        assert response.error_code() == "method_not_allowed"
+        allow = response.header("Allow")
+        assert allow is not None
+        assert allowed in [method.strip() for method in allow.split(",")]
+        await connection.send(get("/healthz"))
+        assert (await connection.response()).status == 200
+
+
+async def test_half_sent_request_is_a_408_after_the_read_timeout(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(read_timeout_seconds=0.5)
+    async with await RawConnection.open(server) as connection:
+        started = time.monotonic()
+        await connection.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
+        response = await connection.response()
+        elapsed = time.monotonic() - started
+        assert response.status == 408
+        assert response.error_code() == "invalid_field"
+        assert await connection.closed_by_server() == b""
+    assert 0.4 <= elapsed < 3, elapsed
+    await assert_still_serving(server)
+
+
+async def test_idle_keep_alive_connection_is_closed_without_an_answer(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(read_timeout_seconds=0.3)
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/healthz"))
+        assert (await connection.response()).status == 200
+        assert await connection.closed_by_server() == b""  # no 408 for a request never begun
+    await assert_still_serving(server)
+
+
+async def test_error_answers_are_json_on_every_refusal(server: RunningServer) -> None:
+    """One connection per case: the body is the section 8 object with a readable message."""
+    cases = [
+        (get("/sse"), 400, "invalid_channel"),
+        (get("/poll?channel=a&since=nope"), 400, "invalid_cursor"),
+        (post("/api/publish", b"{"), 400, "invalid_json"),
+        (get("/missing"), 404, "not_found"),
+    ]
+    for request_bytes, status, code in cases:
+        async with await RawConnection.open(server) as connection:
+            await connection.send(request_bytes)
+            response = await connection.response()
+            assert (response.status, response.error_code()) == (status, code), request_bytes
+            assert response.header("Content-Type") == "application/json"
+
+
+async def test_a_hundred_pipelined_requests_behind_a_slow_one(server: RunningServer) -> None:
+    """A publish (answered from a task) then 99 polls, all in one write: 100 answers, in order."""
+    body = orjson.dumps({"channel": "many", "data": "x"})
+    polls = b"".join(get(f"/poll?channel=many&limit={n}") for n in range(1, 100))
+    async with await RawConnection.open(server) as connection:
+        await connection.send(post("/api/publish", body) + polls)
+        published = await connection.response()
+        answers = [await connection.response() for _ in range(99)]
+    cursor = published.json()["id"]
+    assert all(a.status == 200 and a.json() == {"events": [], "cursor": cursor} for a in answers)
+
+
+async def test_http_1_0_request_is_answered_and_closed(server: RunningServer) -> None:
+    async with await RawConnection.open(server) as connection:
+        await connection.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+        response = await connection.response()
+        assert response.status == 200
+        assert await connection.closed_by_server() == b""
+
+
+async def test_half_sent_body_is_a_408(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(read_timeout_seconds=0.3)
+    head = b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+    async with await RawConnection.open(server) as connection:
+        await connection.send(head + b'{"channel": ')
+        response = await connection.response()
+        assert response.status == 408
+        assert await connection.closed_by_server() == b""
+    await assert_still_serving(server)
+
+
+async def test_request_line_over_max_header_bytes_is_a_431(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(max_header_bytes=1024)
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/poll?channel=" + "a" * 1100))
+        response = await connection.response()
+        assert response.status == 431
+        assert response.error_code() == "too_large"
+    await assert_still_serving(server)

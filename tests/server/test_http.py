@@ -256,3 +256,16 @@ async def test_request_line_over_max_header_bytes_is_a_431(
         assert response.status == 431
         assert response.error_code() == "too_large"
     await assert_still_serving(server)
+
+
+def test_the_browser_client_is_served_with_an_etag(server: RunningServer) -> None:
+    import httpx
+
+    first = httpx.get(server.url + "/tidings.js")
+    assert first.status_code == 200
+    assert first.headers["content-type"].startswith("text/javascript")
+    assert b"export class Tidings" in first.content
+    etag = first.headers["etag"]
+    again = httpx.get(server.url + "/tidings.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""

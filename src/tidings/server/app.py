@@ -25,6 +25,7 @@ from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
 from tidings.server.request import Request
 from tidings.server.sse import handle_sse
+from tidings.server.static import handle_client_script
 from tidings.server.websocket import handle_websocket
 
 log = logging.getLogger("tidings.server")
@@ -71,6 +72,7 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/sse": ("GET", handle_sse),
     "/poll": ("GET", handle_poll),
     "/ws": ("GET", handle_websocket),
+    "/tidings.js": ("GET", handle_client_script),
 }
 
 
@@ -118,7 +120,7 @@ class App:
                     (b"Access-Control-Allow-Methods", method.encode()),
                     (
                         b"Access-Control-Allow-Headers",
-                        b"Authorization, Content-Type, Last-Event-ID",
+                        b"Authorization, Content-Type, Last-Event-ID, If-None-Match",
                     ),
                     (b"Access-Control-Max-Age", b"600"),
                 ],

@@ -1,0 +1,606 @@
+// tidings.js: the browser client of Tidings, wire protocol version 1 (PROTOCOL.md).
+//
+// One connection per Tidings instance, over the first technique of the ladder that works:
+// WebSocket, then Server-Sent Events, then long polling, then short polling. Every technique
+// resumes each channel from its last cursor after any reconnect, and offsets already seen are
+// dropped, so events are neither lost nor delivered twice. No dependencies, no build step;
+// everything that touches the outside world (sockets, fetch, timers, randomness, storage, the
+// window) can be passed in, which is how the tests drive it.
+
+const LADDER = ["websocket", "sse", "longpoll", "poll"];
+const CHANNEL = /^[\w\-.:@/]{1,128}$/;
+const CURSOR = /^[A-Za-z\d]{1,16}\.(0|[1-9]\d*)$/;
+const DEFAULTS = {
+  minDelay: 500, // first reconnect delay bound, doubling on each attempt...
+  maxDelay: 30000, // ...up to this; the delay is uniform in [0, bound) ("full jitter")
+  firstByteTimeout: 4000, // an event stream silent this long after the request is buffered
+  openTimeout: 10000, // a WebSocket handshake or poll answer later than this has failed
+  heartbeatTimeout: 35000, // an event stream silent this long (the server pings every 15 s) is dead
+  pingInterval: 20000, // WebSocket: send an app-level ping this often...
+  pongTimeout: 10000, // ...and give up on the socket when nothing answers it this soon
+  pollTimeout: 25, // seconds the server may hold a long poll
+  interval: 2000, // short polling period
+  drainWindow: 10000, // close 1001/1012: come back at a random moment within this window
+};
+
+const memory = new Map();
+const memoryStorage = {
+  getItem: (key) => memory.get(key) ?? null,
+  setItem: (key, value) => memory.set(key, value),
+};
+
+/** An error answered by the server (`code` as in PROTOCOL.md section 8) or by this client. */
+export class TidingsError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "TidingsError";
+    this.code = code;
+  }
+}
+
+/** `<epoch>.<offset>` as [epoch, offset]. */
+const splitCursor = (id) => {
+  const dot = id.indexOf(".");
+  return [id.slice(0, dot), +id.slice(dot + 1)];
+};
+
+// What to do after a failed HTTP answer: get a new token, retry the same technique later, or
+// stop (a 4xx will not get better by asking again).
+async function httpFailure(response) {
+  const { status } = response;
+  let error = {};
+  try { error = (await response.json()).error || {}; } catch {}
+  const retryAfter = +response.headers.get("Retry-After") * 1000 || 0;
+  return Object.assign(
+    new TidingsError(error.code || "http_" + status, `${status} ${error.message || ""}`.trim()),
+    {
+      how:
+        status === 401
+          ? { token: true }
+          : status === 408 || status === 429 || status >= 500
+            ? { stay: true, atLeast: retryAfter }
+            : { fatal: true },
+    },
+  );
+}
+
+export class Tidings {
+  /**
+   * @param {string} url the server, `http(s)://host:port` or a base path of this page's origin
+   * @param {object} [options] `token`, `getToken()`, `transports`, the timings of DEFAULTS, and
+   *   the seams `WebSocket`, `fetch`, `setTimeout`, `clearTimeout`, `random`, `storage`, `window`
+   */
+  constructor(url, options = {}) {
+    const o = (this._o = { ...DEFAULTS, ...options });
+    const { setTimeout: set = setTimeout, clearTimeout: clear = clearTimeout } = o;
+    const fetcher = o.fetch || globalThis.fetch;
+    // Called as plain functions: browsers refuse window.setTimeout or fetch with another `this`.
+    this._set = (fn, ms) => set(fn, ms);
+    this._clear = (id) => clear(id);
+    this._fetch = (target, init) => fetcher(target, init);
+    this._random = o.random || Math.random;
+    this._w = o.window || globalThis;
+    this._base = String(url).replace(/\/+$/, "");
+    this._ladder = [...(o.transports || LADDER)];
+    for (const name of this._ladder)
+      if (!TRANSPORTS[name]) throw new TypeError(`unknown transport ${name}: use ${LADDER}`);
+    if (!this._ladder.length) throw new TypeError("transports is empty");
+    const location = this._w.location;
+    // If-None-Match is not a CORS-safelisted header: only send it where no preflight happens.
+    this._sameOrigin = !location || this._url("", {}).origin === location.origin;
+    this._token = o.token;
+    this._channels = new Map(); // name -> {channel, cursor, subs}
+    this._listeners = {};
+    this._pending = new Map(); // publish ref -> [resolve, reject]
+    this._worked = new Set(); // techniques that opened during this instance's life
+    this._ref = this._attempt = this._fails = 0;
+    this._conn = this._timer = null;
+    this._state = "disconnected";
+    let storage = o.storage;
+    // A sandboxed frame throws just for looking at sessionStorage.
+    if (storage === undefined) try { storage = globalThis.sessionStorage; } catch {}
+    this._storage = storage || memoryStorage;
+    this._key = "tidings:" + this._base;
+    let remembered;
+    try { remembered = this._storage.getItem(this._key); } catch {}
+    this._rung = Math.max(0, this._ladder.indexOf(remembered));
+    this._wake = () => {
+      if (this._closed || this._w.document?.visibilityState === "hidden") return;
+      if (this._timer == null) return this._conn?.check?.();
+      this._clear(this._timer);
+      this._connect();
+    };
+    this._w.addEventListener?.("online", this._wake);
+    this._w.document?.addEventListener?.("visibilitychange", this._wake);
+    this._kick();
+  }
+
+  /** The technique in use or being tried: "websocket", "sse", "longpoll", "poll" or null. */
+  get transport() {
+    return this._conn ? this._conn.name : null;
+  }
+
+  /** "connecting", "connected", "disconnected" or "closed". */
+  get state() {
+    return this._state;
+  }
+
+  /** Listen to "connecting" (name), "connected" (name), "disconnected" (reason, retry delay or null). */
+  on(name, fn) {
+    (this._listeners[name] ||= new Set()).add(fn);
+    return () => this._listeners[name].delete(fn);
+  }
+
+  /**
+   * Receive the events of `channel` after `since` (default: from now). `onEvent` gets
+   * `{channel, id, event, data, ts}`; `onReset` gets `{channel, id, reason}` when history could
+   * not cover a gap; `onError` gets a TidingsError when the server refuses the channel.
+   * `since` only counts for the first subscription of a channel.
+   */
+  subscribe(channel, { since, onEvent, onReset, onError } = {}) {
+    if (this._closed) throw new TidingsError("closed", "this Tidings instance is closed");
+    if (!CHANNEL.test(channel)) throw new TypeError(`invalid channel name: ${channel}`);
+    if (since != null && !CURSOR.test(since)) throw new TypeError(`invalid cursor: ${since}`);
+    let entry = this._channels.get(channel);
+    if (!entry) {
+      this._channels.set(channel, (entry = { channel, cursor: since || null, subs: new Set() }));
+      this._kick();
+    }
+    const sub = { onEvent, onReset, onError };
+    entry.subs.add(sub);
+    return {
+      channel,
+      get cursor() { return entry.cursor; },
+      close: () => {
+        entry.subs.delete(sub);
+        if (!entry.subs.size && this._channels.get(channel) === entry) {
+          this._channels.delete(channel);
+          this._kick();
+        }
+      },
+    };
+  }
+
+  /** Publish over the WebSocket; resolves with the event's cursor. */
+  publish(channel, data, { event, idempotencyKey } = {}) {
+    return new Promise((resolve, reject) => {
+      const ref = ++this._ref;
+      this._pending.set(ref, [resolve, reject]);
+      const message = { op: "publish", channel, data, event, idempotency_key: idempotencyKey, ref };
+      if (!this._conn?.send?.(message)) {
+        this._pending.delete(ref);
+        const now = this._state === "connected" ? "connected over " + this.transport : this._state;
+        reject(new TidingsError("not_connected", `publish needs a WebSocket connection (${now})`));
+      }
+    });
+  }
+
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._clear(this._timer);
+    this._timer = null;
+    this._w.removeEventListener?.("online", this._wake);
+    this._w.document?.removeEventListener?.("visibilitychange", this._wake);
+    this._conn?.stop();
+    this._conn = null;
+    this._rejectPending("closed");
+    const was = this._state;
+    this._state = "closed";
+    if (was === "connected") this._emit("disconnected", "closed", null);
+  }
+
+  // --- connection life ---------------------------------------------------------------------
+
+  // Batch the subscriptions made in one turn into one change of the connection.
+  _kick() {
+    if (this._kicked) return;
+    this._kicked = true;
+    queueMicrotask(() => {
+      this._kicked = false;
+      if (this._conn) this._conn.sync();
+      else if (this._timer == null) this._connect();
+    });
+  }
+
+  _connect() {
+    this._timer = null;
+    const name = this._ladder[this._rung];
+    if (this._closed || this._conn || (name !== "websocket" && !this._channels.size)) return;
+    let opened = false;
+    const live = () => this._conn === conn;
+    const ctx = {
+      live,
+      get open() { return opened; },
+      opened: () => {
+        if (live() && !opened) {
+          opened = true;
+          this._opened(name);
+        }
+      },
+      failed: (reason, how = {}) => {
+        if (!live()) return;
+        this._conn = null;
+        conn.stop();
+        this._lost(name, opened, reason, how);
+      },
+    };
+    const conn = (this._conn = { name, ...TRANSPORTS[name](this, ctx) });
+    this._state = "connecting";
+    this._emit("connecting", name);
+    conn.sync();
+  }
+
+  _opened(name) {
+    this._attempt = this._fails = 0;
+    this._worked.add(name);
+    try { this._storage.setItem(this._key, name); } catch {}
+    this._state = "connected";
+    this._emit("connected", name);
+  }
+
+  // A connection ended, or never opened: decide where and when to try next.
+  _lost(name, opened, reason, how) {
+    this._rejectPending(reason);
+    const { getToken } = this._o;
+    let delay = null;
+    if (how.token && getToken) {
+      delay = this._backoff();
+      // The same token also failed the WebSocket handshake, which looked like a block.
+      if (name !== "websocket") this._rung = 0;
+    } else if (how.fatal || how.token) {
+      // stays down until the subscriptions change
+    } else if (opened || how.stay || (this._worked.has(name) && ++this._fails < 3)) {
+      // It works here (the server may just be restarting): same technique, later.
+      delay = how.delay ?? Math.max(how.atLeast || 0, this._backoff());
+    } else if (++this._rung < this._ladder.length) {
+      delay = 0; // cannot open here: next technique down, at once
+    } else {
+      this._rung = 0; // nothing opened: start the ladder again, later
+      delay = this._backoff();
+    }
+    const was = this._state;
+    this._state = "disconnected";
+    if (was === "connected" || delay == null) this._emit("disconnected", reason, delay);
+    if (delay != null)
+      this._timer = this._set(async () => {
+        // If getToken fails, the old token fails again and asks again, later.
+        if (how.token) try { this._token = await getToken(); } catch {}
+        this._connect();
+      }, delay);
+  }
+
+  _backoff() {
+    const { minDelay, maxDelay } = this._o;
+    return this._random() * Math.min(maxDelay, minDelay * 2 ** this._attempt++);
+  }
+
+  _rejectPending(reason) {
+    for (const [, reject] of this._pending.values())
+      reject(new TidingsError("disconnected", `disconnected before an answer: ${reason}`));
+    this._pending.clear();
+  }
+
+  _emit(name, ...args) {
+    for (const fn of this._listeners[name] || []) this._call(fn, ...args);
+  }
+
+  // An application callback that throws must not break delivery: report it on its own.
+  _call(fn, ...args) {
+    try {
+      fn?.(...args);
+    } catch (error) {
+      if (this._w.reportError) this._w.reportError(error);
+      else queueMicrotask(() => { throw error; });
+    }
+  }
+
+  // --- what every transport reports ---------------------------------------------------------
+
+  _deliver({ channel, id, event, data, ts }) {
+    const entry = this._channels.get(channel);
+    if (!entry) return;
+    if (entry.cursor) {
+      const [epoch, offset] = splitCursor(entry.cursor);
+      const [newEpoch, newOffset] = splitCursor(id);
+      if (epoch === newEpoch && newOffset <= offset) return; // seen already
+    }
+    entry.cursor = id;
+    for (const sub of [...entry.subs]) this._call(sub.onEvent, { channel, id, event, data, ts });
+  }
+
+  _reset({ channel, id, reason }) {
+    const entry = this._channels.get(channel);
+    if (!entry) return;
+    entry.cursor = id;
+    for (const sub of [...entry.subs]) this._call(sub.onReset, { channel, id, reason });
+  }
+
+  // A cursor list from the server, one cursor per entry of the request, in its order.
+  _follow(entries, list) {
+    list.split(",").forEach((id, index) => entries[index] && (entries[index].cursor = id));
+  }
+
+  _drop(channel, error) {
+    const entry = this._channels.get(channel);
+    if (!entry) return;
+    this._channels.delete(channel);
+    for (const sub of entry.subs) this._call(sub.onError, error);
+  }
+
+  _settle(ref, id, error) {
+    const pending = this._pending.get(ref);
+    if (!pending) return;
+    this._pending.delete(ref);
+    if (error) pending[1](error);
+    else pending[0](id);
+  }
+
+  // --- HTTP ------------------------------------------------------------------------------------
+
+  _url(path, params) {
+    const url = new URL(this._base + path, this._w.location?.href);
+    for (const [name, value] of Object.entries(params))
+      for (const item of [].concat(value)) if (item != null) url.searchParams.append(name, item);
+    return url;
+  }
+
+  _get(path, params, signal, headers = {}) {
+    const token = this._token;
+    // Cross-origin, a header costs a preflight per URL, and every poll has a new URL (since=).
+    if (token && this._sameOrigin) headers.Authorization = "Bearer " + token;
+    else if (token) params = { ...params, token };
+    return this._fetch(this._url(path, params), { headers, signal, cache: "no-store" });
+  }
+
+  // The cursor list resuming `entries`, or null to start them all from now. A list needs one
+  // cursor per channel, so channels that have none yet (new ones) get their current one first.
+  async _since(entries, signal) {
+    const missing = entries.filter((entry) => !entry.cursor);
+    if (missing.length === entries.length) return null;
+    if (missing.length) {
+      const channel = missing.map((entry) => entry.channel);
+      const response = await this._get("/poll", { channel }, signal);
+      if (!response.ok) throw await httpFailure(response);
+      this._follow(missing, (await response.json()).cursor);
+    }
+    return entries.map((entry) => entry.cursor).join(",");
+  }
+}
+
+// --- transports: (client, ctx) => {sync, stop, send?, check?} ----------------------------------
+// sync() opens the connection, then makes it follow the client's set of channels; stop() ends
+// it quietly. A transport reports through ctx: opened() once it has proved that it delivers,
+// failed(reason, how) when it is over.
+
+function websocket(client, ctx) {
+  const o = client._o;
+  const subscribed = new Set();
+  const subscribing = new Map(); // ref -> channel
+  let socket, timer, awaitingPong;
+  const send = (message) => socket.send(JSON.stringify(message));
+  const fail = (reason, how) => ctx.failed(reason, how);
+  // The server's protocol-level pings are answered by the browser unseen, so this side checks
+  // the connection itself, with pings it can see answered.
+  const ping = () => {
+    send({ op: "ping" });
+    awaitingPong = true;
+    client._clear(timer);
+    timer = client._set(() => fail("no answer to ping"), o.pongTimeout);
+  };
+  const alive = () => {
+    awaitingPong = false;
+    client._clear(timer);
+    timer = client._set(ping, o.pingInterval);
+  };
+  const receive = (message) => {
+    const { op, ref, channel } = message;
+    if (op === "event") client._deliver(message);
+    else if (op === "reset") client._reset(message);
+    else if (op === "subscribed") {
+      subscribing.delete(ref);
+      const entry = client._channels.get(channel);
+      if (entry && !entry.cursor) entry.cursor = message.id;
+    } else if (op === "published") client._settle(ref, message.id);
+    else if (op === "error") {
+      const error = new TidingsError(message.code, message.message);
+      const refused = subscribing.get(ref);
+      if (refused == null) return client._settle(ref, null, error);
+      subscribing.delete(ref);
+      subscribed.delete(refused);
+      client._drop(refused, error);
+    }
+  };
+  const open = () => {
+    const url = client._url("/ws", { token: client._token });
+    url.protocol = url.protocol.replace("http", "ws");
+    try {
+      socket = new (o.WebSocket || globalThis.WebSocket)(url.href);
+    } catch (error) {
+      return fail("WebSocket unavailable: " + error.message, {});
+    }
+    timer = client._set(() => fail("the WebSocket did not open"), o.openTimeout);
+    socket.onopen = () => {
+      ctx.opened();
+      alive();
+      sync();
+    };
+    socket.onmessage = (message) => {
+      if (awaitingPong) alive();
+      receive(JSON.parse(message.data));
+    };
+    socket.onerror = () => fail("WebSocket error", {});
+    socket.onclose = ({ code, reason }) =>
+      fail(
+        `WebSocket closed with ${code}${reason ? ": " + reason : ""}`,
+        code === 4001
+          ? { token: true }
+          : code === 1001 || code === 1012
+            ? { delay: client._random() * o.drainWindow }
+            : {},
+      );
+  };
+  function sync() {
+    if (!socket) return open();
+    if (!ctx.open) return;
+    for (const [channel, entry] of client._channels)
+      if (!subscribed.has(channel)) {
+        subscribed.add(channel);
+        subscribing.set(++client._ref, channel);
+        send({ op: "subscribe", channel, since: entry.cursor || undefined, ref: client._ref });
+      }
+    for (const channel of subscribed)
+      if (!client._channels.has(channel)) {
+        subscribed.delete(channel);
+        send({ op: "unsubscribe", channel });
+      }
+  }
+  return {
+    sync,
+    send: (message) => ctx.open && (send(message), true),
+    check: () => ctx.open && !awaitingPong && ping(),
+    stop() {
+      client._clear(timer);
+      if (!socket) return;
+      socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
+      try { socket.close(); } catch {}
+    },
+  };
+}
+
+// Server-Sent Events, read with fetch rather than EventSource: EventSource hides the bytes this
+// client must see (the `retry:` line that proves a stream is not buffered, the `: ping`
+// heartbeats, `retry:` itself) and reconnects on its own.
+function sse(client, ctx) {
+  const o = client._o;
+  let generation = 0, abort, timer, retry = 0;
+  const stop = () => {
+    generation++;
+    client._clear(timer);
+    abort?.abort();
+  };
+  async function sync() {
+    stop();
+    const mine = generation;
+    const entries = [...client._channels.values()];
+    if (!entries.length) return;
+    const { signal } = (abort = new AbortController());
+    const current = () => mine === generation && ctx.live();
+    // The server's retry: is the least delay before any reconnect, as in EventSource.
+    const fail = (reason, how) => current() && ctx.failed(reason, how || { atLeast: retry });
+    const watch = (ms, reason) => {
+      client._clear(timer);
+      timer = client._set(() => fail(reason), ms);
+    };
+    if (ctx.open) watch(o.heartbeatTimeout, "no heartbeat on the event stream");
+    else watch(o.firstByteTimeout, `nothing on the event stream after ${o.firstByteTimeout} ms`);
+    try {
+      const since = await client._since(entries, signal);
+      const channel = entries.map((entry) => entry.channel);
+      const response = await client._get("/sse", { channel, envelope: 1, since }, signal);
+      if (!response.ok) throw await httpFailure(response);
+      if (!/^text\/event-stream/i.test(response.headers.get("Content-Type")) || !response.body)
+        throw new Error("not an event stream");
+      const reader = response.body.getReader();
+      const parse = eventStream(client, entries, (ms) => (retry = ms));
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (!current()) return;
+        if (done) return fail("the event stream ended");
+        watch(o.heartbeatTimeout, "no heartbeat on the event stream");
+        ctx.opened();
+        parse(value);
+      }
+    } catch (error) {
+      fail(error.message, error.how);
+    }
+  }
+  return { sync, stop };
+}
+
+// An incremental event-stream parser (WHATWG "parse an event stream", minus what Tidings never
+// sends: bare CR line ends). Every `id:` is the stream's cursor list after its event.
+function eventStream(client, entries, onRetry) {
+  const decoder = new TextDecoder();
+  let buffer = "", data = [], name = "", id = "";
+  const dispatch = () => {
+    if (data.length) {
+      const body = JSON.parse(data.join("\n"));
+      if (name === "tidings.reset") client._reset(body);
+      else if (!name.startsWith("tidings.")) client._deliver(body);
+    }
+    if (id) client._follow(entries, id); // after the event, whose offset it already counts
+    data = [];
+    name = id = "";
+  };
+  const field = (line) => {
+    const colon = line.indexOf(":");
+    const key = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + (line[colon + 1] === " " ? 2 : 1));
+    if (key === "data") data.push(value);
+    else if (key === "event") name = value;
+    else if (key === "id") id = value;
+    else if (key === "retry" && /^\d+$/.test(value)) onRetry(+value);
+  };
+  return (bytes) => {
+    const lines = (buffer + decoder.decode(bytes, { stream: true })).split("\n");
+    buffer = lines.pop();
+    for (let line of lines) {
+      if (line.endsWith("\r")) line = line.slice(0, -1);
+      if (!line) dispatch();
+      else if (line[0] !== ":") field(line);
+    }
+  };
+}
+
+// Long polling holds each request up to pollTimeout seconds; short polling asks every interval,
+// with If-None-Match so that nothing new costs a bodiless 304. Either way, the first request of
+// a connection is answered at once, which proves the technique and learns the cursors.
+function polling(long) {
+  return (client, ctx) => {
+    const o = client._o;
+    let generation = 0, abort, timer, etag;
+    const stop = () => {
+      generation++;
+      client._clear(timer);
+      abort?.abort();
+    };
+    async function sync() {
+      stop();
+      const mine = generation;
+      const entries = [...client._channels.values()];
+      if (!entries.length) return;
+      const { signal } = (abort = new AbortController());
+      const current = () => mine === generation && ctx.live();
+      const wait = long && ctx.open ? o.pollTimeout : 0;
+      const limit = wait * 1000 + o.openTimeout;
+      timer = client._set(() => current() && ctx.failed(`no answer to a poll in ${limit} ms`), limit);
+      try {
+        const since = await client._since(entries, signal);
+        const headers = {};
+        if (since && etag?.[1] && etag[0] === since && client._sameOrigin)
+          headers["If-None-Match"] = etag[1];
+        const channel = entries.map((entry) => entry.channel);
+        const response = await client._get("/poll", { channel, since, timeout: wait }, signal, headers);
+        if (response.status >= 400) throw await httpFailure(response);
+        const body = response.status === 200 ? await response.json() : null;
+        if (!current()) return;
+        client._clear(timer);
+        ctx.opened();
+        for (const reset of body?.resets || []) client._reset(reset);
+        for (const event of body?.events || []) client._deliver(event);
+        const cursor = body?.cursor || response.headers.get("Tidings-Cursor");
+        if (cursor) {
+          client._follow(entries, cursor);
+          etag = [cursor, response.headers.get("ETag")];
+        }
+        if (current()) timer = client._set(sync, long ? 0 : o.interval);
+      } catch (error) {
+        if (current()) ctx.failed(error.message, error.how);
+      }
+    }
+    return { sync, stop };
+  };
+}
+
+const TRANSPORTS = { websocket, sse, longpoll: polling(true), poll: polling(false) };

@@ -1,0 +1,1 @@
+../../../js/tidings.js

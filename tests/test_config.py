@@ -352,4 +352,43 @@ def test_describe_lists_every_key_with_its_default() -> None:
     ):
         assert f"[{section}]" in text
         for item in dataclasses.fields(cls):
-            assert f"{item.name} = {item.default!r}" in text
+            assert f"\n{item.name} = " in text
+
+
+def test_every_key_is_documented_once_and_printed_as_valid_toml() -> None:
+    import dataclasses
+    import tomllib
+
+    from tidings.config import DOCS, AuthSettings, NamespaceSettings, ServerSettings, describe
+
+    keys = {
+        f"{section}.{item.name}"
+        for section, cls in (
+            ("server", ServerSettings),
+            ("auth", AuthSettings),
+            ("namespaces", NamespaceSettings),
+        )
+        for item in dataclasses.fields(cls)
+    }
+    assert keys == set(DOCS)
+    printed = tomllib.loads(describe())
+    assert printed["server"]["port"] == 8000
+    assert printed["namespaces"]["default"]["slow_consumer"] == "disconnect"
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"TIDINGS_AUTH_TOKEN_SECRET": "s3cret"}, "auth.token_secret"),
+        ({"TIDINGS_NAMESPACES_CHAT_PRESENCE": "true"}, "namespaces.chat.presence"),
+        ({"TIDINGS_NAMESPACES_DEFAULT_PUBLIC": "false"}, "namespaces.default.public"),
+    ],
+)
+def test_features_this_version_lacks_are_refused_not_ignored(
+    environ: dict[str, str], key: str
+) -> None:
+    from tidings.config import refuse_unsupported
+
+    with pytest.raises(ConfigError) as raised:
+        refuse_unsupported(load_settings(environ=environ))
+    assert raised.value.key == key

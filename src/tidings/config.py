@@ -19,6 +19,35 @@ from tidings.exceptions import ConfigError
 
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop-oldest")
 
+DOCS = {
+    "server.host": "address to listen on",
+    "server.port": "port to listen on; 0 picks a free one",
+    "server.broker": "memory:// (one process), redis://host:port/db or nats://host:port",
+    "server.api_keys": "keys for the publish and history APIs; empty: loopback clients only",
+    "server.allowed_origins": "browser origins allowed on WebSocket and SSE; * allows all",
+    "server.heartbeat_seconds": "SSE ': ping' comments and WebSocket pings, this often",
+    "server.max_poll_seconds": "longest a long poll is held; larger timeouts are lowered",
+    "server.max_message_bytes": "largest published data, as compact JSON",
+    "server.max_channels_per_connection": "channels one stream, poll or WebSocket may follow",
+    "server.drain_seconds": "window in which clients are asked back at shutdown",
+    "server.sse_retry_ms": "the retry: an SSE stream opens with (browser reconnect delay)",
+    "server.ws_ping_timeout_seconds": "a WebSocket silent this long past a ping is dropped",
+    "server.write_buffer_limit": "bytes queued for one connection before the slow-consumer "
+    "policy applies",
+    "server.max_header_bytes": "largest request line plus headers (431 beyond)",
+    "server.read_timeout_seconds": "time to send a request, and to stay idle between requests",
+    "server.lab": "serve the transport lab page at /lab",
+    "auth.token_secret": "HS256 secret for connection tokens (not supported yet: must be empty)",
+    "auth.token_public_key_file": "RS256/ES256 public key (not supported yet: must be empty)",
+    "namespaces.history_size": "events kept per channel for resume",
+    "namespaces.history_ttl_seconds": "oldest event kept, in seconds",
+    "namespaces.public": "subscribe without a token (only true is supported yet)",
+    "namespaces.client_publish": "clients may publish over the WebSocket",
+    "namespaces.presence": "presence (not supported yet: must be false)",
+    "namespaces.slow_consumer": "disconnect (client resumes from its cursor) or drop-oldest "
+    "(hold, then catch up from history or reset)",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -247,13 +276,38 @@ def _validate(settings: Settings) -> None:
         )
 
 
+def refuse_unsupported(settings: Settings) -> None:
+    """Keys of features this server version lacks: start-up refuses them, never ignores."""
+    _require(
+        not settings.auth.token_secret,
+        "auth.token_secret",
+        "connection tokens are not supported by this version; leave it empty",
+    )
+    _require(
+        not settings.auth.token_public_key_file,
+        "auth.token_public_key_file",
+        "connection tokens are not supported by this version; leave it empty",
+    )
+    for name, namespace in settings.namespaces.items():
+        _require(
+            namespace.public,
+            f"namespaces.{name}.public",
+            "token-protected namespaces are not supported by this version",
+        )
+        _require(
+            not namespace.presence,
+            f"namespaces.{name}.presence",
+            "presence is not supported by this version",
+        )
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(key, message)
 
 
 def describe() -> str:
-    """Every key with its default, for ``tidings serve --help-config`` and the docs."""
+    """Every key with its default and meaning, as TOML (``tidings serve --print-config``)."""
     lines = []
     for section, cls in (
         ("server", ServerSettings),
@@ -261,7 +315,19 @@ def describe() -> str:
         ("namespaces.default", NamespaceSettings),
     ):
         lines.append(f"[{section}]")
+        prefix = section.split(".")[0]
         for item in dataclasses.fields(cls):
-            lines.append(f"{item.name} = {item.default!r}")
+            lines.append(f"# {DOCS[f'{prefix}.{item.name}']}")
+            lines.append(f"{item.name} = {_toml(item.default)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return repr(value)

@@ -1,4 +1,8 @@
-"""Publishing from Python code: ``tidings.publish`` and its async twin ``publish_async``."""
+"""Publishing from Python code: ``tidings.publish`` and its async twin ``publish_async``.
+
+``POST /api/publish`` (PROTOCOL.md section 2). The connected client (:mod:`tidings.client.client`)
+publishes through :func:`post_publish` too when it has no WebSocket to publish over.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,18 @@ from typing import Any
 
 import httpx
 
+from tidings.client.answers import error_of
 from tidings.exceptions import ClientError, ServerRejected
+
+__all__ = ["DEFAULT_URL", "post_publish", "publish", "publish_async", "publish_body"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def _request(
+def publish_body(
     channel: str, data: Any, event: str | None, idempotency_key: str | None
 ) -> dict[str, Any]:
+    """The publish object of PROTOCOL.md section 2 (also the WebSocket ``publish`` op)."""
     body: dict[str, Any] = {"channel": channel, "data": data}
     if event is not None:
         body["event"] = event
@@ -22,24 +30,32 @@ def _request(
     return body
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def bearer(credential: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"} if credential else {}
 
 
 def _result(response: httpx.Response) -> str:
     """The stored event's cursor, or ServerRejected with the server's own words."""
+    if response.status_code != 200:
+        error = error_of(response.content) or ("unknown", response.text[:200])
+        raise ServerRejected(response.status_code, *error)
     try:
-        body = response.json()
-    except ValueError:
+        return str(response.json()["id"])
+    except (ValueError, KeyError, TypeError):
         raise ServerRejected(
             response.status_code, "invalid_response", response.text[:200]
         ) from None
-    if response.status_code != 200:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        raise ServerRejected(
-            response.status_code, str(error.get("code", "unknown")), str(error.get("message", ""))
-        )
-    return str(body["id"])
+
+
+async def post_publish(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> str:
+    """``POST /api/publish`` with an open HTTP client; the cursor of the stored event."""
+    try:
+        response = await http.post(url.rstrip("/") + "/api/publish", json=body, headers=headers)
+    except httpx.HTTPError as error:
+        raise ClientError(f"could not reach {url}: {error}") from error
+    return _result(response)
 
 
 def publish(
@@ -56,8 +72,8 @@ def publish(
     try:
         response = httpx.post(
             url.rstrip("/") + "/api/publish",
-            json=_request(channel, data, event, idempotency_key),
-            headers=_headers(api_key),
+            json=publish_body(channel, data, event, idempotency_key),
+            headers=bearer(api_key),
             timeout=timeout,
         )
     except httpx.HTTPError as error:
@@ -76,13 +92,6 @@ async def publish_async(
     timeout: float = 10.0,
 ) -> str:
     """The async twin of :func:`publish`."""
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.post(
-                url.rstrip("/") + "/api/publish",
-                json=_request(channel, data, event, idempotency_key),
-                headers=_headers(api_key),
-            )
-    except httpx.HTTPError as error:
-        raise ClientError(f"could not reach {url}: {error}") from error
-    return _result(response)
+    body = publish_body(channel, data, event, idempotency_key)
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        return await post_publish(http, url, body, bearer(api_key))

@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="a tidings.toml file")
     serve.add_argument("--heartbeat-seconds", type=float, dest="heartbeat_seconds")
     serve.add_argument("--max-poll-seconds", type=float, dest="max_poll_seconds")
+    serve.add_argument(
+        "--no-lab",
+        action="store_false",
+        dest="lab",
+        default=None,
+        help="do not serve the transport lab page at /lab",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument("--print-config", action="store_true", help="print every key and exit")
     pub = commands.add_parser("publish", help="publish one event")
@@ -56,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         "broker": args.broker,
         "heartbeat_seconds": args.heartbeat_seconds,
         "max_poll_seconds": args.max_poll_seconds,
+        "lab": args.lab,
     }
     try:
         settings = load_settings(args.config, flags=flags)

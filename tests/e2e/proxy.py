@@ -4,6 +4,12 @@ It stands between the browser and a real ``tidings serve`` and can play the netw
 trouble that the client's fallback ladder is for: a proxy that refuses WebSocket upgrades,
 one that buffers streamed responses (no byte of an event stream reaches the client), and
 a cut of every open connection at once.
+
+The proxy only reads the first request head of a connection and then pipes bytes, so a
+browser that keeps connections alive can carry later requests (an event stream among them)
+past the faults. ``one_request_per_connection`` closes that gap: each forwarded request asks
+the server to close after answering (``Connection: close``), so every request, and every
+response, is the first of its own connection.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.refuse_websocket = False
         self.buffer_streams = False
+        self.one_request_per_connection = False
         self.port = 0
         self.refused_upgrades = 0
         self.buffered_streams = 0
+        self.request_heads: list[bytes] = []  # the first request head of each connection
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = uvloop.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -77,6 +85,7 @@ class FaultProxy:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.transport.abort()
             return
+        self.request_heads.append(head)
         if self.refuse_websocket and b"upgrade: websocket" in head.lower():
             self.refused_upgrades += 1
             writer.write(REFUSAL)
@@ -88,7 +97,7 @@ class FaultProxy:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
-        up_writer.write(head)
+        up_writer.write(_closing(head) if self.one_request_per_connection else head)
         await asyncio.gather(
             _pipe(reader, up_writer),
             self._downstream(up_reader, writer),
@@ -110,6 +119,15 @@ class FaultProxy:
             return
         writer.write(first)
         await _pipe(reader, writer)
+
+
+def _closing(head: bytes) -> bytes:
+    """``head`` with ``Connection: close`` (an upgrade request is left as it is)."""
+    lines = head[: -len(HEAD_END)].split(b"\r\n")
+    if any(line.lower().startswith(b"upgrade:") for line in lines[1:]):
+        return head
+    kept = [line for line in lines if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*kept, b"Connection: close"]) + HEAD_END
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -52,3 +52,23 @@ def test_cuts_every_connection(proxy: FaultProxy) -> None:
         # an event stream has no length: a cut ends it (or errors), it never hangs
         with contextlib.suppress(httpx.HTTPError):
             assert b"".join(chunks) == b""
+
+
+def test_records_the_first_request_head_of_each_connection(proxy: FaultProxy) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxy.port}") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200  # same kept-alive connection
+    assert [head.split(b" ", 2)[1] for head in proxy.request_heads] == [b"/healthz"]
+
+
+def test_one_request_per_connection_shows_every_request(proxy: FaultProxy) -> None:
+    proxy.one_request_per_connection = True
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxy.port}") as client:
+        first = client.get("/healthz")
+        assert client.get("/readyz").status_code == 200
+    assert first.headers["connection"] == "close"
+    paths = [head.split(b" ", 2)[1] for head in proxy.request_heads]
+    assert paths == [b"/healthz", b"/readyz"]
+    with ws_client.connect(f"ws://127.0.0.1:{proxy.port}/ws") as socket:
+        socket.send('{"op": "ping", "ref": 1}')
+        assert '"pong"' in str(socket.recv(timeout=5))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidings.brokers.base import Broker, broker_for
-from tidings.config import Settings
+from tidings.config import Settings, refuse_unsupported
 from tidings.exceptions import (
     BrokerUnavailable,
     Forbidden,
@@ -25,7 +25,7 @@ from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
 from tidings.server.request import Request
 from tidings.server.sse import handle_sse
-from tidings.server.static import handle_client_script
+from tidings.server.static import handle_client_script, handle_lab
 from tidings.server.websocket import handle_websocket
 
 log = logging.getLogger("tidings.server")
@@ -73,6 +73,7 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/poll": ("GET", handle_poll),
     "/ws": ("GET", handle_websocket),
     "/tidings.js": ("GET", handle_client_script),
+    "/lab": ("GET", handle_lab),
 }
 
 
@@ -80,6 +81,7 @@ class App:
     """One node: its settings, broker, hub and open connections."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        refuse_unsupported(settings)
         self.settings = settings
         self.loop = loop
         self.broker: Broker = broker_for(settings.server.broker, settings)
@@ -209,11 +211,11 @@ class Server:
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly."""
     loop = asyncio.get_running_loop()
-    server = Server(settings)
-    await server.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)  # before "listening" is announced
+    server = Server(settings)
+    await server.start()
     try:
         await stop.wait()
     finally:

@@ -1,4 +1,4 @@
-"""Files the server ships: the browser client at ``/tidings.js`` and its pages.
+"""Files the server ships: the browser client at ``/tidings.js`` and the lab at ``/lab``.
 
 Each file is read once, at the first request, and answered from memory with an ETag, so a
 browser revalidates cheaply.
@@ -63,3 +63,10 @@ def serve_file(connection: HttpConnection, request: Request, name: str) -> None:
 
 def handle_client_script(app: App, connection: HttpConnection, request: Request) -> None:
     serve_file(connection, request, "tidings.js")
+
+
+def handle_lab(app: App, connection: HttpConnection, request: Request) -> None:
+    """The transport lab: one page comparing the four techniques live (``server.lab``)."""
+    if not app.settings.server.lab:
+        raise NotFound("the transport lab is off on this server (server.lab = false)")
+    serve_file(connection, request, "lab.html")

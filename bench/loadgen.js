@@ -120,16 +120,25 @@ let onDelivery = null; // hook for the saturation pump, called after each chunk 
 // ---------------------------------------------------------------- HTTP helpers
 const CRLF2 = Buffer.from('\r\n\r\n');
 
-function parseHead(text) {
-  const lines = text.split('\r\n');
-  const status = parseInt(lines[0].slice(9, 12), 10);
-  const headers = {};
-  for (let k = 1; k < lines.length; k++) {
-    const c = lines[k].indexOf(':');
-    if (c > 0) headers[lines[k].slice(0, c).trim().toLowerCase()] = lines[k].slice(c + 1).trim();
+// A response head, parsed lazily: only the headers asked for are looked up (this is on the
+// long-poll hot path, one head per delivered message).
+class Head {
+  constructor(text) {
+    this.text = text;
+    this.lower = null;
+    this.status = parseInt(text.slice(9, 12), 10);
   }
-  return { status, headers };
+  get(name) { // name in lower case; '' when absent
+    if (this.lower === null) this.lower = this.text.toLowerCase();
+    const i = this.lower.indexOf(`\r\n${name}:`);
+    if (i === -1) return '';
+    const start = i + name.length + 3;
+    let end = this.text.indexOf('\r\n', start);
+    if (end === -1) end = this.text.length;
+    return this.text.slice(start, end).trim();
+  }
 }
+function parseHead(text) { return new Head(text); }
 
 // Chunked transfer decoding; feed() returns the index after the final chunk, or -1 for "more".
 class Chunked {
@@ -188,15 +197,16 @@ class HttpReader {
         this.head = parseHead(buf.latin1Slice(i, end));
         i = end + 4;
         const st = this.head.status;
-        const h = this.head.headers;
+        const h = this.head;
         if (st === 204 || st === 304 || (st >= 100 && st < 200)) { this.complete(); continue; }
-        if ((h['transfer-encoding'] || '').toLowerCase().includes('chunked')) {
-          this.chunked = new Chunked();
-          this.state = 2;
-        } else if (h['content-length'] !== undefined) {
-          this.remaining = parseInt(h['content-length'], 10);
+        const cl = h.get('content-length');
+        if (cl !== '') {
+          this.remaining = parseInt(cl, 10);
           this.state = 1;
           if (this.remaining === 0) this.complete();
+        } else if (h.get('transfer-encoding').toLowerCase().includes('chunked')) {
+          this.chunked = new Chunked();
+          this.state = 2;
         } else {
           this.state = 3; // body until the connection closes
         }
@@ -222,7 +232,7 @@ class HttpReader {
     const body = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
     const head = this.head;
     this.reset();
-    this.onResponse(head.status, head.headers, body);
+    this.onResponse(head.status, head, body);
   }
 }
 
@@ -397,13 +407,13 @@ class SseSub extends Sub {
       const r = this.takeHead(chunk);
       if (r === null) return;
       const h = this.head;
-      if (h.status !== 200 || !(h.headers['content-type'] || '').startsWith('text/event-stream')) {
-        protoError(`SSE answered ${h.status} ${h.headers['content-type']}`);
+      if (h.status !== 200 || !h.get('content-type').startsWith('text/event-stream')) {
+        protoError(`SSE answered ${h.status} ${h.get('content-type')}`);
         this.closeReason = `http ${h.status}`;
         this.sock.destroy();
         return;
       }
-      if ((h.headers['transfer-encoding'] || '').toLowerCase().includes('chunked')) this.chunked = new Chunked();
+      if (h.get('transfer-encoding').toLowerCase().includes('chunked')) this.chunked = new Chunked();
       this.finishConnect(null);
       buf = r[0];
       start = r[1];
@@ -489,17 +499,19 @@ class PollSub extends Sub {
       protoError(`long poll answered ${st}: ${body.toString('utf8', 0, Math.min(body.length, 200))}`);
     }
     if (TARGET === 'tidings') {
-      let cur = h['tidings-cursor'];
+      let cur = h.get('tidings-cursor');
       if (!cur && st === 200) {
         try { cur = JSON.parse(body.toString('utf8')).cursor; } catch (e) { /* reported below */ }
       }
       if (cur) this.cursor = cur;
       else if (st === 200 || st === 204) protoError(`long poll ${st} without a cursor`);
     } else {
-      if (h['last-modified']) this.lastModified = h['last-modified'];
-      if (h.etag) this.etag = h.etag;
+      const lm = h.get('last-modified');
+      const etag = h.get('etag');
+      if (lm) this.lastModified = lm;
+      if (etag) this.etag = etag;
     }
-    if ((h.connection || '').toLowerCase() === 'close') { this.connClose = true; return; } // re-poll on close
+    if (h.get('connection').toLowerCase() === 'close') { this.connClose = true; return; } // re-poll on close
     if (st >= 400 && st !== 408) {
       this.failures++;
       if (this.failures > 20) { this.sock.destroy(); return; }

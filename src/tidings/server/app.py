@@ -20,6 +20,7 @@ from tidings.exceptions import (
 )
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
+from tidings.protocol.query import PollRequest
 from tidings.server.http import HttpConnection
 from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
@@ -88,6 +89,7 @@ class App:
         self.hub = Hub(self.broker, settings, loop)
         self.connections: set[asyncio.Protocol] = set()
         self.stats = Stats()
+        self.parsed_polls: dict[bytes, PollRequest] = {}
         origins = settings.server.allowed_origins
         self.cors_varies = "*" not in origins
         self._allowed_origins = frozenset(origins)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -38,20 +38,30 @@ class _Refuse(Exception):
         self.message = message
 
 
+class Held(Protocol):
+    """A request held open (a long poll): answered by itself, or expired by the deadline."""
+
+    def cancel(self) -> None: ...
+
+    def expire(self) -> None: ...
+
+
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
+        "_alarm",
         "_body",
         "_body_limit",
         "_busy",
+        "_deadline",
         "_head_bytes",
         "_headers",
         "_in_message",
         "_queue",
         "_url",
         "app",
-        "cleanup",
         "closed",
         "current",
+        "held",
         "parser",
         "peer",
         "transport",
@@ -64,8 +74,10 @@ class HttpConnection(asyncio.Protocol):
         self.peer = ""
         self.closed = False
         self.current: Request | None = None
-        self.cleanup: Callable[[], None] | None = None
+        self.held: Held | None = None
         self._busy = False
+        self._deadline = math.inf
+        self._alarm = math.inf
         self._in_message = False
         self._queue: deque[Request] = deque()
         self._reset_message()
@@ -86,15 +98,14 @@ class HttpConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=self.app.settings.server.write_buffer_limit)
         self.parser = httptools.HttpRequestParser(self)
         self.app.connections.add(self)
-        self.app.hub.timers.add(self, self.app.settings.server.read_timeout_seconds)
+        self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.app.connections.discard(self)
         self.app.hub.timers.discard(self)
-        if self.cleanup is not None:
-            self.cleanup()
-            self.cleanup = None
+        if self.held is not None:
+            self.held.cancel()
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -114,9 +125,35 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.refuse(400, "invalid_field", f"malformed HTTP request: {error}")
 
+    def _await_request(self) -> None:
+        """Give the client ``read_timeout_seconds`` to send its next request.
+
+        The deadline is a number checked when the wheel fires, so answering a request and
+        waiting for the next costs no timer operation; the wheel holds one entry at most.
+        """
+        self._set_deadline(self.app.settings.server.read_timeout_seconds)
+
+    def _set_deadline(self, timeout: float) -> None:
+        """Move the deadline; touch the wheel only if its entry would fire too late."""
+        now = self.app.loop.time()
+        self._deadline = now + timeout
+        if self._deadline < self._alarm:
+            self._alarm = self._deadline
+            self.app.hub.timers.add(self, timeout)
+
     def expire(self) -> None:
         """The read deadline passed: an idle keep-alive closes, a half-sent request gets 408."""
-        if self._in_message:
+        self._alarm = math.inf
+        remaining = self._deadline - self.app.loop.time()
+        if remaining == math.inf or self.closed:
+            return  # a request is being answered: no deadline until it is done
+        if remaining > 0:
+            self._set_deadline(remaining)
+            return
+        self._deadline = math.inf
+        if self.held is not None:
+            self.held.expire()
+        elif self._in_message:
             self.refuse(408, "invalid_field", "the request was not completely sent in time")
         elif self.transport is not None:
             self.transport.close()
@@ -164,7 +201,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self.parser is not None
         self._in_message = False
-        self.app.hub.timers.discard(self)
+        self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
         request = Request(
             self.parser.get_method().decode("ascii", "replace"),
             self._url,
@@ -180,6 +217,19 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
         if not request.upgrade:
             self._next()
+
+    def hold(self, held: Held, timeout: float) -> None:
+        """Keep the current request open until ``held`` answers it or ``timeout`` passes.
+
+        The deadline shares the connection's one wheel entry: holding a long poll costs no
+        timer operation.
+        """
+        self.held = held
+        self._set_deadline(timeout)
+
+    def release(self) -> None:
+        self.held = None
+        self._deadline = math.inf
 
     def _upgrade_requested(self, leftover: bytes) -> None:
         """The parser stopped at an Upgrade request: the rest of the bytes are not HTTP."""
@@ -221,7 +271,7 @@ class HttpConnection(asyncio.Protocol):
             self._next()
         else:
             self.transport.resume_reading()
-            self.app.hub.timers.add(self, self.app.settings.server.read_timeout_seconds)
+            self._await_request()
 
     def refuse(self, status: int, code: str, message: str) -> None:
         """Answer an error and close: the byte stream can no longer be trusted."""

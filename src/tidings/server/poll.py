@@ -33,10 +33,37 @@ class Gathered:
     resets: list[Reset]
 
 
+PARSED_POLLS_KEPT = 4096
+
+
+def parsed_poll(app: App, request: Request) -> PollRequest:
+    """Parse a poll's query once per distinct request line.
+
+    Caught-up long pollers of a channel all ask for the same ``since``: under fan-out most
+    requests repeat one of a few targets, and their parse is the request's largest cost.
+    """
+    cache = app.parsed_polls
+    poll = cache.get(request.target)
+    if poll is None:
+        server = app.settings.server
+        poll = parse_poll(
+            request.query(), server.max_channels_per_connection, server.max_poll_seconds
+        )
+        if len(cache) >= PARSED_POLLS_KEPT:
+            cache.clear()
+        cache[request.target] = poll
+    return poll
+
+
 def handle_poll(app: App, connection: HttpConnection, request: Request) -> None:
-    server = app.settings.server
-    poll = parse_poll(request.query(), server.max_channels_per_connection, server.max_poll_seconds)
+    poll = parsed_poll(app, request)
     since = poll.subscription.since
+    if since is not None and poll.timeout > 0 and len(since) == 1:
+        channel = poll.subscription.channels[0]
+        page = app.broker.history_nowait(channel, since[0], poll.limit)
+        if page is not None and not page.events and page.reset is None:
+            LongPoll(app, connection, poll, [page.cursor]).wait(poll.timeout)  # caught up
+            return
     gathered = _gather_nowait(app, poll, since)
     if gathered is None:
         app.hub.spawn(_poll_async(app, connection, request, poll, since))
@@ -168,16 +195,14 @@ class LongPoll:
     def wait(self, timeout: float) -> None:
         for channel in self.poll.subscription.channels:
             self.app.hub.wait(channel, self)
-        self.app.hub.timers.add(self, timeout)
-        self.connection.cleanup = self.cancel
+        self.connection.hold(self, timeout)
 
     def cancel(self) -> None:
         """The client went away, or the poll is answered: forget every registration."""
         self.done = True
-        self.connection.cleanup = None
+        self.connection.release()
         for channel in self.poll.subscription.channels:
             self.app.hub.unwait(channel, self)
-        self.app.hub.timers.discard(self)
 
     def wake(self, batch: Batch) -> None:
         if self.done:

@@ -198,7 +198,9 @@ class WebSocketConnection(StreamConnection):
         self.send(ws.event_frame(event))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
-        self.send(batch.joined("ws", ws.event_frame))
+        # the hot path of WebSocket fan-out: one shared frame run, one write
+        if not self.closed and self.protocol.state is State.OPEN:
+            self.transport.write(batch.joined("ws", ws.event_frame))
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.app.stats.resets += 1

@@ -267,7 +267,7 @@ async def test_a_repeated_idempotency_key_returns_the_first_event(
     make_broker: MakeBroker, sink: Sink
 ) -> None:
     broker = make_broker()
-    broker.start(sink)
+    broker.start(sink, lambda channel: None)
     await broker.subscribe("news")
     first = await broker.publish("news", "message", b"1", idempotency_key="msg-81")
     await broker.publish("news", "message", b"2")
@@ -334,7 +334,7 @@ async def test_the_sink_receives_every_published_event_in_order(
     make_broker: MakeBroker, sink: Sink
 ) -> None:
     broker = make_broker()
-    broker.start(sink)
+    broker.start(sink, lambda channel: None)
     for channel in ("a", "chat:b"):
         await broker.subscribe(channel)
     published = []

@@ -54,7 +54,7 @@ async def test_an_event_is_stored_before_the_sink_sees_it() -> None:
         page = broker.history_nowait(event.channel, Cursor(event.epoch, event.offset - 1), 10)
         seen_in_history.append(page is not None and list(page.events) == [event])
 
-    broker.start(sink)
+    broker.start(sink, lambda channel: None)
     await broker.publish("news", "message", b"1")
     await broker.publish("news", "message", b"2")
     assert seen_in_history == [True, True]
@@ -64,7 +64,7 @@ async def test_publishing_before_start_and_after_close_delivers_nothing() -> Non
     broker = memory_broker()
     delivered: list[Event] = []
     await broker.publish("news", "message", b"1")
-    broker.start(delivered.append)
+    broker.start(delivered.append, lambda channel: None)
     await broker.publish("news", "message", b"2")
     await broker.close()
     await broker.publish("news", "message", b"3")

@@ -25,6 +25,7 @@ from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 
 EventSink = Callable[[Event], None]
+GapSink = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,13 @@ class HistoryPage:
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
 
-    def start(self, sink: EventSink) -> None:
-        """Begin delivering this node's subscribed channels' events to ``sink``."""
+    def start(self, sink: EventSink, resync: GapSink) -> None:
+        """Begin delivering this node's subscribed channels' events to ``sink``.
+
+        ``resync(channel)`` tells the node that live delivery of ``channel`` may have missed
+        events (the fan-out link was down and is back): every local follower then reads
+        history from its own cursor, so nothing acknowledged is lost.
+        """
 
     async def close(self) -> None: ...
 

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from itertools import islice
 
-from tidings.brokers.base import EventSink, HistoryPage
+from tidings.brokers.base import EventSink, GapSink, HistoryPage
 from tidings.config import Settings
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, new_epoch
@@ -99,7 +99,8 @@ class MemoryBroker:
         self._sink: EventSink | None = None
         self._sweep_at = SWEEP_AT_LEAST
 
-    def start(self, sink: EventSink) -> None:
+    def start(self, sink: EventSink, resync: GapSink) -> None:
+        """``resync`` is never needed: fan-out happens in the publishing call itself."""
         self._sink = sink
 
     async def close(self) -> None:

@@ -86,6 +86,11 @@ class Follower:
             for event in batch.events:
                 self.deliver(event)
 
+    def resync(self, channel: str) -> None:
+        tail = self.tails.get(channel)
+        if tail is not None and tail.backlog is None:
+            self.catch_up(tail)
+
     def deliver(self, event: Event) -> None:
         tail = self.tails.get(event.channel)
         if tail is None:

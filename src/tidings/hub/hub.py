@@ -27,11 +27,17 @@ class Subscriber(Protocol):
 
     def deliver_batch(self, batch: Batch) -> None: ...
 
+    def resync(self, channel: str) -> None:
+        """Live delivery of ``channel`` may have missed events: check history."""
+
 
 class Waiter(Protocol):
     """A long poll held until an event arrives on one of its channels."""
 
     def wake(self, batch: Batch) -> None: ...
+
+    def recheck(self) -> None:
+        """Live delivery may have missed events: look at history again."""
 
 
 class Beating(Protocol):
@@ -55,7 +61,7 @@ class Hub:
         self.deliveries = 0
 
     def start(self) -> None:
-        self.broker.start(self.deliver)
+        self.broker.start(self.deliver, self.resync)
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
         self.timers.start()
@@ -92,6 +98,13 @@ class Hub:
         for events in arrived.values():
             for batch in batches(events):
                 self._deliver_batch(batch)
+
+    def resync(self, channel: str) -> None:
+        """After a fan-out outage: every follower of ``channel`` catches up from history."""
+        for subscriber in tuple(self._subscribers.get(channel, ())):
+            subscriber.resync(channel)
+        for waiter in self._waiters.pop(channel, ()):
+            waiter.recheck()
 
     def _deliver_batch(self, batch: Batch) -> None:
         subscribers = self._subscribers.get(batch.channel)

@@ -222,6 +222,19 @@ class LongPoll:
         else:
             self._answer_or_wait_again(gathered)
 
+    def recheck(self) -> None:
+        if self.done:
+            return
+        self.cancel()
+        gathered = _gather_nowait(self.app, self.poll, self.cursors)
+        if gathered is None:
+            request = self._request()
+            self.app.hub.spawn(
+                _poll_async(self.app, self.connection, request, self.poll, self.cursors)
+            )
+        else:
+            self._answer_or_wait_again(gathered)
+
     def _request(self) -> Request:
         assert self.connection.current is not None
         return self.connection.current

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from tidings.brokers.base import Broker
 from tidings.config import Settings
+from tidings.exceptions import BrokerUnavailable
 from tidings.hub.timers import TimerWheel
 from tidings.protocol.event import Batch, Event, batches
 
@@ -145,7 +146,21 @@ class Hub:
     def _want(self, channel: str) -> None:
         if channel not in self._interest:
             self._interest.add(channel)
-            self.spawn(self.broker.subscribe(channel))
+            self.spawn(self._follow_on_broker(channel))
+
+    async def _follow_on_broker(self, channel: str) -> None:
+        """Subscribe on the broker, then close the window before the link was live.
+
+        A follower read history before the broker delivered the channel live: whatever was
+        published in between is read again from history, so nothing falls between the two.
+        """
+        try:
+            await self.broker.subscribe(channel)
+        except BrokerUnavailable as error:
+            log.warning("could not follow %s on the broker: %s", channel, error)
+            self._interest.discard(channel)  # the next follower asks again
+            return
+        self.resync(channel)
 
     def _sweep_interest(self) -> None:
         """Tell the broker about channels nobody here follows any more, in one pass."""

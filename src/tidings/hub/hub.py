@@ -157,8 +157,8 @@ class Hub:
         try:
             await self.broker.subscribe(channel)
         except BrokerUnavailable as error:
-            log.warning("could not follow %s on the broker: %s", channel, error)
-            self._interest.discard(channel)  # the next follower asks again
+            # the broker keeps the interest and resyncs the channel once it is back
+            log.warning("could not follow %s on the broker yet: %s", channel, error)
             return
         self.resync(channel)
 

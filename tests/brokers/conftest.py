@@ -9,22 +9,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
+from tests.nats.support import NATS_URL, isolated_nats_url
+from tests.redis.support import REDIS_URL, isolated_redis_url
 from tidings.brokers import Broker, broker_for
 from tidings.config import load_settings
 from tidings.protocol.event import Event
 
 BROKER_URLS = ["memory://"]
+BROKER_URLS.append(NATS_URL)  # skipped loudly when NATS is not running (failed under CI=true)
+BROKER_URLS.append(REDIS_URL)  # the same for Redis
 # Brokers that hold history in this process answer history_nowait with a page, never None.
 LOCAL_BROKERS = {"memory"}
 
 
+# Per scheme: the URL a test gets, isolated from other tests' data and cleaned up afterwards.
+ISOLATE: dict[str, Callable[[str], AbstractAsyncContextManager[str]]] = {}
+ISOLATE["nats"] = isolated_nats_url
+ISOLATE["redis"] = isolated_redis_url
+
+
 @pytest.fixture(params=BROKER_URLS)
-def broker_url(request: pytest.FixtureRequest) -> str:
+async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     url: str = request.param
-    return url
+    isolate = ISOLATE.get(url.partition("://")[0])
+    if isolate is None:
+        yield url
+        return
+    async with isolate(url) as isolated:
+        yield isolated
 
 
 @pytest.fixture

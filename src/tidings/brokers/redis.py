@@ -1,0 +1,286 @@
+"""``redis://``: history in Redis Streams, fan-out over Redis pub/sub, shared by every node.
+
+URL: ``redis://[[user]:password@]host[:port][/db][?prefix=tidings]`` (``rediss://`` for TLS).
+Every key and pub/sub channel name starts with ``prefix`` (default ``tidings``), so several
+deployments, or tests, can share one Redis; other query parameters go to redis-py. A
+channel's keys are described in redis_scripts; its events are published on
+``<prefix>:live:<channel>``, and each node pings itself on ``<prefix>:ping:<node>``. A node's
+connections are named ``<prefix>:<node>:commands`` and ``<prefix>:<node>:pubsub`` (CLIENT
+LIST shows which node holds what).
+
+What it guarantees, beyond brokers/base.py:
+
+- **Acknowledged = stored.** ``publish`` runs one Lua script (redis_scripts.APPEND) that
+  gives the next offset of the channel's epoch, appends to the channel's stream, trims it to
+  the namespace's size and age, and PUBLISHes the stored event, all atomically. It returns
+  only once Redis answered. A publish that raises BrokerUnavailable stored nothing, with one
+  exception no client library can avoid: the connection failed after Redis ran the script
+  and before its answer arrived. A retry with the same idempotency key is then safe.
+- **Order.** Scripts run one at a time, so offsets are consecutive with no duplicates
+  across every node, and each channel's fan-out messages leave Redis in offset order. A node
+  reads them on one pub/sub connection and hands them to its sink in that order.
+- **History** lives in Redis: it survives node restarts. It is lost when Redis loses it (a
+  restart without persistence, a key expiry); the next use of the channel then starts a new
+  epoch, so resuming clients get an ``epoch`` reset, never a silent skip.
+- **Expiry.** A channel's stream expires ``history_ttl_seconds`` after its last publish
+  (every entry has aged out by then); its epoch and offset live ``META_GRACE_MS`` longer,
+  refreshed by reads and, every ``META_REFRESH_SECONDS``, by each node for the channels it
+  follows. A channel nobody uses vanishes; a quiet channel with followers keeps its epoch.
+- **Outages.** Every Redis error becomes BrokerUnavailable at this boundary. The fan-out
+  link (redis_link.PubSubLink) is watched by a ping through pub/sub; when it fails or goes
+  quiet it is rebuilt with backoff, and once each channel is subscribed again the node's
+  ``resync(channel)`` makes every follower read what it missed from history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
+
+from tidings.brokers.base import EventSink, GapSink, HistoryPage
+from tidings.brokers.redis_link import PubSubLink
+from tidings.brokers.redis_scripts import APPEND, READ, live_event, page_of, stored_event
+from tidings.config import Settings
+from tidings.exceptions import BrokerUnavailable, ConfigError
+from tidings.protocol.channel import namespace_of
+from tidings.protocol.cursor import Cursor, new_epoch
+from tidings.protocol.event import Event
+
+log = logging.getLogger("tidings.brokers.redis")
+
+DEFAULT_PREFIX = "tidings"
+_PREFIX = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
+COMMAND_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+POOL_SIZE = 32
+CHECK_TIMEOUT = 2.0
+META_GRACE_MS = 600_000
+META_REFRESH_SECONDS = 60.0
+REFRESH_CHUNK = 1000
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """The URL for redis-py, without ``prefix``, and the prefix."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise ConfigError("server.broker", f"{url!r} is not a URL: {error}") from error
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for key, value in query if key == "prefix"]
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    if _PREFIX.fullmatch(prefix) is None:
+        raise ConfigError(
+            "server.broker", f"prefix {prefix!r}: use 1 to 64 characters from A-Z a-z 0-9 _ - . :"
+        )
+    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Redis and socket errors leave this adapter as BrokerUnavailable (STYLE.md 8)."""
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise BrokerUnavailable(f"Redis {action} failed: {error}") from error
+
+
+class RedisBroker:
+    """Many nodes, one Redis: see the module docstring for what it guarantees."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        address, self.prefix = split_url(url)
+        self.node = new_epoch()
+        self._settings = settings
+        try:
+            self._pool = BlockingConnectionPool.from_url(
+                address,
+                max_connections=POOL_SIZE,
+                timeout=COMMAND_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),  # a retried publish could store twice
+                client_name=self.client_name("commands"),
+            )
+        except ValueError as error:
+            raise ConfigError("server.broker", f"{url!r} is not a Redis URL: {error}") from error
+        self._redis = Redis(connection_pool=self._pool)
+        self._append = self._redis.register_script(APPEND)
+        self._read = self._redis.register_script(READ)
+        self._live_prefix = f"{self.prefix}:live:".encode()
+        self._link = PubSubLink(
+            self._link_connection,
+            self._publish_raw,
+            f"{self.prefix}:ping:{self.node}".encode(),
+            self._received,
+            self._subscribed,
+            self._drop_idle_connections,
+        )
+        self._sink: EventSink | None = None
+        self._resync: GapSink | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def client_name(self, role: str) -> str:
+        """The CLIENT SETNAME of this node's connections: ``<prefix>:<node>:<role>``."""
+        return f"{self.prefix}:{self.node}:{role}"
+
+    def start(self, sink: EventSink, resync: GapSink) -> None:
+        """Open the fan-out link; ``resync`` runs when a channel is subscribed again after the
+        link was rebuilt (or after a ``subscribe`` that gave up is confirmed at last)."""
+        self._sink, self._resync = sink, resync
+        self._link.start()
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        self._sink = self._resync = None
+        self._closed = True
+        await self._link.close()
+        if self._refresher is not None:
+            self._refresher.cancel()  # may be lost inside redis-py: the loop checks _closed
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self._pool.disconnect()
+
+    # Keys and names.
+
+    def keys(self, channel: str) -> list[str]:
+        """The stream, meta and idempotency keys of ``channel`` (one hash slot)."""
+        base = f"{self.prefix}:{{{channel}}}:"
+        return [base + "s", base + "m", base + "k"]
+
+    def _live_name(self, channel: str) -> bytes:
+        return self._live_prefix + channel.encode()
+
+    def _limits(self, channel: str) -> tuple[int, int, int]:
+        """History size, age limit in ms and meta lifetime in ms (0: no age limit)."""
+        namespace = self._settings.namespace(namespace_of(channel))
+        seconds = namespace.history_ttl_seconds
+        ttl_ms = 0 if math.isinf(seconds) else max(1, round(seconds * 1000))
+        return namespace.history_size, ttl_ms, ttl_ms + META_GRACE_MS if ttl_ms else 0
+
+    # Publishing and history.
+
+    async def publish(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> Event:
+        """Store, then fan out, in one script; raise BrokerUnavailable if Redis failed."""
+        size, ttl_ms, meta_ms = self._limits(channel)
+        key = idempotency_key or ""
+        args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, size, event, data, key]
+        args += [self._live_name(channel), channel]
+        with translated("publish"):
+            reply = await self._append(keys=self.keys(channel), args=args)
+        return stored_event(channel, reply)
+
+    async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
+        _size, ttl_ms, meta_ms = self._limits(channel)
+        epoch, start = (since.epoch, since.offset + 1) if since is not None else ("", 0)
+        args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, epoch, start, limit]
+        with translated("history read"):
+            try:
+                reply = await self._read(keys=self.keys(channel), args=args)
+            except RedisConnectionError:  # a pooled connection Redis closed: reads may retry
+                reply = await self._read(keys=self.keys(channel), args=args)
+        return page_of(channel, since, reply)
+
+    def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
+        """Always None: history lives in Redis, reading it is I/O."""
+        return None
+
+    # Fan-out.
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once Redis confirmed the subscription (once started): every event
+        published after this returns reaches the sink. What was published before, the
+        caller reads from history (the hub resyncs the channel).
+
+        Raises BrokerUnavailable when Redis did not confirm it in time; the interest is kept,
+        and the channel is subscribed, and resynced, as soon as the link is back.
+        """
+        await self._link.want(self._live_name(channel))
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._link.drop(self._live_name(channel))
+
+    async def check(self) -> None:
+        """Before ``start``: PING. After: a ping published and received back via pub/sub."""
+        with translated("check"):
+            if self._sink is None:
+                await self._redis.ping()
+            else:
+                await self._link.round_trip(CHECK_TIMEOUT)
+
+    def _link_connection(self) -> AbstractConnection:
+        """A connection for the pub/sub link: no read timeout, no retries, RESP2 messages."""
+        options: dict[str, Any] = {
+            **self._pool.connection_kwargs,
+            "socket_timeout": None,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": self.client_name("pubsub"),
+            "protocol": 2,
+        }
+        for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
+            if resp3_only in options:  # redis-py 8 turns these on for its default, RESP3
+                options[resp3_only] = None
+        connection: AbstractConnection = self._pool.connection_class(**options)
+        return connection
+
+    async def _drop_idle_connections(self) -> None:
+        """The link lost Redis: idle command connections are likely dead too, drop them."""
+        await self._pool.disconnect(inuse_connections=False)
+
+    async def _publish_raw(self, name: bytes, body: bytes) -> None:
+        await self._redis.publish(name, body)
+
+    def _received(self, body: bytes) -> None:
+        try:
+            event = live_event(body)
+        except ValueError:
+            log.warning("dropped a malformed fan-out message: %r", body[:200])
+            return
+        if self._sink is None:
+            return
+        try:
+            self._sink(event)
+        except Exception:  # the node's bug must not take the link down for every channel
+            log.exception("the sink failed on event %s of %s", event.id, event.channel)
+
+    def _subscribed(self, name: bytes) -> None:
+        if self._resync is not None and name.startswith(self._live_prefix):
+            self._resync(name[len(self._live_prefix) :].decode())
+
+    # Keeping followed channels' epochs.
+
+    async def _refresh_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(META_REFRESH_SECONDS)
+            try:
+                await self.refresh_followed()
+            except (RedisError, OSError) as error:
+                log.warning("could not refresh the expiry of followed channels: %s", error)
+
+    async def refresh_followed(self) -> None:
+        """Push back the expiry of every followed channel's epoch and offset."""
+        prefix = len(self._live_prefix)
+        channels = [name[prefix:].decode() for name in self._link.wanted]
+        for start in range(0, len(channels), REFRESH_CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel in channels[start : start + REFRESH_CHUNK]:
+                    _size, ttl_ms, meta_ms = self._limits(channel)
+                    if ttl_ms:
+                        pipe.pexpire(self.keys(channel)[1], meta_ms)
+                await pipe.execute()

@@ -1,0 +1,283 @@
+"""The fan-out link of the ``redis://`` broker: one pub/sub connection per node, kept alive.
+
+What it promises the broker:
+
+- Messages of a Redis channel reach ``on_message`` in the order Redis published them: one
+  connection, read by one task, and nothing else reads it.
+- ``want(name)`` returns once Redis confirmed the subscription: what is published after
+  that reaches ``on_message``; the caller reads what came before from history.
+- ``on_subscribed(name)`` runs when Redis confirms a subscription nobody waits for: after a
+  rebuild (or after a ``want`` that gave up). Events published while the link was down did
+  not come through it, so the broker tells the node to resync the channel from history.
+- A link that stops delivering is noticed, even when its socket stays open (a killed or
+  half-open connection, a stalled server): every ``PING_INTERVAL`` seconds a ping is
+  published on a channel only this node subscribes to, and it must come back through the
+  link within ``DEAD_AFTER`` seconds. A link that fails or goes quiet is closed and rebuilt,
+  with exponential backoff and jitter, and every wanted channel is subscribed again.
+
+The link never reconnects behind the broker's back: redis-py's own retries are off on its
+connection, so every new connection goes through the rebuild and its resyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from tidings.exceptions import BrokerUnavailable
+
+log = logging.getLogger("tidings.brokers.redis")
+
+PING_INTERVAL = 1.0
+DEAD_AFTER = 3.0
+CONNECT_TIMEOUT = 3.0
+SUBSCRIBE_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 2.0
+SUBSCRIBE_CHUNK = 1000
+
+Publish = Callable[[bytes, bytes], Coroutine[Any, Any, object]]
+
+
+class PubSubLink:
+    """Subscribes one connection to the wanted channels and watches it with pings."""
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        publish: Publish,
+        ping_channel: bytes,
+        on_message: Callable[[bytes], None],
+        on_subscribed: Callable[[bytes], None],
+        on_lost: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._connect = connect
+        self._publish = publish
+        self._ping_channel = ping_channel
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self.wanted: set[bytes] = set()
+        self._connection: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pinging: asyncio.Task[None] | None = None
+        self._confirming: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._round_trips: dict[int, asyncio.Future[None]] = {}
+        self._sequence = 0
+        self._last_pong = 0.0
+        self._failures = 0
+        self._up = asyncio.Event()
+        self._was_up = False
+        self._closing = False
+
+    @property
+    def up(self) -> bool:
+        """Subscribed to its ping channel (a death is noticed within ``DEAD_AFTER``)."""
+        return self._up.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep())
+
+    async def close(self) -> None:
+        """Stop the link. Its loops also watch ``_closing``: on Python 3.11 a cancellation can
+        be lost inside redis-py (``asyncio.wait_for`` swallows it when the awaited send
+        completes at the same moment), so cancelling alone might not end them."""
+        self._closing = True
+        tasks = [task for task in (self._task, self._pinging) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._pinging = None
+
+    async def want(self, name: bytes) -> None:
+        """Subscribe to ``name``; return once Redis confirmed it (if the link is started).
+
+        Raises BrokerUnavailable when no confirmation came within ``SUBSCRIBE_TIMEOUT``; the
+        channel stays wanted, and is subscribed (and resynced) when the link is back.
+        """
+        self.wanted.add(name)
+        if self._task is None:
+            return
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(name, []).append(confirmed)
+        try:
+            await self._send(b"SUBSCRIBE", name)
+            await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
+        except TimeoutError as error:
+            raise BrokerUnavailable("Redis did not confirm a subscription: reconnecting") from error
+        finally:
+            waiting = self._confirming.get(name, [])
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+
+    async def drop(self, name: bytes) -> None:
+        self.wanted.discard(name)
+        await self._send(b"UNSUBSCRIBE", name)
+
+    async def round_trip(self, timeout: float) -> None:
+        """Publish a ping and wait for it to come back through the link.
+
+        Fails at once while the link is down, except before it was first up (start-up). The
+        deadline never cancels a redis-py call (see ``close``): a late ping is left to finish.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not self._was_up:
+            await _until(self._up.wait(), deadline, "the Redis pub/sub link is not up yet")
+        if not self.up:
+            raise BrokerUnavailable("the Redis pub/sub link is down: reconnecting")
+        sequence = self._next_sequence()
+        back: asyncio.Future[None] = loop.create_future()
+        self._round_trips[sequence] = back
+        try:
+            sent: asyncio.Task[object] = loop.create_task(
+                self._publish(self._ping_channel, b"%d" % sequence)
+            )
+            sent.add_done_callback(_retrieve)
+            await asyncio.wait({sent}, timeout=max(0.0, deadline - loop.time()))
+            if not sent.done():
+                raise BrokerUnavailable("Redis did not answer a ping in time")
+            sent.result()
+            await _until(back, deadline, "a ping did not come back through Redis pub/sub")
+        finally:
+            self._round_trips.pop(sequence, None)
+
+    # The keeper: connect, subscribe, watch, rebuild.
+
+    async def _keep(self) -> None:
+        while not self._closing:
+            connection: AbstractConnection | None = None
+            try:
+                connection = self._connect()
+                await asyncio.wait_for(connection.connect(), CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
+                await self._serve(connection)
+                reason = "the link failed or went quiet"
+            except (RedisError, OSError) as error:
+                reason = f"cannot connect ({error})"
+            except Exception:  # a supervisor: log the bug, keep the link alive
+                log.exception("Redis pub/sub link: unexpected error")
+                reason = "unexpected error"
+            finally:
+                self._connection = None
+                self._up.clear()
+                if connection is not None:
+                    await connection.disconnect(nowait=True)
+            if not self._closing:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._on_lost()
+                await self._back_off(reason)
+
+    async def _back_off(self, reason: str) -> None:
+        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2**self._failures)
+        self._failures += 1
+        log.warning("Redis pub/sub link: %s; retrying in %.2f s", reason, delay)
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _serve(self, connection: AbstractConnection) -> None:
+        """Subscribe and read until the link fails or a ping is overdue."""
+        self._connection = connection
+        loop = asyncio.get_running_loop()
+        self._last_pong = loop.time()
+        reader = loop.create_task(self._read(connection))
+        try:
+            names = [self._ping_channel, *self.wanted]
+            for start in range(0, len(names), SUBSCRIBE_CHUNK):
+                await self._send(b"SUBSCRIBE", *names[start : start + SUBSCRIBE_CHUNK])
+            while not reader.done() and not self._closing:
+                self._ping()
+                await asyncio.wait({reader}, timeout=PING_INTERVAL)
+                if loop.time() - self._last_pong > DEAD_AFTER:
+                    log.warning("Redis pub/sub link: no ping came back in %.0f s", DEAD_AFTER)
+                    return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await reader
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        while True:
+            self._dispatch(await connection.read_response())
+
+    async def _send(self, *args: bytes) -> None:
+        """Send on the current connection; a failure shows up in the reader, which rebuilds."""
+        connection = self._connection
+        if connection is None or not connection.is_connected:
+            return
+        try:
+            await connection.send_command(*args, check_health=False)
+        except (RedisError, OSError) as error:
+            log.debug("Redis pub/sub link: sending %s failed: %s", args[0], error)
+
+    def _dispatch(self, reply: object) -> None:
+        if not isinstance(reply, list) or len(reply) != 3:
+            return
+        kind, name, body = reply
+        if kind == b"message":
+            if name == self._ping_channel:
+                self._pong(body)
+            elif name in self.wanted:
+                self._on_message(body)
+        elif kind == b"subscribe":
+            self._confirmed(name)
+
+    def _confirmed(self, name: bytes) -> None:
+        if name == self._ping_channel:
+            self._last_pong = asyncio.get_running_loop().time()
+            self._up.set()
+            self._was_up = True
+            return
+        waiting = self._confirming.pop(name, [])
+        for confirmed in waiting:
+            if not confirmed.done():
+                confirmed.set_result(None)
+        if not waiting and name in self.wanted:
+            self._on_subscribed(name)  # a re-subscription: nobody is waiting to resync it
+
+    # Pings.
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    def _ping(self) -> None:
+        if self._pinging is None or self._pinging.done():
+            sequence = self._next_sequence()
+            self._pinging = asyncio.get_running_loop().create_task(self._send_ping(sequence))
+
+    async def _send_ping(self, sequence: int) -> None:
+        try:
+            await self._publish(self._ping_channel, b"%d" % sequence)
+        except (RedisError, OSError) as error:
+            log.debug("Redis pub/sub link: ping not sent: %s", error)
+
+    def _pong(self, body: object) -> None:
+        self._last_pong = asyncio.get_running_loop().time()
+        self._failures = 0
+        if not isinstance(body, bytes) or not body.isdigit():
+            return
+        sequence = int(body)
+        for waiting, back in list(self._round_trips.items()):
+            if waiting <= sequence and not back.done():
+                back.set_result(None)
+
+
+async def _until(awaitable: Awaitable[object], deadline: float, failure: str) -> None:
+    """Await one of our own futures or events until ``deadline``; BrokerUnavailable after."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await awaitable
+    except TimeoutError as error:
+        raise BrokerUnavailable(failure) from error
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Fetch a finished background call's outcome, so a late failure is not reported twice."""
+    if not task.cancelled():
+        task.exception()

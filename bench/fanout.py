@@ -31,7 +31,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ LOADGEN = BENCH_DIR / "loadgen.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL = "bench"
 TRANSPORTS = ("ws", "sse", "longpoll")
-TARGETS = ("tidings", "nchan")
+TARGETS = ("tidings", "nchan", "tidings-redis2")
+REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
 NOFILE = 65536
 LOADGEN_HOT_PCT = 85.0  # warn when the load generator used more than this much of its core
@@ -131,6 +134,88 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def find_redis_pid() -> int | None:
+    """PID of the local redis-server, found read-only in /proc (None when not visible)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "redis-server":
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found.append((f":{REDIS_PORT}" in cmdline, int(entry)))
+    return max(found)[1] if found else None
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for part in parts:
+        b = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _RespReader:
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buf = sock, b""
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b":"):
+            return int(rest) if kind == b":" else rest.decode()
+        if kind == b"-":
+            raise OSError(f"redis: {rest.decode()}")
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise OSError("redis closed the connection")
+                self.buf += chunk
+            data, self.buf = self.buf[:n], self.buf[n + 2 :]
+            return data.decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise OSError(f"redis: unexpected reply {line[:80]!r}")
+
+
+def redis_delete_prefix(prefix: str, max_rounds: int = 100000) -> int:
+    """Delete every key starting with prefix (SCAN MATCH + DEL over a raw socket)."""
+    if not prefix or "*" in prefix or "?" in prefix or "[" in prefix:
+        raise ValueError(f"refusing to delete keys for prefix {prefix!r}")
+    deleted = 0
+    with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=5) as sock:
+        rd = _RespReader(sock)
+        sock.sendall(_resp("SELECT", str(REDIS_DB)))
+        rd.read()
+        cursor = "0"
+        for _ in range(max_rounds):  # bounded
+            sock.sendall(_resp("SCAN", cursor, "MATCH", prefix + "*", "COUNT", "1000"))
+            cursor, keys = rd.read()
+            if keys:
+                sock.sendall(_resp("DEL", *keys))
+                deleted += int(rd.read())
+            if cursor == "0":
+                break
+    return deleted
 
 
 def raise_nofile() -> int:
@@ -304,9 +389,39 @@ class Server:
     tmp: Path
     mp: ManagedProcess
     version: str = ""
+    # tidings-redis2: node B (node A is mp/port) and the Redis key prefix of this cell
+    extra: list[ManagedProcess] = field(default_factory=list)
+    extra_ports: list[int] = field(default_factory=list)
+    redis_prefix: str = ""
+    redis_keys_deleted: int | None = None
+    redis_pid: int | None = None  # the local redis-server, for its CPU time (read-only)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *self.extra_ports]
+
+    @property
+    def protocol(self) -> str:
+        """What the load generator speaks to it: tidings or nchan."""
+        return "nchan" if self.target == "nchan" else "tidings"
 
     def pids(self) -> list[int]:
-        return self.mp.tree()
+        return [pid for mp in (self.mp, *self.extra) for pid in mp.tree()]
+
+    def alive(self) -> bool:
+        return all(mp.alive() for mp in (self.mp, *self.extra))
+
+    def log_tail(self) -> str:
+        return "\n".join(mp.log_tail() for mp in (self.mp, *self.extra))
+
+    def stop(self) -> None:
+        for mp in (*self.extra, self.mp):
+            mp.stop()
+        if self.redis_prefix:
+            try:
+                self.redis_keys_deleted = redis_delete_prefix(self.redis_prefix)
+            except OSError as exc:
+                log(f"deleting Redis keys {self.redis_prefix}*: {exc}")
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids())
@@ -371,6 +486,8 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
             str(tmp / "error.log"),
         ]
         version = subprocess.run([args.nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    elif target == REDIS2:
+        return start_redis2(args, port, tmp)
     else:
         argv = [
             *pinned(args, args.server_cpu),
@@ -393,6 +510,66 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
     return Server(target, port, tmp, mp, version)
 
 
+def start_redis2(args: argparse.Namespace, port: int, tmp: Path) -> Server:
+    """Two `tidings serve` nodes, both pinned to the server core, sharing a fresh Redis prefix."""
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}?prefix={prefix}"
+    mps: list[ManagedProcess] = []
+    ports = [port, free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    server: Server | None = None
+    try:
+        for name, p in zip("AB", ports, strict=True):
+            argv = [
+                *pinned(args, args.server_cpu),
+                *args.tidings_cmd.split(),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p),
+                "--broker",
+                broker,
+                *args.tidings_args.split(),
+            ]
+            mps.append(
+                ManagedProcess(
+                    f"{REDIS2} node {name}",
+                    argv,
+                    tmp / f"server-{name}.log",
+                    stdin=subprocess.DEVNULL,
+                    cwd=tmp,
+                )
+            )
+        server = Server(
+            REDIS2,
+            ports[0],
+            tmp,
+            mps[0],
+            "tidings (working tree), 2 nodes, Redis broker",
+            extra=mps[1:],
+            extra_ports=ports[1:],
+            redis_prefix=prefix,
+            redis_pid=find_redis_pid(),
+        )
+        for mp, p in zip(mps, ports, strict=True):
+            if not wait_healthy(mp, p, args.start_timeout):
+                raise RuntimeError(
+                    f"{mp.name} did not become healthy on port {p}:\n{mp.log_tail()}"
+                )
+        return server
+    except BaseException:
+        if server is not None:
+            server.stop()
+        else:
+            for mp in mps:
+                mp.stop(grace=5)
+            with contextlib.suppress(OSError):
+                redis_delete_prefix(prefix)
+        raise
+
+
 # --------------------------------------------------------------------------- load generator
 
 
@@ -405,7 +582,7 @@ class LoadGen:
         config = {
             "host": "127.0.0.1",
             "port": server.port,
-            "target": server.target,
+            "target": server.protocol,
             "transport": transport,
             "channel": CHANNEL,
             "sampleEvery": args.sample_every,
@@ -414,6 +591,8 @@ class LoadGen:
             "pollTimeout": 30,
             "maxLifetimeS": 3600,
         }
+        if len(server.ports) > 1:  # subscribers round-robin over the nodes, publisher on node A
+            config["ports"] = server.ports
         argv = [*pinned(args, args.loadgen_cpu), args.node, str(LOADGEN), json.dumps(config)]
         self.mp = ManagedProcess(
             f"loadgen {server.target}/{transport}",
@@ -476,17 +655,24 @@ def measure_phase(
     server: Server, lg: LoadGen, cores: list[int], timeout: float, **msg: Any
 ) -> dict[str, Any]:
     """Run one publishing phase; server CPU is the delta over the whole phase, drain included."""
+    redis = [server.redis_pid] if server.redis_pid else []
     b0 = cpu_busy_ticks(cores)
-    s0, l0, t0 = server.cpu(), lg.cpu(), time.monotonic()
+    s0, l0, t0, k0 = server.cpu(), lg.cpu(), time.monotonic(), cpu_seconds(redis)
     r = lg.cmd(timeout, **msg)
-    s1, l1, t1 = server.cpu(), lg.cpu(), time.monotonic()
+    s1, l1, t1, k1 = server.cpu(), lg.cpu(), time.monotonic(), cpu_seconds(redis)
     b1 = cpu_busy_ticks(cores)
     wall = t1 - t0
     # CPU time on the two benchmark cores that was neither the server's nor the load
-    # generator's: other processes on the machine disturbing the measurement.
+    # generator's: other processes on the machine disturbing the measurement. For
+    # tidings-redis2, Redis (unpinned, part of the system under test) is not "other" either;
+    # on a 2-core machine all of its CPU time is on the benchmark cores.
     busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
-    r["otherCpuPct"] = max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0)) / wall)
+    r["otherCpuPct"] = max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0) - (k1 - k0)) / wall)
     delivered = int(r["received"])
+    if redis:
+        r["redisCpuS"] = k1 - k0
+        r["redisCpuPct"] = 100 * (k1 - k0) / wall
+        r["redisUsPerMsg"] = (k1 - k0) * 1e6 / delivered if delivered else None
     r["serverCpuS"] = s1 - s0
     r["serverCpuPct"] = 100 * (s1 - s0) / wall
     r["loadgenCpuPct"] = 100 * (l1 - l0) / wall
@@ -498,11 +684,14 @@ def measure_phase(
 
 def other_load_pct(server: Server, lg: LoadGen, cores: list[int], seconds: float) -> float:
     """Percent of a core used on the benchmark cores by anything but our two processes."""
+    redis = [server.redis_pid] if server.redis_pid else []
     b0, s0, l0, t0 = cpu_busy_ticks(cores), server.cpu(), lg.cpu(), time.monotonic()
+    k0 = cpu_seconds(redis)
     time.sleep(seconds)
     b1, s1, l1, t1 = cpu_busy_ticks(cores), server.cpu(), lg.cpu(), time.monotonic()
+    k1 = cpu_seconds(redis)
     busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
-    return max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0)) / (t1 - t0))
+    return max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0) - (k1 - k0)) / (t1 - t0))
 
 
 def quiet_phase(
@@ -585,12 +774,18 @@ def run_cell(
         rss1 = server.rss()
         st = lg.cmd(10, cmd="status")
         cell["aliveIdle"] = st["alive"]
+        if len(server.ports) > 1:
+            names = dict(zip((str(p) for p in server.ports), "AB", strict=False))
+            cell["alivePerNode"] = {
+                names.get(k, k): v for k, v in st.get("alivePerPort", {}).items()
+            }
+            cell["redisPid"] = server.redis_pid
         opened = max(1, int(r["connected"]))
         cell["rssBeforeKb"], cell["rssAfterKb"] = rss0, rss1
         cell["memKbPerConn"] = (rss1 - rss0) / opened
-        if not server.mp.alive():
+        if not server.alive():
             raise RuntimeError(
-                f"{target} exited while subscribers connected:\n{server.mp.log_tail()}"
+                f"{target} exited while subscribers connected:\n{server.log_tail()}"
             )
 
         w = lg.cmd(60, cmd="warmup", count=3, timeoutMs=15000)
@@ -650,12 +845,15 @@ def run_cell(
                 )
             if p.get("stalls"):
                 cell["notes"].append(f"{ph}: {p['stalls']} delivery stalls of 1 s")
-        if not server.mp.alive():
-            raise RuntimeError(f"{target} exited during the run:\n{server.mp.log_tail()}")
+        if not server.alive():
+            raise RuntimeError(f"{target} exited during the run:\n{server.log_tail()}")
     finally:
         if lg is not None:
             lg.stop()
-        server.mp.stop()
+        server.stop()
+        if server.redis_prefix:
+            cell["redisPrefix"] = server.redis_prefix
+            cell["redisKeysDeleted"] = server.redis_keys_deleted
         err = server.tmp / "error.log"
         if target == "nchan" and err.exists():
             crit = [
@@ -792,6 +990,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             )
         out.append("")
 
+    if "tidings" in args.targets and REDIS2 in args.targets:
+        out.extend(render_redis2(by_key, cells))
+
     notes = [(c, note) for c in results for note in c.get("notes", [])]
     notes += [(c, c["error"]) for c in results if "error" in c]
     if notes:
@@ -803,6 +1004,48 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             )
         out.append("")
     return "\n".join(out)
+
+
+def render_redis2(
+    by_key: dict[tuple[str, str, int], dict[str, Any]], cells: list[tuple[str, int]]
+) -> list[str]:
+    """tidings-redis2 against single-node tidings of the same run."""
+    out = ["### Two nodes through Redis / one node\n"]
+    out.append(
+        "`tidings-redis2` / `tidings`: deliveries per second, latency and CPU per delivery "
+        "(both nodes summed) as ratios; Redis's own CPU (not pinned, not in us/msg) as "
+        "absolute numbers, rate / sat.\n"
+    )
+    out.append(
+        "| transport | subs | rate: msg/s | rate: p50 | rate: p99 | sat: msg/s | sat: p50 "
+        "| sat: p99 | rate: us/msg | sat: us/msg | Redis CPU % | Redis us/msg | subs per node |"
+    )
+    out.append("|" + " --- |" * 13)
+    for transport, n in cells:
+        t = by_key.get(("tidings", transport, n))
+        r2 = by_key.get((REDIS2, transport, n))
+        if t is None or r2 is None:
+            out.append(f"| {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 10)
+            continue
+        rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
+        rr, rs = r2["rate"], r2["sat"]
+        per_node = r2.get("alivePerNode") or {}
+        out.append(
+            f"| {TRANSPORT_TITLE[transport]} | {n:,} "
+            f"| {rx(rr['msgsPerS'], t['rate']['msgsPerS'])} "
+            f"| {rx(rr['p50ms'], t['rate']['p50ms'])} "
+            f"| {rx(rr['p99ms'], t['rate']['p99ms'])} "
+            f"| {rx(rs['msgsPerS'], t['sat']['msgsPerS'])} "
+            f"| {rx(rs['p50ms'], t['sat']['p50ms'])} "
+            f"| {rx(rs['p99ms'], t['sat']['p99ms'])} "
+            f"| {rx(rr['usPerMsg'], t['rate']['usPerMsg'])} "
+            f"| {rx(rs['usPerMsg'], t['sat']['usPerMsg'])} "
+            f"| {fmt(rr.get('redisCpuPct'), 0)} / {fmt(rs.get('redisCpuPct'), 0)} "
+            f"| {fmt(rr.get('redisUsPerMsg'), 3)} / {fmt(rs.get('redisUsPerMsg'), 3)} "
+            f"| {' / '.join(f'{k} {fmt(int(v))}' for k, v in sorted(per_node.items())) or '-'} |"
+        )
+    out.append("")
+    return out
 
 
 def git_rev() -> str:
@@ -861,7 +1104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--targets", default="tidings,nchan", help="comma list of tidings, nchan")
+    p.add_argument(
+        "--targets",
+        default="tidings,nchan",
+        help="comma list of tidings, nchan, tidings-redis2 (two nodes through Redis)",
+    )
     p.add_argument(
         "--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll"
     )

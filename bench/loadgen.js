@@ -16,7 +16,10 @@ const { performance } = require('perf_hooks');
 
 const cfg = JSON.parse(process.argv[2] || '{}');
 const HOST = cfg.host || '127.0.0.1';
-const PORT = cfg.port;
+const PORT = cfg.port; // the publisher's port (and the subscribers' unless cfg.ports is given)
+// Subscriber ports: subscriber i connects to PORTS[i % PORTS.length] (several server nodes
+// sharing one channel through a broker). Defaults to the one port.
+const PORTS = Array.isArray(cfg.ports) && cfg.ports.length ? cfg.ports : [PORT];
 const TARGET = cfg.target; // 'tidings' | 'nchan'
 const TRANSPORT = cfg.transport; // 'ws' | 'sse' | 'longpoll'
 const CHANNEL = cfg.channel || 'bench';
@@ -32,6 +35,7 @@ if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'longpoll'
 }
 
 const HOSTHDR = `${HOST}:${PORT}`;
+const hostHdr = (port) => `${HOST}:${port}`;
 const CH = encodeURIComponent(CHANNEL);
 const PATHS = TARGET === 'tidings'
   ? { ws: '/ws', sse: `/sse?channel=${CH}`, longpoll: `/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`, pub: '/api/publish' }
@@ -241,10 +245,10 @@ class HttpReader {
 // for later (a partial frame, a response head) it copies.
 const READ_BUF = Buffer.allocUnsafe(256 * 1024);
 
-function connectSocket(onBytes) {
+function connectSocket(onBytes, port = PORT) {
   const s = net.connect({
     host: HOST,
-    port: PORT,
+    port,
     onread: { buffer: READ_BUF, callback: (nread, buf) => { onBytes(buf.subarray(0, nread)); } },
   });
   s.setNoDelay(true);
@@ -271,6 +275,7 @@ const SUBSCRIBED = Buffer.from('"subscribed"');
 class Sub {
   constructor(idx, done) {
     this.idx = idx;
+    this.port = PORTS[idx % PORTS.length];
     this.sampled = idx % SAMPLE_EVERY === 0;
     this.done = done; // called once: done(null) when ready, done(err) when the attempt failed
     this.ready = false;
@@ -289,7 +294,7 @@ class Sub {
   openSocket() {
     const s = connectSocket((c) => {
       try { this.onData(c); } catch (e) { protoError(`sub ${this.idx}: ${e.message}`); s.destroy(); }
-    });
+    }, this.port);
     this.sock = s;
     s.on('error', (e) => { this.lastError = e.code || e.message; });
     s.on('close', () => this.onClose());
@@ -323,7 +328,7 @@ class WsSub extends Sub {
     const s = this.openSocket();
     s.on('connect', () => {
       const key = crypto.randomBytes(16).toString('base64');
-      s.write(`GET ${PATHS.ws} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+      s.write(`GET ${PATHS.ws} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
         + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
     });
   }
@@ -396,7 +401,7 @@ class SseSub extends Sub {
     this.chunked = null;
     const s = this.openSocket();
     s.on('connect', () => {
-      s.write(`GET ${PATHS.sse} HTTP/1.1\r\nHost: ${HOSTHDR}\r\nAccept: text/event-stream\r\n\r\n`);
+      s.write(`GET ${PATHS.sse} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\nAccept: text/event-stream\r\n\r\n`);
     });
     this.piece = (b, s0, e0) => this.ssePiece(b, s0, e0);
   }
@@ -464,7 +469,7 @@ class PollSub extends Sub {
     const s = connectSocket((c) => {
       if (s !== this.sock) return;
       try { this.reader.feed(c); } catch (e) { protoError(`poll ${this.idx}: ${e.message}`); s.destroy(); }
-    });
+    }, this.port);
     this.sock = s;
     this.reader.hbuf = null;
     this.reader.reset();
@@ -481,12 +486,12 @@ class PollSub extends Sub {
     let req;
     if (TARGET === 'tidings') {
       const since = this.cursor ? `&since=${encodeURIComponent(this.cursor)}` : '';
-      req = `GET ${PATHS.longpoll}${since} HTTP/1.1\r\nHost: ${HOSTHDR}\r\n\r\n`;
+      req = `GET ${PATHS.longpoll}${since} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n\r\n`;
     } else {
       let cond = '';
       if (this.lastModified) cond += `If-Modified-Since: ${this.lastModified}\r\n`;
       if (this.etag) cond += `If-None-Match: ${this.etag}\r\n`;
-      req = `GET ${PATHS.longpoll} HTTP/1.1\r\nHost: ${HOSTHDR}\r\n${cond}\r\n`;
+      req = `GET ${PATHS.longpoll} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n${cond}\r\n`;
     }
     this.sock.write(req);
   }
@@ -795,7 +800,9 @@ async function saturatePhase(msg) {
 }
 
 function status() {
-  return { alive, subs: subs.length, received, stats, pubOutstanding, pubQueue, memRssKb: Math.round(process.memoryUsage().rss / 1024) };
+  const alivePerPort = {};
+  for (const s of subs) if (s.ready && !s.closed) bump(alivePerPort, s.port);
+  return { alive, alivePerPort, subs: subs.length, received, stats, pubOutstanding, pubQueue, memRssKb: Math.round(process.memoryUsage().rss / 1024) };
 }
 
 let stopping = false;

@@ -16,6 +16,7 @@ from tidings.brokers.base import Broker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.timers import TimerWheel
+from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
 
 log = logging.getLogger("tidings.hub")
@@ -59,6 +60,7 @@ class Hub:
         self._interest: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._arrived: dict[str, list[Event]] = {}
+        self.heads: dict[str, Cursor] = {}  # last cursor delivered here, per followed channel
         self.deliveries = 0
 
     def start(self) -> None:
@@ -108,6 +110,7 @@ class Hub:
             waiter.recheck()
 
     def _deliver_batch(self, batch: Batch) -> None:
+        self.heads[batch.channel] = batch.last.cursor
         subscribers = self._subscribers.get(batch.channel)
         if subscribers:
             for subscriber in tuple(subscribers):
@@ -167,6 +170,7 @@ class Hub:
         idle = [c for c in self._interest if c not in self._subscribers and c not in self._waiters]
         for channel in idle:
             self._interest.discard(channel)
+            self.heads.pop(channel, None)
             self.spawn(self.broker.unsubscribe(channel))
 
     def _heartbeat(self) -> None:

@@ -93,6 +93,26 @@ async def _gather(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -
     return _combine(pages)
 
 
+async def _gather_settled(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
+    """Read history until no event reached this node during the read.
+
+    An event delivered while the read was in flight woke no waiter (none was registered
+    yet) and may or may not be in the answer: reading again settles it, so a poll never
+    waits out its timeout with an event already here.
+    """
+    channels = poll.subscription.channels
+    heads = app.hub.heads
+    for _ in range(MAX_SETTLE_READS):
+        before = [heads.get(channel) for channel in channels]
+        gathered = await _gather(app, poll, since)
+        if gathered.events or before == [heads.get(channel) for channel in channels]:
+            break
+    return gathered
+
+
+MAX_SETTLE_READS = 5
+
+
 def _combine(pages: list[HistoryPage]) -> Gathered:
     gathered = Gathered([], [], [])
     for page in pages:
@@ -111,7 +131,7 @@ async def _poll_async(
     since: Sequence[Cursor] | None,
 ) -> None:
     try:
-        gathered = await _gather(app, poll, since)
+        gathered = await _gather_settled(app, poll, since)
     except BrokerUnavailable as error:
         app.answer_error(connection, error)
         return

@@ -1,0 +1,258 @@
+"""Helpers for the cluster tests: real ``tidings serve`` nodes sharing one broker, and a lean
+SSE subscriber that reconnects to a list of nodes with ``Last-Event-ID``.
+
+Every wait polls its condition with a deadline; traffic goes only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+TIDINGS = [sys.executable, "-m", "tidings.cli"]
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+FAST_ENV = {"TIDINGS_SERVER_SSE_RETRY_MS": "100", "TIDINGS_SERVER_DRAIN_SECONDS": "0.2"}
+DEADLINE = 30.0
+
+
+def offset(cursor: str) -> int:
+    return int(cursor.rpartition(".")[2])
+
+
+class Node:
+    """``tidings serve --port 0 --broker URL`` in a subprocess; stderr is drained in a thread."""
+
+    def __init__(self, broker: str, env: dict[str, str] | None = None) -> None:
+        self.broker = broker
+        self.process = subprocess.Popen(
+            [*TIDINGS, "serve", "--port", "0", "--no-lab", "--broker", broker],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_ENV, **(env or {})},
+        )
+        self.log: deque[str] = deque(maxlen=300)
+        self.port = 0
+        self._reader: threading.Thread | None = None
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Read stderr until the port is known, then keep draining it in a thread."""
+        assert self.process.stderr is not None
+        timer = threading.Timer(timeout, self.kill)  # a hung start ends, never blocks
+        timer.start()
+        try:
+            for line in self.process.stderr:
+                self.log.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    self.port = int(match[1])
+                    break
+        finally:
+            timer.cancel()
+        if not self.port:
+            raise AssertionError("tidings serve never said where it listens:\n" + self.logs())
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in self.process.stderr:
+                self.log.append(line)
+
+    def logs(self) -> str:
+        return "".join(self.log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, by PID: no drain, no goodbye, as a crashed machine."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if self.process.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.process.stderr.close()
+
+
+async def start_nodes(broker: str, count: int, started: list[Node]) -> list[Node]:
+    """``count`` nodes on ``broker``, started side by side; each is added to ``started``."""
+    nodes = [Node(broker) for _ in range(count)]
+    started.extend(nodes)
+    await asyncio.gather(*(asyncio.to_thread(node.wait_listening) for node in nodes))
+    return nodes
+
+
+async def wait_until(
+    condition: Callable[[], Any], what: str, timeout: float = DEADLINE, pause: float = 0.01
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(pause)
+    return value
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[Any]], what: str, timeout: float = DEADLINE
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := await condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def publish(http: httpx.AsyncClient, node: Node, channel: str, data: Any) -> str:
+    answer = await http.post(f"{node.url}/api/publish", json={"channel": channel, "data": data})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+class LeanSSE:
+    """A bare asyncio SSE subscriber of one channel: raw sockets, no client library.
+
+    It follows ``urls`` in turn: when a stream ends or fails it goes on to the next node with
+    ``Last-Event-ID`` set to the last ``id:`` it saw (the opening id included), so it resumes
+    exactly there. Records every event's offset and every reset.
+    """
+
+    def __init__(self, urls: list[str], channel: str, since: str) -> None:
+        self.urls = urls
+        self.channel = channel
+        self.cursor = since
+        self.offsets: list[int] = []
+        self.resets: list[str] = []
+        self.connects = 0
+        self.errors: list[str] = []
+        self.connected = False
+        self.url = ""
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        for index in range(1000):  # bounded: no subscriber reconnects for ever
+            url = self.urls[index % len(self.urls)]
+            try:
+                await self._follow(url)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                self.errors.append(f"{url}: {type(error).__name__}: {error}")
+            self.connected = False
+            if self._stopping:
+                return
+            await asyncio.sleep(0.02 + 0.05 * (index % 4))
+
+    async def _follow(self, url: str) -> None:
+        port = int(url.rpartition(":")[2])
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        try:
+            writer.write(
+                (
+                    f"GET /sse?channel={self.channel} HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+                    f"Last-Event-ID: {self.cursor}\r\n\r\n"
+                ).encode()
+            )
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 10)
+            if b" 200 " not in status:
+                raise ValueError(f"status {status!r}")
+            chunked = False
+            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b""):
+                if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                    chunked = True
+            self.connects += 1
+            self.url = url
+            self.connected = True
+            lines = _chunked_lines(reader) if chunked else _plain_lines(reader)
+            await self._read_blocks(lines)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_blocks(self, lines: Any) -> None:
+        block: dict[str, str] = {}
+        async for line in lines:
+            if line == "":
+                self._dispatch(block)
+                block = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            block[name] = value[1:] if value.startswith(" ") else value
+
+    def _dispatch(self, block: dict[str, str]) -> None:
+        if "id" in block:
+            cursor = block["id"]
+        else:
+            return
+        if "data" in block:
+            if block.get("event") == "tidings.reset":
+                self.resets.append(block["data"])
+            else:
+                self.offsets.append(offset(cursor))
+        self.cursor = cursor
+
+
+async def _plain_lines(reader: asyncio.StreamReader) -> Any:
+    while line := await reader.readline():
+        yield line.decode().rstrip("\r\n")
+
+
+async def _chunked_lines(reader: asyncio.StreamReader) -> Any:
+    pending = b""
+    while True:
+        size_line = await reader.readline()
+        if not size_line:
+            return
+        size = int(size_line.strip().split(b";")[0] or b"0", 16)
+        if size == 0:
+            return
+        pending += await reader.readexactly(size)
+        await reader.readexactly(2)
+        while b"\n" in pending:
+            line, _, pending = pending.partition(b"\n")
+            yield line.decode().rstrip("\r")

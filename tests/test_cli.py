@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,33 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serve_process import ServeProcess
 from tidings.cli import main
 
 TIDINGS = [sys.executable, "-m", "tidings.cli"]
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 @pytest.fixture
 def serve() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    process = subprocess.Popen(
-        [*TIDINGS, "serve", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    port = 0
-    for line in process.stderr:
-        match = LISTENING.search(line)
-        if match:
-            port = int(match[1])
-            break
-    assert port, "the server never said where it listens"
-    yield process, port
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
-    process.stderr.close()
+    running = ServeProcess().wait_listening()
+    yield running.process, running.port
+    running.stop()
 
 
 def test_serve_publish_and_stop_on_sigterm(serve: tuple[subprocess.Popen[str], int]) -> None:

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
-TIDINGS = [sys.executable, "-m", "tidings.cli"]
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+from tests.serve_process import ServeProcess
+
 FAST_ENV = {"TIDINGS_SERVER_SSE_RETRY_MS": "100", "TIDINGS_SERVER_DRAIN_SECONDS": "0.2"}
 DEADLINE = 30.0
 
@@ -31,77 +24,12 @@ def offset(cursor: str) -> int:
     return int(cursor.rpartition(".")[2])
 
 
-class Node:
+class Node(ServeProcess):
     """``tidings serve --port 0 --broker URL`` in a subprocess; stderr is drained in a thread."""
 
     def __init__(self, broker: str, env: dict[str, str] | None = None) -> None:
+        super().__init__("--no-lab", "--broker", broker, env={**FAST_ENV, **(env or {})})
         self.broker = broker
-        self.process = subprocess.Popen(
-            [*TIDINGS, "serve", "--port", "0", "--no-lab", "--broker", broker],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_ENV, **(env or {})},
-        )
-        self.log: deque[str] = deque(maxlen=300)
-        self.port = 0
-        self._reader: threading.Thread | None = None
-
-    def wait_listening(self, timeout: float = 20.0) -> None:
-        """Read stderr until the port is known, then keep draining it in a thread."""
-        assert self.process.stderr is not None
-        timer = threading.Timer(timeout, self.kill)  # a hung start ends, never blocks
-        timer.start()
-        try:
-            for line in self.process.stderr:
-                self.log.append(line)
-                match = LISTENING.search(line)
-                if match:
-                    self.port = int(match[1])
-                    break
-        finally:
-            timer.cancel()
-        if not self.port:
-            raise AssertionError("tidings serve never said where it listens:\n" + self.logs())
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        with contextlib.suppress(ValueError, OSError):
-            for line in self.process.stderr:
-                self.log.append(line)
-
-    def logs(self) -> str:
-        return "".join(self.log)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, by PID: no drain, no goodbye, as a crashed machine."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-        if self.process.stderr is not None:
-            with contextlib.suppress(OSError):
-                self.process.stderr.close()
 
 
 async def start_nodes(broker: str, count: int, started: list[Node]) -> list[Node]:

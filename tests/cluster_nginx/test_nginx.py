@@ -17,11 +17,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,9 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.redis.support import REDIS_URL, require_redis
+from tests.serve_process import ServeProcess
 
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
-TIDINGS = [sys.executable, "-m", "tidings.cli"]
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 FAST_ENV = {"TIDINGS_SERVER_SSE_RETRY_MS": "200", "TIDINGS_SERVER_DRAIN_SECONDS": "0.2"}
 CONF_PORTS = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
 CONF_LISTEN = "listen 127.0.0.1:8080;"
@@ -61,48 +58,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Node:
+class Node(ServeProcess):
     """``tidings serve --port 0 --broker <redis with prefix>``; stderr drained in a thread."""
 
     def __init__(self, broker: str) -> None:
-        self.process = subprocess.Popen(
-            [*TIDINGS, "serve", "--port", "0", "--no-lab", "--broker", broker],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_ENV},
-        )
-        self.log: deque[str] = deque(maxlen=200)
-        self.port = 0
-        found = threading.Event()
-        self._reader = threading.Thread(target=self._drain, args=(found,), daemon=True)
-        self._reader.start()
-        if not found.wait(20) or not self.port:
-            self.stop()
-            raise AssertionError("tidings serve never said where it listens:\n" + "".join(self.log))
-
-    def _drain(self, found: threading.Event) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match and not found.is_set():
-                self.port = int(match[1])
-                found.set()
-        found.set()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        super().__init__("--no-lab", "--broker", broker, env=FAST_ENV)
+        self.wait_listening()
 
 
 def render(upstreams: list[int], listen: int) -> str:

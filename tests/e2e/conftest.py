@@ -5,12 +5,6 @@ and the fault proxy between them.
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.proxy import FaultProxy
+from tests.serve_process import ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,8 +27,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIDINGS = [sys.executable, "-m", "tidings.cli"]
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 # Short server-side delays keep reconnects fast: SSE `retry:` and the drain window on stop.
 FAST_ENV = {"TIDINGS_SERVER_SSE_RETRY_MS": "200", "TIDINGS_SERVER_DRAIN_SECONDS": "0.2"}
 
@@ -71,40 +64,12 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-class ServerProcess:
-    """``tidings serve --port 0`` in a subprocess; its log is kept for failure reports."""
+class ServerProcess(ServeProcess):
+    """``tidings serve --port 0`` in a subprocess with quick reconnect settings."""
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*TIDINGS, "serve", "--port", "0", *flags],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_ENV, **(env or {})},
-        )
-        self.log: deque[str] = deque(maxlen=200)
-        self.port = self._read_port()
-        # Keep reading stderr so that a chatty server never blocks on a full pipe.
-        self._reader = threading.Thread(target=self._drain_log, daemon=True)
-        self._reader.start()
-
-    def _read_port(self) -> int:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match:
-                return int(match[1])
-        self.process.wait(timeout=10)
-        raise AssertionError("tidings serve never said where it listens:\n" + "".join(self.log))
-
-    def _drain_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(*flags, env={**FAST_ENV, **(env or {})})
+        self.wait_listening()
 
     def publish(self, channel: str, data: Any) -> str:
         """Publish straight to the server (not through the proxy); return the event's cursor."""
@@ -113,18 +78,6 @@ class ServerProcess:
         )
         answer.raise_for_status()
         return str(answer.json()["id"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
 
 
 @pytest.fixture

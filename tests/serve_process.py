@@ -1,0 +1,94 @@
+"""``tidings serve`` in a subprocess, as the tests that need a real process run it.
+
+It reads the port from the ``listening on`` line, then keeps draining stderr in a thread so
+that a chatty server never blocks on a full pipe; the log is kept for failure reports. It is
+stopped by its own PID: SIGTERM, then SIGKILL if it does not exit in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+
+TIDINGS = [sys.executable, "-m", "tidings.cli"]
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+class ServeProcess:
+    """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [*TIDINGS, "serve", "--port", "0", *flags],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.log: deque[str] = deque(maxlen=300)
+        self.port = 0
+        self._reader: threading.Thread | None = None
+
+    def wait_listening(self, timeout: float = 20.0) -> ServeProcess:
+        """Read stderr until the port is known, then keep draining it in a thread."""
+        assert self.process.stderr is not None
+        timer = threading.Timer(timeout, self.kill)  # a hung start ends, never blocks
+        timer.start()
+        try:
+            for line in self.process.stderr:
+                self.log.append(line)
+                match = LISTENING.search(line)
+                if match:
+                    self.port = int(match[1])
+                    break
+        finally:
+            timer.cancel()
+        if not self.port:
+            self.stop()
+            raise AssertionError("tidings serve never said where it listens:\n" + self.logs())
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in self.process.stderr:
+                self.log.append(line)
+
+    def logs(self) -> str:
+        return "".join(self.log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, by PID: no drain, no goodbye, as a crashed machine."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if self.process.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.process.stderr.close()

@@ -144,9 +144,6 @@ class App:
         retry = str(error.retry_after).encode()
         connection.respond(503, error_body(error.code, error.message), [(b"Retry-After", retry)])
 
-    def error_body(self, code: str, message: str) -> bytes:
-        return error_body(code, message)
-
     def check_origin(self, request: Request) -> None:
         """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""
         origin = request.header(b"origin")

@@ -166,6 +166,9 @@ def test_booleans_from_the_environment(text: str, value: bool) -> None:
 def test_namespaces_from_the_file_inherit_the_default_namespace(toml_file: Any) -> None:
     path = toml_file(
         """
+        [auth]
+        token_secret = "a secret of thirty-two bytes or more"
+
         [namespaces.default]
         history_size = 50
         public = false
@@ -379,16 +382,17 @@ def test_every_key_is_documented_once_and_printed_as_valid_toml() -> None:
 @pytest.mark.parametrize(
     ("environ", "key"),
     [
-        ({"TIDINGS_AUTH_TOKEN_SECRET": "s3cret"}, "auth.token_secret"),
-        ({"TIDINGS_NAMESPACES_CHAT_PRESENCE": "true"}, "namespaces.chat.presence"),
         ({"TIDINGS_NAMESPACES_DEFAULT_PUBLIC": "false"}, "namespaces.default.public"),
+        (
+            {"TIDINGS_AUTH_TOKEN_SECRET": "s", "TIDINGS_AUTH_TOKEN_PUBLIC_KEY_FILE": "k.pem"},
+            "auth.token_public_key_file",
+        ),
+        ({"TIDINGS_SERVER_LOG_FORMAT": "xml"}, "server.log_format"),
+        ({"TIDINGS_SERVER_MAX_CONNECTIONS": "-1"}, "server.max_connections"),
+        ({"TIDINGS_SERVER_POLL_RATE_PER_ADDRESS": "-2"}, "server.poll_rate_per_address"),
     ],
 )
-def test_features_this_version_lacks_are_refused_not_ignored(
-    environ: dict[str, str], key: str
-) -> None:
-    from tidings.config import refuse_unsupported
-
+def test_inconsistent_security_settings_stop_start_up(environ: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        refuse_unsupported(load_settings(environ=environ))
+        load_settings(environ=environ)
     assert raised.value.key == key

@@ -18,6 +18,7 @@ from typing import Any
 from tidings.exceptions import ConfigError
 
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop-oldest")
+LOG_FORMATS = ("text", "json")
 
 DOCS = {
     "server.host": "address to listen on",
@@ -37,13 +38,27 @@ DOCS = {
     "server.max_header_bytes": "largest request line plus headers (431 beyond)",
     "server.read_timeout_seconds": "time to send a request, and to stay idle between requests",
     "server.lab": "serve the transport lab page at /lab",
-    "auth.token_secret": "HS256 secret for connection tokens (not supported yet: must be empty)",
-    "auth.token_public_key_file": "RS256/ES256 public key (not supported yet: must be empty)",
+    "server.admin": "serve the admin page at /admin (API key, or loopback without keys)",
+    "server.max_connections": "open connections this node accepts; 0: no limit",
+    "server.max_connections_per_address": "open connections from one client address; 0: no "
+    "limit (behind a proxy, set trusted_proxies first)",
+    "server.publish_rate_per_address": "publish requests per second from one address "
+    "(HTTP and WebSocket); 0: no limit",
+    "server.poll_rate_per_address": "poll requests per second from one address; 0: no limit",
+    "server.trusted_proxies": "proxy addresses whose X-Forwarded-For names the client",
+    "server.presence_ttl_seconds": "a node that vanishes takes its clients out of presence "
+    "within this time",
+    "server.log_format": "text or json: one line per connection opened and closed",
+    "server.test_echo": "testing only (the Autobahn suite): /ws echoes every message back "
+    "instead of speaking the protocol; never turn on in production",
+    "auth.token_secret": "HS256 secret for connection tokens",
+    "auth.token_public_key_file": "PEM public key for RS256 or ES256 connection tokens",
     "namespaces.history_size": "events kept per channel for resume",
     "namespaces.history_ttl_seconds": "oldest event kept, in seconds",
-    "namespaces.public": "subscribe without a token (only true is supported yet)",
-    "namespaces.client_publish": "clients may publish over the WebSocket",
-    "namespaces.presence": "presence (not supported yet: must be false)",
+    "namespaces.public": "subscribe without a token",
+    "namespaces.client_publish": "clients may publish (WebSocket, or POST /api/publish with a "
+    "token); once tokens are configured, only with a publish claim that allows the channel",
+    "namespaces.presence": "join and leave events and presence queries for the channels",
     "namespaces.slow_consumer": "disconnect (client resumes from its cursor) or drop-oldest "
     "(hold, then catch up from history or reset)",
 }
@@ -67,6 +82,15 @@ class ServerSettings:
     max_header_bytes: int = 16384
     read_timeout_seconds: float = 30.0
     lab: bool = True
+    admin: bool = True
+    max_connections: int = 0
+    max_connections_per_address: int = 0
+    publish_rate_per_address: float = 0.0
+    poll_rate_per_address: float = 0.0
+    trusted_proxies: tuple[str, ...] = ()
+    presence_ttl_seconds: float = 15.0
+    log_format: str = "text"
+    test_echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +285,25 @@ def _validate(settings: Settings) -> None:
     _require(
         "://" in server.broker, "server.broker", "must be a URL such as memory:// or redis://..."
     )
+    for key in ("max_connections", "max_connections_per_address"):
+        _require(getattr(server, key) >= 0, f"server.{key}", "must be 0 (no limit) or more")
+    for key in ("publish_rate_per_address", "poll_rate_per_address"):
+        _require(getattr(server, key) >= 0, f"server.{key}", "must be 0 (no limit) or more")
+    _require(
+        server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1"
+    )
+    _require(
+        server.log_format in LOG_FORMATS,
+        "server.log_format",
+        f"must be one of {', '.join(LOG_FORMATS)}",
+    )
+    auth = settings.auth
+    _require(
+        not (auth.token_secret and auth.token_public_key_file),
+        "auth.token_public_key_file",
+        "set either token_secret (HS256) or token_public_key_file (RS256/ES256), not both",
+    )
+    tokens = bool(auth.token_secret or auth.token_public_key_file)
     for name, namespace in settings.namespaces.items():
         prefix = f"namespaces.{name}"
         _require(namespace.history_size >= 0, f"{prefix}.history_size", "must be 0 or more")
@@ -274,30 +317,11 @@ def _validate(settings: Settings) -> None:
             f"{prefix}.slow_consumer",
             f"must be one of {', '.join(SLOW_CONSUMER_POLICIES)}",
         )
-
-
-def refuse_unsupported(settings: Settings) -> None:
-    """Keys of features this server version lacks: start-up refuses them, never ignores."""
-    _require(
-        not settings.auth.token_secret,
-        "auth.token_secret",
-        "connection tokens are not supported by this version; leave it empty",
-    )
-    _require(
-        not settings.auth.token_public_key_file,
-        "auth.token_public_key_file",
-        "connection tokens are not supported by this version; leave it empty",
-    )
-    for name, namespace in settings.namespaces.items():
         _require(
-            namespace.public,
-            f"namespaces.{name}.public",
-            "token-protected namespaces are not supported by this version",
-        )
-        _require(
-            not namespace.presence,
-            f"namespaces.{name}.presence",
-            "presence is not supported by this version",
+            namespace.public or tokens,
+            f"{prefix}.public",
+            "a namespace that is not public needs connection tokens: set auth.token_secret "
+            "or auth.token_public_key_file",
         )
 
 

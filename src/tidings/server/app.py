@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidings.brokers.base import Broker, broker_for
-from tidings.config import Settings, refuse_unsupported
+from tidings.config import Settings
 from tidings.exceptions import (
     BrokerUnavailable,
     Forbidden,
@@ -37,15 +37,23 @@ EXPOSED = b"Tidings-Cursor, ETag"
 
 @dataclass(slots=True)
 class Stats:
-    """Counters the node keeps about itself (exported as metrics in a later layer)."""
+    """Counters the node keeps about itself, read by ``/metrics`` and the admin page.
+
+    Plain integers, so the delivery path pays an addition, not a metrics library's lock.
+    """
 
     published: int = 0
     resets: int = 0
     slow_consumers: int = 0
     opened_by_transport: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)
 
     def opened(self, transport: str) -> None:
         self.opened_by_transport[transport] = self.opened_by_transport.get(transport, 0) + 1
+
+    def refused(self, reason: str) -> None:
+        """Count one refusal (``unauthorized``, ``rate_limited``, ``max_connections``...)."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
 
 def handle_health(app: App, connection: HttpConnection, request: Request) -> None:
@@ -82,7 +90,6 @@ class App:
     """One node: its settings, broker, hub and open connections."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-        refuse_unsupported(settings)
         self.settings = settings
         self.loop = loop
         self.broker: Broker = broker_for(settings.server.broker, settings)

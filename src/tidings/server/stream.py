@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tidings.hub.follow import Follower, Tail
 from tidings.protocol.channel import namespace_of
+from tidings.protocol.identity import ANONYMOUS, Identity
 
 if TYPE_CHECKING:
     from tidings.server.app import App
@@ -24,10 +25,13 @@ log = logging.getLogger("tidings.stream")
 
 
 class StreamConnection(Follower, asyncio.Protocol):
-    __slots__ = ("app", "closed", "hub", "lagging", "tails", "transport")
+    __slots__ = ("app", "closed", "hub", "identity", "lagging", "tails", "transport")
 
-    def __init__(self, app: App, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, app: App, transport: asyncio.Transport, identity: Identity = ANONYMOUS
+    ) -> None:
         self.app = app
+        self.identity = identity
         self.hub = app.hub
         self.transport = transport
         self.tails: dict[str, Tail] = {}

@@ -155,6 +155,7 @@ class App:
         """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""
         origin = request.header(b"origin")
         if self.cors_varies and origin is not None and origin not in self._allowed_origins:
+            self.stats.refused("origin")
             raise Forbidden(f"origin {origin[:200]!r} is not allowed")
 
     def cors_pairs(self, request: Request | None) -> list[tuple[bytes, bytes]]:

@@ -226,7 +226,7 @@ class HttpConnection(asyncio.Protocol):
             self._headers,
             b"".join(self._body),
             self.parser.should_keep_alive(),
-            self._client_address(),
+            self._forwarded_client() if self.proxied else self.peer,
             upgrade=self.parser.should_upgrade(),
         )
         self._reset_message()
@@ -236,9 +236,7 @@ class HttpConnection(asyncio.Protocol):
         if not request.upgrade:
             self._next()
 
-    def _client_address(self) -> str:
-        if not self.proxied:
-            return self.peer
+    def _forwarded_client(self) -> str:
         return self.app.limits.proxies.client_address(self.peer, forwarded_for(self._headers))
 
     def readdress(self, request: Request) -> None:

@@ -74,8 +74,8 @@ class WebSocketConnection(StreamConnection):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.ended is None:
-            self.ended = websocket_ending(self.protocol, self.app.stats)
+        # the close frame the server sent says why, even if the peer then went silent
+        self.ended = websocket_ending(self.protocol, self.app.stats) or self.ended
         super().connection_lost(exc)
 
     def eof_received(self) -> bool | None:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from tidings.client.publish import DEFAULT_URL, publish
-from tidings.config import describe, load_settings
+from tidings.config import LOG_FORMATS, describe, load_settings
 from tidings.exceptions import ClientError, ConfigError, ServerRejected
 
 
@@ -31,7 +31,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="do not serve the transport lab page at /lab",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning"],
+        help="info adds a line per SSE stream and WebSocket opened and closed (default "
+        "warning, with the start-up and shutdown lines)",
+    )
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, dest="log_format", help="text (default) or json"
+    )
     serve.add_argument("--print-config", action="store_true", help="print every key and exit")
     pub = commands.add_parser("publish", help="publish one event")
     pub.add_argument("channel")
@@ -54,9 +63,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:
         print(describe())
         return 0
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     flags = {
         "host": args.host,
         "port": args.port,
@@ -64,10 +70,14 @@ def _serve(args: argparse.Namespace) -> int:
         "heartbeat_seconds": args.heartbeat_seconds,
         "max_poll_seconds": args.max_poll_seconds,
         "lab": args.lab,
+        "log_format": args.log_format,
     }
     try:
         settings = load_settings(args.config, flags=flags)
+        from tidings.server import logs
         from tidings.server.app import run
+
+        logs.configure(args.log_level, settings.server.log_format)
 
         _install_loop()
         asyncio.run(run(settings))

@@ -7,6 +7,7 @@ A bad value stops start-up with a ConfigError that names the key (``server.port`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -45,10 +46,12 @@ DOCS = {
     "server.publish_rate_per_address": "publish requests per second from one address "
     "(HTTP and WebSocket); 0: no limit",
     "server.poll_rate_per_address": "poll requests per second from one address; 0: no limit",
-    "server.trusted_proxies": "proxy addresses whose X-Forwarded-For names the client",
+    "server.trusted_proxies": "proxy addresses or CIDR networks whose X-Forwarded-For names "
+    "the client (the right-most entry that is not itself a trusted proxy)",
     "server.presence_ttl_seconds": "a node that vanishes takes its clients out of presence "
     "within this time",
-    "server.log_format": "text or json: one line per connection opened and closed",
+    "server.log_format": "text or json; at log level info, one line per SSE stream or "
+    "WebSocket opened and closed",
     "server.test_echo": "testing only (the Autobahn suite): /ws echoes every message back "
     "instead of speaking the protocol; never turn on in production",
     "auth.token_secret": "HS256 secret for connection tokens",
@@ -289,6 +292,13 @@ def _validate(settings: Settings) -> None:
         _require(getattr(server, key) >= 0, f"server.{key}", "must be 0 (no limit) or more")
     for key in ("publish_rate_per_address", "poll_rate_per_address"):
         _require(getattr(server, key) >= 0, f"server.{key}", "must be 0 (no limit) or more")
+    for entry in server.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                "server.trusted_proxies", f"{entry!r} is not an IP address or CIDR network"
+            ) from None
     _require(
         server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1"
     )

@@ -16,7 +16,7 @@
     │   ├── NotFound             404 not_found
     │   ├── MethodNotAllowed     405 method_not_allowed (with the allowed methods)
     │   ├── TooLarge             413 too_large
-    │   ├── RateLimited          429 rate_limited
+    │   ├── RateLimited          429 rate_limited (with the seconds to wait)
     │   └── WebSocketOnlyError   WebSocket-only codes: unknown_op, already_subscribed,
     │                            not_subscribed, presence_disabled (no HTTP status of their own)
     ├── BrokerUnavailable        503 unavailable: the broker could not store the event
@@ -125,8 +125,14 @@ class TooLarge(RequestError):
 
 
 class RateLimited(RequestError):
+    """Too many requests or connections from one address; ``retry_after`` is in seconds."""
+
     status = 429
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class WebSocketOnlyError(RequestError):

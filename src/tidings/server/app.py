@@ -16,12 +16,14 @@ from tidings.exceptions import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
+    RateLimited,
     RequestError,
 )
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
 from tidings.server.http import HttpConnection
+from tidings.server.limits import Limits, count_refusal, exposure_warning
 from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
 from tidings.server.request import Request
@@ -96,6 +98,7 @@ class App:
         self.hub = Hub(self.broker, settings, loop)
         self.connections: set[asyncio.Protocol] = set()
         self.stats = Stats()
+        self.limits = Limits(settings.server, self.stats)
         self.parsed_polls: dict[bytes, PollRequest] = {}
         origins = settings.server.allowed_origins
         self.cors_varies = "*" not in origins
@@ -108,8 +111,11 @@ class App:
 
     def handle(self, connection: HttpConnection, request: Request) -> None:
         try:
+            if connection.proxied:
+                connection.readdress(request)
             self._route(connection, request)
         except RequestError as error:
+            count_refusal(self.stats, error)
             connection.respond(
                 error.status, error_body(error.code, error.message), self._error_headers(error)
             )
@@ -145,6 +151,8 @@ class App:
         headers = list(self.cors_pairs(None))
         if isinstance(error, MethodNotAllowed):
             headers.append((b"Allow", ", ".join(error.allowed).encode()))
+        elif isinstance(error, RateLimited):
+            headers.append((b"Retry-After", str(error.retry_after).encode()))
         return headers
 
     def answer_error(self, connection: HttpConnection, error: BrokerUnavailable) -> None:
@@ -202,6 +210,9 @@ class Server:
         log.info(
             "tidings listening on http://%s:%d (broker %s)", server.host, self.port, server.broker
         )
+        warning = exposure_warning(server)
+        if warning is not None:
+            log.warning(warning)
         return self.port
 
     async def stop(self) -> None:

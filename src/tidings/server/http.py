@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from tidings.protocol.http import build_error, build_response
+from tidings.server.limits import forwarded_for
 from tidings.server.request import Request
 
 if TYPE_CHECKING:
     from tidings.server.app import App
+    from tidings.server.stream import StreamConnection
 
 log = logging.getLogger("tidings.http")
 
@@ -58,12 +60,14 @@ class HttpConnection(asyncio.Protocol):
         "_in_message",
         "_queue",
         "_url",
+        "address",
         "app",
         "closed",
         "current",
         "held",
         "parser",
         "peer",
+        "proxied",
         "transport",
     )
 
@@ -72,6 +76,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.peer = ""
+        self.address = ""  # the client's address, counted by the per-address limit
+        self.proxied = False  # the peer is a trusted proxy speaking for others
         self.closed = False
         self.current: Request | None = None
         self.held: Held | None = None
@@ -95,6 +101,15 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        limits = self.app.limits
+        self.proxied = limits.is_proxy(self.peer)
+        refusal = limits.admit(self.peer, self.proxied, len(self.app.connections))
+        if refusal is not None:  # answered before any request: nothing is parsed or kept
+            self.closed = True
+            self.transport.write(refusal)
+            self.transport.close()
+            return
+        self.address = "" if self.proxied else self.peer  # a proxy's clients: per request
         self.transport.set_write_buffer_limits(high=self.app.settings.server.write_buffer_limit)
         self.parser = httptools.HttpRequestParser(self)
         self.app.connections.add(self)
@@ -102,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.app.limits.release(self.address)
         self.app.connections.discard(self)
         self.app.hub.timers.discard(self)
         if self.held is not None:
@@ -118,6 +134,8 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as error:
             refusal = error.__context__
             if isinstance(refusal, _Refuse):
+                if refusal.code == "too_large":
+                    self.app.stats.refused("too_large")
                 self.refuse(refusal.status, refusal.code, refusal.message)
             else:
                 log.error("error while parsing a request", exc_info=refusal)
@@ -208,7 +226,7 @@ class HttpConnection(asyncio.Protocol):
             self._headers,
             b"".join(self._body),
             self.parser.should_keep_alive(),
-            self.peer,
+            self._forwarded_client() if self.proxied else self.peer,
             upgrade=self.parser.should_upgrade(),
         )
         self._reset_message()
@@ -217,6 +235,14 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
         if not request.upgrade:
             self._next()
+
+    def _forwarded_client(self) -> str:
+        return self.app.limits.proxies.client_address(self.peer, forwarded_for(self._headers))
+
+    def readdress(self, request: Request) -> None:
+        """Count a trusted proxy's connection under the client of ``request``."""
+        counted, self.address = self.address, ""
+        self.address = self.app.limits.readdress(counted, request.peer)
 
     def hold(self, held: Held, timeout: float) -> None:
         """Keep the current request open until ``held`` answers it or ``timeout`` passes.
@@ -281,10 +307,14 @@ class HttpConnection(asyncio.Protocol):
         self.transport.close()
         self.closed = True
 
-    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
-        """Give the transport to a stream or WebSocket protocol; this object is done."""
+    def hand_over(self, protocol: StreamConnection) -> asyncio.Transport:
+        """Give the transport to a stream or WebSocket protocol; this object is done.
+
+        The stream takes over the client's address and its place in the per-address count.
+        """
         assert self.transport is not None
         transport = self.transport
+        protocol.address, self.address = self.address, ""
         self.closed = True
         self.parser = None
         self._queue.clear()

@@ -56,6 +56,8 @@ def parsed_poll(app: App, request: Request) -> PollRequest:
 
 
 def handle_poll(app: App, connection: HttpConnection, request: Request) -> None:
+    if app.limits.poll is not None:
+        app.limits.check_poll(request.peer, app.loop.time())
     poll = parsed_poll(app, request)
     since = poll.subscription.since
     if since is not None and poll.timeout > 0 and len(since) == 1:

@@ -23,6 +23,7 @@ from tidings.protocol.event import encode_data
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import MAX_POLL_LIMIT, _parse_limit
 from tidings.server.http import HttpConnection
+from tidings.server.limits import count_refusal
 from tidings.server.request import Request
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def _decode(body: bytes) -> Any:
 
 
 def handle_publish(app: App, connection: HttpConnection, request: Request) -> None:
+    app.limits.check_publish(request.peer, app.loop.time())
     authorize_api(app, request)
     body = _decode(request.body)
     max_bytes = app.settings.server.max_message_bytes
@@ -118,6 +120,7 @@ async def _publish_batch(
         try:
             results.append(await _store(app, parse_command(entry, max_bytes)))
         except RequestError as error:
+            count_refusal(app.stats, error)
             results.append({"error": {"code": error.code, "message": error.message}})
         except BrokerUnavailable as error:
             results.append({"error": {"code": error.code, "message": error.message}})

@@ -18,6 +18,7 @@ from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
 from tidings.server.http import HttpConnection
+from tidings.server.logs import stream_opened
 from tidings.server.request import Request
 from tidings.server.stream import StreamConnection
 
@@ -62,6 +63,7 @@ def body_bytes(event: Event, envelope: bool) -> bytes:
 
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
+    kind = "sse"
 
     def __init__(self, app: App, transport: asyncio.Transport, envelope: bool) -> None:
         super().__init__(app, transport)
@@ -111,6 +113,7 @@ class SSEStream(StreamConnection):
     def drain(self, retry_ms: int) -> None:
         """Ask the client to come back after ``retry_ms`` and end the stream."""
         if not self.closed:
+            self.ended = "drain"
             self.transport.write(sse.encode_retry(retry_ms) + b"\n")
             self.transport.close()
 
@@ -176,6 +179,7 @@ def _open(
         stream.order.append(tail)
         tail.backlog = [] if subscription.since else None
         stream.follow(tail)
+    stream_opened(stream, stream.kind)
     if subscription.since:
         for tail in stream.order:
             stream.catch_up(tail)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from tidings.hub.follow import Follower, Tail
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.identity import ANONYMOUS, Identity
+from tidings.server.logs import stream_closed
 
 if TYPE_CHECKING:
     from tidings.server.app import App
@@ -25,7 +26,19 @@ log = logging.getLogger("tidings.stream")
 
 
 class StreamConnection(Follower, asyncio.Protocol):
-    __slots__ = ("app", "closed", "hub", "identity", "lagging", "tails", "transport")
+    __slots__ = (
+        "address",
+        "app",
+        "closed",
+        "ended",
+        "hub",
+        "identity",
+        "lagging",
+        "opened_at",
+        "tails",
+        "transport",
+    )
+    kind: ClassVar[str] = "stream"  # the transport's name in logs and metrics
 
     def __init__(
         self, app: App, transport: asyncio.Transport, identity: Identity = ANONYMOUS
@@ -37,6 +50,9 @@ class StreamConnection(Follower, asyncio.Protocol):
         self.tails: dict[str, Tail] = {}
         self.lagging = False
         self.closed = False
+        self.address = ""  # the client's; set by HttpConnection.hand_over
+        self.opened_at = 0.0  # loop time, kept only while connection logs are on
+        self.ended: str | None = None  # why the server ended it; None: the client did
         app.connections.add(self)
         self.hub.beating.add(self)
 
@@ -50,6 +66,8 @@ class StreamConnection(Follower, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.app.limits.release(self.address)
+        stream_closed(self, self.kind, exc)
         for channel in self.tails:
             self.hub.detach(channel, self)
         self.tails.clear()
@@ -71,6 +89,7 @@ class StreamConnection(Follower, asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.policy() == "disconnect":
             self.app.stats.slow_consumers += 1
+            self.ended = "slow consumer"
             self.too_slow()
             return
         self.lagging = True
@@ -100,4 +119,5 @@ class StreamConnection(Follower, asyncio.Protocol):
 
     def abandon(self, reason: str) -> None:
         log.info("closing a stream: %s", reason)
+        self.ended = reason
         self.transport.abort()

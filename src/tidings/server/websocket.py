@@ -34,6 +34,8 @@ from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.http import build_error
 from tidings.server.http import HttpConnection
+from tidings.server.limits import count_refusal
+from tidings.server.logs import stream_opened, websocket_ending
 from tidings.server.request import Request
 from tidings.server.stream import StreamConnection
 
@@ -50,6 +52,7 @@ CLOSE_LINGER_SECONDS = 5.0
 
 class WebSocketConnection(StreamConnection):
     __slots__ = ("last_seen", "protocol")
+    kind = "websocket"
 
     def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
         super().__init__(app, transport)
@@ -69,6 +72,11 @@ class WebSocketConnection(StreamConnection):
             elif frame.opcode is Opcode.BINARY:
                 self.close(ws.CLOSE_UNSUPPORTED, "binary frames are not supported: send JSON text")
         self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # the close frame the server sent says why, even if the peer then went silent
+        self.ended = websocket_ending(self.protocol, self.app.stats) or self.ended
+        super().connection_lost(exc)
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
@@ -120,6 +128,7 @@ class WebSocketConnection(StreamConnection):
             self.send(ws.pong_frame(message.ref))
 
     def _error(self, ref: ws.Ref, error: RequestError) -> None:
+        count_refusal(self.app.stats, error)
         self.send(ws.error_frame(ref, error.code, error.message))
 
     # requests
@@ -172,6 +181,7 @@ class WebSocketConnection(StreamConnection):
         namespace = self.app.settings.namespace(namespace_of(message.channel))
         if not namespace.client_publish:
             raise Forbidden(f"clients may not publish to {message.channel!r}")
+        self.app.limits.check_publish(self.address, self.hub.loop.time())
         limit = self.app.settings.server.max_message_bytes
         if len(message.data) > limit:
             raise TooLarge(f"data is {len(message.data)} bytes; at most {limit} allowed")
@@ -210,6 +220,7 @@ class WebSocketConnection(StreamConnection):
         """Ping; a peer silent for a heartbeat plus the ping timeout is dead."""
         server = self.app.settings.server
         if now - self.last_seen > server.heartbeat_seconds + server.ws_ping_timeout_seconds:
+            self.ended = "heartbeat timeout"
             self.transport.abort()
         elif self.protocol.state is State.OPEN:
             self.transport.write(PING_FRAME)
@@ -241,6 +252,7 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
     connection.hand_over(socket)
     transport.write(response.serialize())
     app.stats.opened("websocket")
+    stream_opened(socket, socket.kind)
     if request.leftover:
         socket.data_received(request.leftover)
 

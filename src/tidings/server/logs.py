@@ -24,7 +24,6 @@ from tidings.protocol import ws
 if TYPE_CHECKING:
     from websockets.server import ServerProtocol
 
-    from tidings.server.app import Stats
     from tidings.server.stream import StreamConnection
 
 log = logging.getLogger("tidings.connections")
@@ -133,15 +132,9 @@ def stream_closed(stream: StreamConnection, transport: str, exc: Exception | Non
     log.info("stream closed", extra={"fields": fields})
 
 
-def websocket_ending(protocol: ServerProtocol, stats: Stats) -> str | None:
-    """Why the server ended a WebSocket, from the close frame it sent (None: the client).
-
-    A frame over the size limit is refused by the WebSocket protocol itself, with 1009:
-    that refusal is counted here, as the connection ends.
-    """
+def websocket_ending(protocol: ServerProtocol) -> str | None:
+    """Why the server ended a WebSocket, from the close frame it sent (None: the client)."""
     sent = protocol.close_sent
     if sent is None or protocol.close_rcvd_then_sent:
         return None
-    if sent.code == ws.CLOSE_TOO_BIG:
-        stats.refused("too_large")
     return CLOSE_REASONS.get(sent.code, f"closed with code {sent.code}")

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -32,6 +32,7 @@ from tidings.protocol import ws
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
+from tidings.protocol.fragments import Fragments, check_utf8
 from tidings.protocol.http import build_error
 from tidings.server.http import HttpConnection
 from tidings.server.limits import count_refusal
@@ -48,35 +49,99 @@ quiet.setLevel(logging.WARNING)
 
 PING_FRAME = b"\x89\x00"
 CLOSE_LINGER_SECONDS = 5.0
+DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
+# Close codes the connection fails with when the peer breaks RFC 6455, counted as refusals.
+FAILURE_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "ws_protocol_error",
+    CloseCode.INVALID_DATA: "ws_invalid_utf8",
+    CloseCode.MESSAGE_TOO_BIG: "too_large",
+}
+
+
+class FrameProtocol(ServerProtocol):
+    """The ``websockets`` server protocol, letting a close frame end a fragmented message.
+
+    RFC 6455 section 5.4 allows control frames between the fragments of a message; a close
+    there is a normal closing handshake that leaves the message unfinished (Autobahn case
+    7.1.5), where ``websockets`` fails the connection with 1002.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None  # the unfinished message is dropped, not an error
+        super().recv_frame(frame)
 
 
 class WebSocketConnection(StreamConnection):
-    __slots__ = ("last_seen", "protocol")
+    __slots__ = ("fragments", "last_seen", "protocol")
     kind = "websocket"
 
-    def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
+    def __init__(self, app: App, transport: asyncio.Transport, protocol: FrameProtocol) -> None:
         super().__init__(app, transport)
         self.protocol = protocol
+        self.fragments: Fragments | None = None
         self.last_seen = app.hub.loop.time()
 
     # reading
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.hub.loop.time()
+        failed = self.protocol.parser_exc
         self.protocol.receive_data(data)
+        if self.protocol.parser_exc is not failed:
+            self._count_failure()
         for frame in self.protocol.events_received():
-            if not isinstance(frame, Frame):
-                continue
-            if frame.opcode is Opcode.TEXT:
-                self._on_text(bytes(frame.data))
-            elif frame.opcode is Opcode.BINARY:
-                self.close(ws.CLOSE_UNSUPPORTED, "binary frames are not supported: send JSON text")
+            # frames read before a close or a failure in the same data are not acted on
+            if (
+                isinstance(frame, Frame)
+                and frame.opcode in DATA_OPCODES
+                and self.protocol.state is State.OPEN
+            ):
+                self._on_data(frame)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # the close frame the server sent says why, even if the peer then went silent
-        self.ended = websocket_ending(self.protocol, self.app.stats) or self.ended
+        self.ended = websocket_ending(self.protocol) or self.ended
         super().connection_lost(exc)
+
+    def _on_data(self, frame: Frame) -> None:
+        """Text messages are read whole; a binary one is refused at its first frame."""
+        if frame.opcode is Opcode.BINARY:
+            self.app.stats.refused("ws_binary")
+            self.close(ws.CLOSE_UNSUPPORTED, "binary frames are not supported: send JSON text")
+            return
+        payload = self._assemble(frame)
+        if payload is not None:
+            self._on_text(payload)
+
+    def _assemble(self, frame: Frame) -> bytes | None:
+        """The whole message once its last frame is in; ``None`` until then or if it failed."""
+        data = bytes(frame.data)
+        try:
+            if self.fragments is None:
+                if frame.fin:
+                    if frame.opcode is Opcode.TEXT:
+                        check_utf8(data)
+                    return data
+                self.fragments = Fragments(frame.opcode is Opcode.TEXT)
+            self.fragments.add(data, frame.fin)
+        except UnicodeDecodeError as error:
+            self.fragments = None
+            self.protocol.fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {error.start}")
+            self._count_failure()
+            return None
+        if not frame.fin:
+            return None
+        payload = self.fragments.join()
+        self.fragments = None
+        return payload
+
+    def _count_failure(self) -> None:
+        """Count a connection failed for what the peer sent, by the close code it got."""
+        sent = self.protocol.close_sent
+        if sent is not None and sent.code in FAILURE_REASONS:
+            self.app.stats.refused(FAILURE_REASONS[sent.code])
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
@@ -243,12 +308,18 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
         return
     # A second protocol object, created already OPEN, reads the frames: the handshake's
     # parser would keep the whole request alive for the life of the connection.
-    protocol = ServerProtocol(
+    protocol = FrameProtocol(
         state=State.OPEN, max_size=app.settings.server.max_message_bytes + 4096, logger=quiet
     )
     transport = connection.transport
     assert transport is not None
-    socket = WebSocketConnection(app, transport, protocol)
+    kind = WebSocketConnection
+    if app.settings.server.test_echo:
+        # imported here: echo.py builds on this module, and only test runs ever load it
+        from tidings.server.echo import EchoConnection
+
+        kind = EchoConnection
+    socket = kind(app, transport, protocol)
     connection.hand_over(socket)
     transport.write(response.serialize())
     app.stats.opened("websocket")

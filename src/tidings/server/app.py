@@ -21,6 +21,7 @@ from tidings.exceptions import (
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
+from tidings.server.auth import TokenVerifier, count_refusal
 from tidings.server.http import HttpConnection
 from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
@@ -92,6 +93,7 @@ class App:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        self.tokens = TokenVerifier.from_settings(settings.auth)  # a bad key stops start-up
         self.broker: Broker = broker_for(settings.server.broker, settings)
         self.hub = Hub(self.broker, settings, loop)
         self.connections: set[asyncio.Protocol] = set()
@@ -110,6 +112,7 @@ class App:
         try:
             self._route(connection, request)
         except RequestError as error:
+            count_refusal(self.stats, error)
             connection.respond(
                 error.status, error_body(error.code, error.message), self._error_headers(error)
             )

@@ -20,7 +20,6 @@ from websockets.server import ServerProtocol
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import (
     BrokerUnavailable,
-    Forbidden,
     InvalidField,
     RequestError,
     TooLarge,
@@ -29,10 +28,11 @@ from tidings.exceptions import (
 )
 from tidings.hub.follow import PAGE_SIZE, Tail
 from tidings.protocol import ws
-from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.http import build_error
+from tidings.protocol.identity import ANONYMOUS, Identity
+from tidings.server.auth import check_publish, check_subscribe, count_refusal, subscriber
 from tidings.server.http import HttpConnection
 from tidings.server.request import Request
 from tidings.server.stream import StreamConnection
@@ -46,13 +46,20 @@ quiet.setLevel(logging.WARNING)
 
 PING_FRAME = b"\x89\x00"
 CLOSE_LINGER_SECONDS = 5.0
+TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 
 
 class WebSocketConnection(StreamConnection):
     __slots__ = ("last_seen", "protocol")
 
-    def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
-        super().__init__(app, transport)
+    def __init__(
+        self,
+        app: App,
+        transport: asyncio.Transport,
+        protocol: ServerProtocol,
+        identity: Identity = ANONYMOUS,
+    ) -> None:
+        super().__init__(app, transport, identity)
         self.protocol = protocol
         self.last_seen = app.hub.loop.time()
 
@@ -120,11 +127,14 @@ class WebSocketConnection(StreamConnection):
             self.send(ws.pong_frame(message.ref))
 
     def _error(self, ref: ws.Ref, error: RequestError) -> None:
+        count_refusal(self.app.stats, error)
         self.send(ws.error_frame(ref, error.code, error.message))
 
     # requests
 
     def _subscribe(self, message: ws.Subscribe) -> None:
+        if self.app.tokens is not None:
+            check_subscribe(self.app.settings, self.identity, message.channel)
         if message.channel in self.tails:
             raise WebSocketOnlyError(
                 "already_subscribed", f"already subscribed to {message.channel!r}"
@@ -169,9 +179,7 @@ class WebSocketConnection(StreamConnection):
         self.send(ws.unsubscribed_frame(message.ref, message.channel))
 
     def _publish(self, message: ws.Publish) -> None:
-        namespace = self.app.settings.namespace(namespace_of(message.channel))
-        if not namespace.client_publish:
-            raise Forbidden(f"clients may not publish to {message.channel!r}")
+        check_publish(self.app.tokens, self.app.settings, self.identity, message.channel)
         limit = self.app.settings.server.max_message_bytes
         if len(message.data) > limit:
             raise TooLarge(f"data is {len(message.data)} bytes; at most {limit} allowed")
@@ -214,6 +222,13 @@ class WebSocketConnection(StreamConnection):
         elif self.protocol.state is State.OPEN:
             self.transport.write(PING_FRAME)
 
+    def expire(self) -> None:
+        """An open connection's token ran out (4001); a closing one lingered too long."""
+        if self.protocol.state is State.OPEN:
+            self.close(ws.CLOSE_TOKEN, TOKEN_EXPIRED)
+        else:
+            self.transport.abort()
+
     def too_slow(self) -> None:
         self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
 
@@ -225,6 +240,9 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
     if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
         raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
     app.check_origin(request)
+    identity = ANONYMOUS
+    if app.tokens is not None:  # a bad or expired token is a 401 here, before the upgrade
+        identity = subscriber(app.tokens, app.settings, request, request.query().one("token"), ())
     response = ServerProtocol(logger=quiet).accept(_handshake_request(request))
     if response.status_code != 101:
         reason = (response.body or b"invalid WebSocket handshake").decode("utf-8", "replace")
@@ -237,9 +255,10 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
     )
     transport = connection.transport
     assert transport is not None
-    socket = WebSocketConnection(app, transport, protocol)
+    socket = WebSocketConnection(app, transport, protocol, identity)
     connection.hand_over(socket)
     transport.write(response.serialize())
+    socket.watch_token()
     app.stats.opened("websocket")
     if request.leftover:
         socket.data_received(request.leftover)

@@ -10,6 +10,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.server.tokens import (
     SECRET,
@@ -118,6 +120,35 @@ def test_a_malformed_token_is_refused(token: str) -> None:
 def test_a_claim_of_the_wrong_type_is_refused(claims: dict[str, Any]) -> None:
     claims = {key: value for key, value in claims.items() if value is not None}
     refused(hs256(), mint(**claims))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+VERIFIER = hs256()
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=200) | st.from_regex(r"[A-Za-z0-9_\-]{0,40}(\.[A-Za-z0-9_\-=]{0,40}){2}"))
+def test_any_text_is_an_identity_or_a_401(token: str) -> None:
+    try:
+        VERIFIER.verify(token)
+    except Unauthorized as error:
+        assert error.message and (len(token) < 8 or token not in error.message)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(["sub", "info", "channels", "publish", "nbf"]), JSON))
+def test_any_signed_claims_are_an_identity_or_a_401(claims: dict[str, Any]) -> None:
+    token = mint(**claims)
+    try:
+        identity = VERIFIER.verify(token)
+    except Unauthorized:
+        return
+    assert identity.sub == claims.get("sub")
+    assert all(isinstance(pattern, str) for pattern in identity.channels + identity.publish)
 
 
 def test_a_token_for_another_audience_is_refused() -> None:

@@ -54,8 +54,9 @@ DOCS = {
     "WebSocket opened and closed",
     "server.test_echo": "testing only (the Autobahn suite): /ws echoes every message back "
     "instead of speaking the protocol; never turn on in production",
-    "auth.token_secret": "HS256 secret for connection tokens",
-    "auth.token_public_key_file": "PEM public key for RS256 or ES256 connection tokens",
+    "auth.token_secret": "HS256 secret for connection tokens, at least 32 bytes",
+    "auth.token_public_key_file": "PEM public key for connection tokens: RSA (2048 bits or "
+    "more) for RS256, EC P-256 for ES256",
     "namespaces.history_size": "events kept per channel for resume",
     "namespaces.history_ttl_seconds": "oldest event kept, in seconds",
     "namespaces.public": "subscribe without a token",

@@ -481,4 +481,4 @@ async def test_a_disallowed_origin_is_refused(make_server: Callable[..., Running
         async with connect(server.ws_url, proxy=None, origin="https://evil.example"):
             pass
     assert refused.value.response.status_code == 403
-    assert server.server.app is not None and server.server.app.stats.refusals == {"origin": 1}
+    assert server.server.app is not None and server.server.app.stats.refusals == {"forbidden": 1}

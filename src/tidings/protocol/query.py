@@ -71,6 +71,7 @@ class PollRequest:
     subscription: Subscription
     timeout: float
     limit: int
+    token: str | None = None
 
 
 def parse_poll(query: Query, max_channels: int, max_poll_seconds: float) -> PollRequest:
@@ -79,6 +80,7 @@ def parse_poll(query: Query, max_channels: int, max_poll_seconds: float) -> Poll
         subscription,
         _parse_timeout(query.one("timeout"), max_poll_seconds),
         _parse_limit(query.one("limit")),
+        query.one("token") or None,
     )
 
 

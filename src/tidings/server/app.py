@@ -22,6 +22,7 @@ from tidings.exceptions import (
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
+from tidings.server.auth import TokenVerifier
 from tidings.server.http import HttpConnection
 from tidings.server.limits import Limits, count_refusal, exposure_warning
 from tidings.server.poll import handle_poll
@@ -94,6 +95,7 @@ class App:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
+        self.tokens = TokenVerifier.from_settings(settings.auth)  # a bad key stops start-up
         self.broker: Broker = broker_for(settings.server.broker, settings)
         self.hub = Hub(self.broker, settings, loop)
         self.connections: set[asyncio.Protocol] = set()
@@ -163,7 +165,6 @@ class App:
         """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""
         origin = request.header(b"origin")
         if self.cors_varies and origin is not None and origin not in self._allowed_origins:
-            self.stats.refused("origin")
             raise Forbidden(f"origin {origin[:200]!r} is not allowed")
 
     def cors_pairs(self, request: Request | None) -> list[tuple[bytes, bytes]]:

@@ -27,7 +27,14 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tidings.exceptions import RateLimited, RequestError, TooLarge, TooManyChannels
+from tidings.exceptions import (
+    Forbidden,
+    RateLimited,
+    RequestError,
+    TooLarge,
+    TooManyChannels,
+    Unauthorized,
+)
 from tidings.protocol.http import build_error
 
 if TYPE_CHECKING:
@@ -153,8 +160,11 @@ class RateTable:
 
 
 def count_refusal(stats: Stats, error: RequestError) -> None:
-    """Count the refusals that have no counter where they are raised (sizes, channels)."""
-    if isinstance(error, TooLarge | TooManyChannels):
+    """Count a refusal by its code where it is answered (tokens, origins, sizes, channels).
+
+    Rate limits and connection limits count themselves where they are decided, by reason.
+    """
+    if isinstance(error, Unauthorized | Forbidden | TooLarge | TooManyChannels):
         stats.refused(error.code)
 
 

@@ -8,6 +8,7 @@ bytes answer every such waiter.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.http import build_response
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import PollRequest, parse_poll
+from tidings.server.auth import subscriber
 from tidings.server.http import HttpConnection
 from tidings.server.request import Request
 
@@ -59,6 +61,7 @@ def handle_poll(app: App, connection: HttpConnection, request: Request) -> None:
     if app.limits.poll is not None:
         app.limits.check_poll(request.peer, app.loop.time())
     poll = parsed_poll(app, request)
+    subscriber(app.tokens, app.settings, request, poll.token, poll.subscription.channels)
     since = poll.subscription.since
     if since is not None and poll.timeout > 0 and len(since) == 1:
         channel = poll.subscription.channels[0]
@@ -215,6 +218,10 @@ class LongPoll:
         self.done = False
 
     def wait(self, timeout: float) -> None:
+        """Hold the poll; never past its token's exp, so the next poll meets the 401."""
+        expires_at = self._request().identity.expires_at
+        if expires_at is not None:
+            timeout = min(timeout, expires_at - time.time())
         for channel in self.poll.subscription.channels:
             self.app.hub.wait(channel, self)
         self.connection.hold(self, timeout)

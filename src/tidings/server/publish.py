@@ -20,8 +20,10 @@ from tidings.exceptions import (
 from tidings.protocol.channel import Channel, parse_channel, parse_event_name
 from tidings.protocol.cursor import parse_cursor
 from tidings.protocol.event import encode_data
+from tidings.protocol.identity import Identity
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import MAX_POLL_LIMIT, _parse_limit
+from tidings.server.auth import bearer, check_publish
 from tidings.server.http import HttpConnection
 from tidings.server.limits import count_refusal
 from tidings.server.request import Request
@@ -47,15 +49,37 @@ def authorize_api(app: App, request: Request) -> None:
         if not request.is_loopback():
             raise Forbidden("no API keys are configured: only loopback clients may publish")
         return
-    header = request.header(b"authorization") or ""
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    given = bearer(request)
+    if given is None:
         raise Unauthorized("send the API key as Authorization: Bearer <key>")
+    if not _is_api_key(given, keys):
+        raise Unauthorized("the API key is not valid")
+
+
+def _is_api_key(given: str, keys: tuple[str, ...]) -> bool:
+    """Compare with every key, each in constant time, so timing tells nothing about a key."""
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(given.encode(), key.encode())
-    if not matched:
-        raise Unauthorized("the API key is not valid")
+    return matched
+
+
+def authorize_publisher(app: App, request: Request) -> Identity | None:
+    """None for an API key (or loopback without keys): every channel. Otherwise the
+    connection token's Identity, which may publish only where ``check_publish`` allows."""
+    given = bearer(request)
+    keys = app.settings.server.api_keys
+    if (
+        app.tokens is None
+        or given is None
+        or (keys and _is_api_key(given, keys))
+        or (not keys and request.is_loopback())
+    ):
+        authorize_api(app, request)
+        return None
+    if given.count(".") != 2:
+        raise Unauthorized("the bearer value is neither a valid API key nor a connection token")
+    return app.tokens.verify(given)
 
 
 def parse_command(obj: Any, max_bytes: int) -> PublishCommand:
@@ -82,17 +106,23 @@ def _decode(body: bytes) -> Any:
 
 def handle_publish(app: App, connection: HttpConnection, request: Request) -> None:
     app.limits.check_publish(request.peer, app.loop.time())
-    authorize_api(app, request)
+    publisher = authorize_publisher(app, request)
     body = _decode(request.body)
     max_bytes = app.settings.server.max_message_bytes
     if isinstance(body, dict) and "events" in body:
         entries = body["events"]
         if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH:
             raise InvalidField(f"events must be a list of 1 to {MAX_BATCH} publish objects")
-        app.hub.spawn(_publish_batch(app, connection, entries, max_bytes))
+        app.hub.spawn(_publish_batch(app, connection, entries, max_bytes, publisher))
     else:
-        command = parse_command(body, max_bytes)
+        command = _allowed(app, publisher, parse_command(body, max_bytes))
         app.hub.spawn(_publish_one(app, connection, command))
+
+
+def _allowed(app: App, publisher: Identity | None, command: PublishCommand) -> PublishCommand:
+    if publisher is not None:
+        check_publish(app.tokens, app.settings, publisher, command.channel)
+    return command
 
 
 async def _store(app: App, command: PublishCommand) -> dict[str, str]:
@@ -113,12 +143,17 @@ async def _publish_one(app: App, connection: HttpConnection, command: PublishCom
 
 
 async def _publish_batch(
-    app: App, connection: HttpConnection, entries: list[Any], max_bytes: int
+    app: App,
+    connection: HttpConnection,
+    entries: list[Any],
+    max_bytes: int,
+    publisher: Identity | None,
 ) -> None:
     results: list[dict[str, Any]] = []
     for entry in entries:
         try:
-            results.append(await _store(app, parse_command(entry, max_bytes)))
+            command = _allowed(app, publisher, parse_command(entry, max_bytes))
+            results.append(await _store(app, command))
         except RequestError as error:
             count_refusal(app.stats, error)
             results.append({"error": {"code": error.code, "message": error.message}})

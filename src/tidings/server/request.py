@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.protocol.query import Query, parse_query
 
 
@@ -19,6 +20,7 @@ class Request:
     query_string: str = ""
     upgrade: bool = False
     leftover: bytes = b""
+    identity: Identity = ANONYMOUS  # whose token came with it, once verified
 
     def __post_init__(self) -> None:
         path, _, query = self.target.decode("latin-1").partition("?")

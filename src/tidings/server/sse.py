@@ -16,7 +16,9 @@ from tidings.hub.follow import Tail
 from tidings.protocol import sse
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
+from tidings.protocol.identity import Identity
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
+from tidings.server.auth import subscriber
 from tidings.server.http import HttpConnection
 from tidings.server.logs import stream_opened
 from tidings.server.request import Request
@@ -32,6 +34,7 @@ SSE_HEADERS = (
     b"X-Accel-Buffering: no\r\n"
 )
 PING = sse.encode_comment("ping")
+CLOSE_LINGER_SECONDS = 5.0
 
 
 def event_bytes(event: Event, envelope: bool) -> bytes:
@@ -65,8 +68,10 @@ class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
     kind = "sse"
 
-    def __init__(self, app: App, transport: asyncio.Transport, envelope: bool) -> None:
-        super().__init__(app, transport)
+    def __init__(
+        self, app: App, transport: asyncio.Transport, envelope: bool, identity: Identity
+    ) -> None:
+        super().__init__(app, transport, identity)
         self.envelope = envelope
         self.order: list[Tail] = []
 
@@ -110,6 +115,21 @@ class SSEStream(StreamConnection):
         """Drop the stream at once: the browser resumes from the last ``id:`` it parsed."""
         self.transport.abort()
 
+    def expire(self) -> None:
+        """The token's lifetime ended: write nothing more and end the stream.
+
+        The client's next request, with the same token, is refused with 401: it fetches a
+        new token and resumes from its last ``id:``. A stream that does not finish closing
+        within the linger is dropped.
+        """
+        if self.closed:
+            self.transport.abort()
+            return
+        self.closed = True
+        self.ended = "token expired"
+        self.transport.close()
+        self.hub.timers.add(self, CLOSE_LINGER_SECONDS)
+
     def drain(self, retry_ms: int) -> None:
         """Ask the client to come back after ``retry_ms`` and end the stream."""
         if not self.closed:
@@ -125,6 +145,7 @@ def handle_sse(app: App, connection: HttpConnection, request: Request) -> None:
         query, app.settings.server.max_channels_per_connection, request.header(b"last-event-id")
     )
     envelope = parse_flag(query, "envelope")
+    subscriber(app.tokens, app.settings, request, query.one("token"), subscription.channels)
     if subscription.since is not None:
         _open(app, connection, subscription, envelope, subscription.since)
         return
@@ -170,9 +191,11 @@ def _open(
     opening += sse.encode_stream_open(app.settings.server.sse_retry_ms, format_cursor_list(start))
     transport = connection.transport
     assert transport is not None
-    stream = SSEStream(app, transport, envelope)
+    assert connection.current is not None
+    stream = SSEStream(app, transport, envelope, connection.current.identity)
     connection.hand_over(stream)
     transport.write(opening)
+    stream.watch_token()
     app.stats.opened("sse")
     for index, (channel, cursor) in enumerate(zip(subscription.channels, start, strict=True)):
         tail = Tail(channel, cursor, index)

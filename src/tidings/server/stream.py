@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, ClassVar
 
 from tidings.hub.follow import Follower, Tail
@@ -55,6 +56,16 @@ class StreamConnection(Follower, asyncio.Protocol):
         self.ended: str | None = None  # why the server ended it; None: the client did
         app.connections.add(self)
         self.hub.beating.add(self)
+
+    def watch_token(self) -> None:
+        """Expire the connection when its token does, with the one wheel entry it may hold.
+
+        ``expires_at`` is wall-clock time (the token's exp); the wheel counts loop time, so
+        the remaining lifetime is measured once, here.
+        """
+        expires_at = self.identity.expires_at
+        if expires_at is not None:
+            self.hub.timers.add(self, expires_at - time.time())
 
     def follow(self, tail: Tail) -> None:
         self.tails[tail.channel] = tail

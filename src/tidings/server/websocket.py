@@ -20,7 +20,6 @@ from websockets.server import ServerProtocol
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import (
     BrokerUnavailable,
-    Forbidden,
     InvalidField,
     RequestError,
     TooLarge,
@@ -29,11 +28,12 @@ from tidings.exceptions import (
 )
 from tidings.hub.follow import PAGE_SIZE, Tail
 from tidings.protocol import ws
-from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.fragments import Fragments, check_utf8
 from tidings.protocol.http import build_error
+from tidings.protocol.identity import ANONYMOUS, Identity
+from tidings.server.auth import check_publish, check_subscribe, subscriber
 from tidings.server.http import HttpConnection
 from tidings.server.limits import count_refusal
 from tidings.server.logs import stream_opened, websocket_ending
@@ -49,6 +49,7 @@ quiet.setLevel(logging.WARNING)
 
 PING_FRAME = b"\x89\x00"
 CLOSE_LINGER_SECONDS = 5.0
+TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 # Close codes the connection fails with when the peer breaks RFC 6455, counted as refusals.
 FAILURE_REASONS: dict[int, str] = {
@@ -76,8 +77,14 @@ class WebSocketConnection(StreamConnection):
     __slots__ = ("fragments", "last_seen", "protocol")
     kind = "websocket"
 
-    def __init__(self, app: App, transport: asyncio.Transport, protocol: FrameProtocol) -> None:
-        super().__init__(app, transport)
+    def __init__(
+        self,
+        app: App,
+        transport: asyncio.Transport,
+        protocol: FrameProtocol,
+        identity: Identity = ANONYMOUS,
+    ) -> None:
+        super().__init__(app, transport, identity)
         self.protocol = protocol
         self.fragments: Fragments | None = None
         self.last_seen = app.hub.loop.time()
@@ -199,6 +206,8 @@ class WebSocketConnection(StreamConnection):
     # requests
 
     def _subscribe(self, message: ws.Subscribe) -> None:
+        if self.app.tokens is not None:
+            check_subscribe(self.app.settings, self.identity, message.channel)
         if message.channel in self.tails:
             raise WebSocketOnlyError(
                 "already_subscribed", f"already subscribed to {message.channel!r}"
@@ -243,9 +252,7 @@ class WebSocketConnection(StreamConnection):
         self.send(ws.unsubscribed_frame(message.ref, message.channel))
 
     def _publish(self, message: ws.Publish) -> None:
-        namespace = self.app.settings.namespace(namespace_of(message.channel))
-        if not namespace.client_publish:
-            raise Forbidden(f"clients may not publish to {message.channel!r}")
+        check_publish(self.app.tokens, self.app.settings, self.identity, message.channel)
         self.app.limits.check_publish(self.address, self.hub.loop.time())
         limit = self.app.settings.server.max_message_bytes
         if len(message.data) > limit:
@@ -290,6 +297,13 @@ class WebSocketConnection(StreamConnection):
         elif self.protocol.state is State.OPEN:
             self.transport.write(PING_FRAME)
 
+    def expire(self) -> None:
+        """An open connection's token ran out (4001); a closing one lingered too long."""
+        if self.protocol.state is State.OPEN:
+            self.close(ws.CLOSE_TOKEN, TOKEN_EXPIRED)
+        else:
+            self.transport.abort()
+
     def too_slow(self) -> None:
         self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
 
@@ -301,6 +315,9 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
     if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
         raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
     app.check_origin(request)
+    identity = ANONYMOUS
+    if app.tokens is not None:  # a bad or expired token is a 401 here, before the upgrade
+        identity = subscriber(app.tokens, app.settings, request, request.query().one("token"), ())
     response = ServerProtocol(logger=quiet).accept(_handshake_request(request))
     if response.status_code != 101:
         reason = (response.body or b"invalid WebSocket handshake").decode("utf-8", "replace")
@@ -319,9 +336,10 @@ def handle_websocket(app: App, connection: HttpConnection, request: Request) -> 
         from tidings.server.echo import EchoConnection
 
         kind = EchoConnection
-    socket = kind(app, transport, protocol)
+    socket = kind(app, transport, protocol, identity)
     connection.hand_over(socket)
     transport.write(response.serialize())
+    socket.watch_token()
     app.stats.opened("websocket")
     stream_opened(socket, socket.kind)
     if request.leftover:

@@ -21,6 +21,7 @@ const DEFAULTS = {
   pollTimeout: 25, // seconds the server may hold a long poll
   interval: 2000, // short polling period
   drainWindow: 10000, // close 1001/1012: come back at a random moment within this window
+  tokenRetries: 3, // renewed tokens refused in a row before the client stops with an error
 };
 
 const memory = new Map();
@@ -44,30 +45,30 @@ const splitCursor = (id) => {
   return [id.slice(0, dot), +id.slice(dot + 1)];
 };
 
-// What to do after a failed HTTP answer: get a new token, retry the same technique later, or
-// stop (a 4xx will not get better by asking again).
+// What to do after a failed HTTP answer: get a new token, retry the same technique later,
+// give up the forbidden channels, or stop (a 4xx will not get better by asking again).
 async function httpFailure(response) {
   const { status } = response;
   let error = {};
   try { error = (await response.json()).error || {}; } catch {}
   const retryAfter = +response.headers.get("Retry-After") * 1000 || 0;
-  return Object.assign(
-    new TidingsError(error.code || "http_" + status, `${status} ${error.message || ""}`.trim()),
-    {
-      how:
-        status === 401
-          ? { token: true }
-          : status === 408 || status === 429 || status >= 500
-            ? { stay: true, atLeast: retryAfter }
-            : { fatal: true },
-    },
-  );
+  error = new TidingsError(error.code || "http_" + status, `${status} ${error.message || ""}`.trim());
+  error.how =
+    status === 401
+      ? { token: true, error }
+      : status === 408 || status === 429 || status >= 500
+        ? { stay: true, atLeast: retryAfter }
+        : status === 403
+          ? { forbidden: true, error }
+          : { fatal: true, error };
+  return error;
 }
 
 export class Tidings {
   /**
    * @param {string} url the server, `http(s)://host:port` or a base path of this page's origin
-   * @param {object} [options] `token`, `getToken()`, `transports`, the timings of DEFAULTS, and
+   * @param {object} [options] `token` (a string, or a function returning one or a Promise of
+   *   one, asked at connect and after a 401 or close 4001), `transports`, the timings of DEFAULTS, and
    *   the seams `WebSocket`, `fetch`, `setTimeout`, `clearTimeout`, `random`, `storage`, `window`
    */
   constructor(url, options = {}) {
@@ -88,12 +89,16 @@ export class Tidings {
     const location = this._w.location;
     // If-None-Match is not a CORS-safelisted header: only send it where no preflight happens.
     this._sameOrigin = !location || this._url("", {}).origin === location.origin;
-    this._token = o.token;
+    // A function is asked for the first token at connect; `getToken` is its older spelling.
+    const { token } = o;
+    this._getToken = typeof token === "function" ? token : o.getToken;
+    this._token = typeof token === "function" ? null : token;
+    this._ask = typeof token === "function";
     this._channels = new Map(); // name -> {channel, cursor, subs}
     this._listeners = {};
     this._pending = new Map(); // publish ref -> [resolve, reject]
     this._worked = new Set(); // techniques that opened during this instance's life
-    this._ref = this._attempt = this._fails = 0;
+    this._ref = this._attempt = this._fails = this._refused = 0;
     this._conn = this._timer = null;
     this._state = "disconnected";
     let storage = o.storage;
@@ -125,7 +130,10 @@ export class Tidings {
     return this._state;
   }
 
-  /** Listen to "connecting" (name), "connected" (name), "disconnected" (reason, retry delay or null). */
+  /**
+   * Listen to "connecting" (name), "connected" (name), "disconnected" (reason, retry delay or
+   * null) and "error" (a TidingsError that stopped the client, such as a token refused for good).
+   */
   on(name, fn) {
     (this._listeners[name] ||= new Set()).add(fn);
     return () => this._listeners[name].delete(fn);
@@ -206,7 +214,9 @@ export class Tidings {
   _connect() {
     this._timer = null;
     const name = this._ladder[this._rung];
-    if (this._closed || this._conn || (name !== "websocket" && !this._channels.size)) return;
+    if (this._closed || this._conn || this._asking || (name !== "websocket" && !this._channels.size))
+      return;
+    if (this._ask) return this._renew();
     let opened = false;
     const live = () => this._conn === conn;
     const ctx = {
@@ -231,8 +241,18 @@ export class Tidings {
     conn.sync();
   }
 
+  // Ask for a token, then connect. A failing function leaves the old token, which the server
+  // refuses again, which asks again: the refusals count towards tokenRetries either way.
+  async _renew() {
+    this._asking = true;
+    this._ask = false;
+    try { this._token = await this._getToken(); } catch {}
+    this._asking = false;
+    this._connect();
+  }
+
   _opened(name) {
-    this._attempt = this._fails = 0;
+    this._attempt = this._fails = this._refused = 0;
     this._worked.add(name);
     try { this._storage.setItem(this._key, name); } catch {}
     this._state = "connected";
@@ -242,10 +262,17 @@ export class Tidings {
   // A connection ended, or never opened: decide where and when to try next.
   _lost(name, opened, reason, how) {
     this._rejectPending(reason);
-    const { getToken } = this._o;
     let delay = null;
-    if (how.token && getToken) {
+    if (how.forbidden) {
+      // Which channel of the request? The ones that never worked on this token (usually the
+      // one just added); the others go on without them.
+      const entries = [...this._channels.values()];
+      const suspects = entries.filter((entry) => !entry.ok);
+      for (const entry of suspects.length ? suspects : entries) this._drop(entry.channel, how.error);
+      if (this._channels.size) delay = this._backoff();
+    } else if (how.token && this._getToken && this._refused++ < this._o.tokenRetries) {
       delay = this._backoff();
+      this._ask = true;
       // The same token also failed the WebSocket handshake, which looked like a block.
       if (name !== "websocket") this._rung = 0;
     } else if (how.fatal || how.token) {
@@ -262,12 +289,9 @@ export class Tidings {
     const was = this._state;
     this._state = "disconnected";
     if (was === "connected" || delay == null) this._emit("disconnected", reason, delay);
-    if (delay != null)
-      this._timer = this._set(async () => {
-        // If getToken fails, the old token fails again and asks again, later.
-        if (how.token) try { this._token = await getToken(); } catch {}
-        this._connect();
-      }, delay);
+    if (delay != null) this._timer = this._set(() => this._connect(), delay);
+    else if (how.token || how.fatal)
+      this._emit("error", how.error || new TidingsError("unauthorized", reason));
   }
 
   _backoff() {
@@ -316,9 +340,10 @@ export class Tidings {
     for (const sub of [...entry.subs]) this._call(sub.onReset, { channel, id, reason });
   }
 
-  // A cursor list from the server, one cursor per entry of the request, in its order.
+  // A cursor list from the server, one cursor per entry of the request, in its order: the
+  // server accepted these channels (`ok`: not a suspect when a 403 comes).
   _follow(entries, list) {
-    list.split(",").forEach((id, index) => entries[index] && (entries[index].cursor = id));
+    list.split(",").forEach((id, index) => entries[index] && Object.assign(entries[index], { cursor: id, ok: true }));
   }
 
   _drop(channel, error) {
@@ -346,10 +371,9 @@ export class Tidings {
   }
 
   _get(path, params, signal, headers = {}) {
-    const token = this._token;
-    // Cross-origin, a header costs a preflight per URL, and every poll has a new URL (since=).
-    if (token && this._sameOrigin) headers.Authorization = "Bearer " + token;
-    else if (token) params = { ...params, token };
+    // A header, not ?token=, which would land in every access log on the way. Cross-origin it
+    // costs a preflight (cached per URL, so once per poll with a new since=).
+    if (this._token) headers.Authorization = "Bearer " + this._token;
     return this._fetch(this._url(path, params), { headers, signal, cache: "no-store" });
   }
 

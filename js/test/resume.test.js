@@ -271,7 +271,7 @@ test("subscribe checks channel names and cursors", () => {
   client.close();
 });
 
-test("cross-origin polls carry the token in the query and no If-None-Match (no preflight)", async () => {
+test("cross-origin polls carry the token as a header, never in the URL, and no If-None-Match", async () => {
   const { client, clock, requests } = setup({
     transports: ["poll"],
     token: "t0k",
@@ -283,8 +283,8 @@ test("cross-origin polls carry the token in the query and no If-None-Match (no p
   await settle();
   requests[0].respond(200, { events: [], cursor: "e1.2" }, { ETag: '"e1.2"' });
   await clock.advance(2000);
-  assert.equal(requests[1].param("token"), "t0k");
-  assert.deepEqual(requests[1].init.headers, {});
+  assert.equal(requests[1].param("token"), null);
+  assert.deepEqual(requests[1].init.headers, { Authorization: "Bearer t0k" });
 });
 
 test("same-origin polls carry the token as a header", async () => {

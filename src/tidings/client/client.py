@@ -30,6 +30,7 @@ from tidings.client.poll import PollTechnique
 from tidings.client.publish import DEFAULT_URL, bearer, post_publish, publish_body
 from tidings.client.sse import SSETechnique
 from tidings.client.subscription import Subscription
+from tidings.client.tokens import Tokens, TokenSource
 from tidings.client.websocket import WebSocketTechnique
 from tidings.exceptions import ClientError, ServerRejected
 from tidings.protocol.channel import namespace_of
@@ -47,7 +48,7 @@ class Client:
         url: str = DEFAULT_URL,
         *,
         transport: str = AUTO,
-        token: str | None = None,
+        token: TokenSource | None = None,
         api_key: str | None = None,
         ws_url: str | None = None,
         options: ClientOptions | None = None,
@@ -55,8 +56,9 @@ class Client:
     ) -> None:
         self.url = _base_url(url)
         self.options = options or _DEFAULTS
-        self._endpoint = Endpoint(self.url, ws_url or _ws_url(self.url), bearer(token))
-        self._publish_headers = bearer(api_key or token)
+        self._tokens = Tokens(token, self.options.backoff, self.options.token_retries)
+        self._endpoint = Endpoint(self.url, ws_url or _ws_url(self.url), self._tokens)
+        self._api_key = api_key
         # Loading the CA bundle costs ~0.1 s: skip it when the server is not behind TLS (the
         # client follows no redirects, so a plain-HTTP client never reaches an https URL).
         self._http = httpx.AsyncClient(
@@ -99,7 +101,9 @@ class Client:
             raise ClientError("the client is closed")
         if channel in self._subscriptions:
             raise ClientError(f"already subscribed to {channel!r} on this client")
-        subscription = Subscription(channel, since, self._ladder, self.options, self._forget)
+        subscription = Subscription(
+            channel, since, self._ladder, self.options, self._forget, self._tokens
+        )
         self._subscriptions[channel] = subscription
         return subscription
 
@@ -137,7 +141,22 @@ class Client:
                 if answer.code != "forbidden":
                     raise answer
                 self._http_only.add(namespace_of(channel))
-        return await post_publish(self._http, self.url, body, self._publish_headers)
+        return await self._post(body)
+
+    async def _post(self, body: dict[str, Any]) -> str:
+        """``POST /api/publish`` with the API key, else the token (renewed once on a 401)."""
+        if self._api_key is not None:
+            return await post_publish(self._http, self.url, body, bearer(self._api_key))
+        generation = await self._tokens.ready()
+        try:
+            cursor = await post_publish(self._http, self.url, body, self._tokens.headers())
+        except ServerRejected as refusal:
+            if refusal.status != 401:
+                raise
+            await self._tokens.renew(refusal, generation)
+            cursor = await post_publish(self._http, self.url, body, self._tokens.headers())
+        self._tokens.accepted()
+        return cursor
 
     def _publisher(self, channel: str) -> Publisher | None:
         chosen = self._ladder.chosen
@@ -171,7 +190,7 @@ def connect(
     url: str = DEFAULT_URL,
     *,
     transport: str = AUTO,
-    token: str | None = None,
+    token: TokenSource | None = None,
     api_key: str | None = None,
     ws_url: str | None = None,
     heartbeat: float = _DEFAULTS.heartbeat,
@@ -183,6 +202,7 @@ def connect(
     restart_window: float = _DEFAULTS.restart_window,
     max_pending: int = _DEFAULTS.max_pending,
     max_retries: int | None = _DEFAULTS.max_retries,
+    token_retries: int = _DEFAULTS.token_retries,
     backoff: Backoff | None = None,
     techniques: Sequence[Technique] | None = None,
 ) -> Client:
@@ -190,8 +210,13 @@ def connect(
 
     ``transport`` is ``"auto"`` (WebSocket, then SSE, long polling, short polling: the first
     that works from here, remembered for the life of the client) or one of them by name.
-    ``token`` is the connection token (JWT) presented when subscribing; ``api_key`` is used
-    to publish over HTTP. ``ws_url`` overrides where the WebSocket is (derived from ``url``
+    ``token`` is the connection token (JWT) presented when subscribing and publishing, as
+    ``Authorization: Bearer``: a string, or a callable (sync or async) returning a fresh one,
+    asked at the first connection and again when the server refuses the token (``401``,
+    WebSocket close ``4001``); the subscriptions then resume from their cursors. A callable
+    that raises ends the subscriptions with ``ClientError``: retry inside it if your token
+    service can fail for a moment. ``api_key``, when given, is used instead of the token to
+    publish over HTTP. ``ws_url`` overrides where the WebSocket is (derived from ``url``
     by default). The timings and limits are those of :class:`ClientOptions`; ``backoff``
     shapes the pause between reconnects. ``techniques`` replaces the ladder altogether
     (custom transports, tests).
@@ -206,6 +231,7 @@ def connect(
         restart_window=restart_window,
         max_pending=max_pending,
         max_retries=max_retries,
+        token_retries=token_retries,
         backoff=backoff or Backoff(),
     )
     return Client(

@@ -62,10 +62,12 @@ Item = ClientEvent | ResetEvent | Position
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """An open feed ended. ``server_delay`` is how long the server asked us to stay away."""
+    """An open feed ended. ``server_delay`` is how long the server asked us to stay away;
+    ``unauthorized``: the server ended it because the token expired (WebSocket ``4001``)."""
 
     reason: str
     server_delay: float | None = None
+    unauthorized: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from tidings.client.backoff import Backoff
+from tidings.client.tokens import Tokens
 from tidings.exceptions import ClientError
 
 __all__ = ["ClientOptions", "Endpoint"]
@@ -34,6 +34,8 @@ class ClientOptions:
     - ``max_retries``: how many times in a row a subscription tries again after a failure
       (a failed open or a lost connection) before it gives up with ``ClientError``; None
       (the default) tries for ever. A final refusal (``ServerRejected``) is never retried.
+    - ``token_retries``: with a token callable, how many renewed tokens in a row the server
+      may refuse (``401``, close ``4001``) before the refusal is raised to the application.
     """
 
     heartbeat: float = 15.0
@@ -45,6 +47,7 @@ class ClientOptions:
     restart_window: float = 10.0
     max_pending: int = 1000
     max_retries: int | None = None
+    token_retries: int = 3
     backoff: Backoff = field(default_factory=Backoff)
 
     def __post_init__(self) -> None:
@@ -78,4 +81,8 @@ class Endpoint:
 
     url: str  # http(s)://host:port, no trailing slash
     ws_url: str  # ws(s)://host:port/ws
-    headers: Mapping[str, str]  # Authorization for subscribing, when a token is given
+    tokens: Tokens  # the connection token, shared by every technique of a client
+
+    def headers(self) -> dict[str, str]:
+        """Authorization with the current token, when there is one (asked at each request)."""
+        return self.tokens.headers()

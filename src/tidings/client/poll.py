@@ -106,7 +106,7 @@ class PollFeed:
         return params
 
     def _headers(self, hold: float) -> dict[str, str]:
-        headers = dict(self._technique.endpoint.headers)
+        headers = self._technique.endpoint.headers()
         if hold == 0 and self._etag is not None and self._cursor is not None:
             headers["If-None-Match"] = self._etag
         return headers

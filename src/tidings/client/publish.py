@@ -13,7 +13,7 @@ import httpx
 from tidings.client.answers import error_of
 from tidings.exceptions import ClientError, ServerRejected
 
-__all__ = ["DEFAULT_URL", "post_publish", "publish", "publish_async", "publish_body"]
+__all__ = ["DEFAULT_URL", "credential", "post_publish", "publish", "publish_async", "publish_body"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -32,6 +32,13 @@ def publish_body(
 
 def bearer(credential: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"} if credential else {}
+
+
+def credential(api_key: str | None, token: str | None) -> dict[str, str]:
+    """The one ``Authorization`` header a publish carries: an API key or a token, not both."""
+    if api_key and token:
+        raise ClientError("give api_key or token, not both: a request carries one of them")
+    return bearer(api_key or token)
 
 
 def _result(response: httpx.Response) -> str:
@@ -66,14 +73,19 @@ def publish(
     idempotency_key: str | None = None,
     url: str = DEFAULT_URL,
     api_key: str | None = None,
+    token: str | None = None,
     timeout: float = 10.0,
 ) -> str:
-    """Publish one event and return its cursor (``"k3x9.42"``) once the server stored it."""
+    """Publish one event and return its cursor (``"k3x9.42"``) once the server stored it.
+
+    Presents ``api_key`` or a connection ``token`` (a JWT whose ``publish`` claim allows the
+    channel, in a namespace with ``client_publish``) as ``Authorization: Bearer``.
+    """
     try:
         response = httpx.post(
             url.rstrip("/") + "/api/publish",
             json=publish_body(channel, data, event, idempotency_key),
-            headers=bearer(api_key),
+            headers=credential(api_key, token),
             timeout=timeout,
         )
     except httpx.HTTPError as error:
@@ -89,9 +101,11 @@ async def publish_async(
     idempotency_key: str | None = None,
     url: str = DEFAULT_URL,
     api_key: str | None = None,
+    token: str | None = None,
     timeout: float = 10.0,
 ) -> str:
     """The async twin of :func:`publish`."""
     body = publish_body(channel, data, event, idempotency_key)
+    headers = credential(api_key, token)
     async with httpx.AsyncClient(timeout=timeout) as http:
-        return await post_publish(http, url, body, bearer(api_key))
+        return await post_publish(http, url, body, headers)

@@ -86,7 +86,7 @@ class SSETechnique:
             self._endpoint.url + "/sse",
             params=params,
             headers={
-                **self._endpoint.headers,
+                **self._endpoint.headers(),
                 "Accept": "text/event-stream",
                 "Cache-Control": "no-cache",
             },

@@ -17,7 +17,8 @@ from typing import TypeVar
 from tidings.client.events import ClientEvent, Closed, Item, Position, ResetEvent, Unavailable
 from tidings.client.ladder import Feed, Ladder
 from tidings.client.options import ClientOptions
-from tidings.exceptions import ClientError, InvalidCursor
+from tidings.client.tokens import Tokens
+from tidings.exceptions import ClientError, InvalidCursor, ServerRejected
 from tidings.protocol.cursor import Cursor, parse_cursor
 
 __all__ = ["Subscription"]
@@ -63,11 +64,13 @@ class Subscription:
     iterating; the events that follow continue from the reset's ``id``. Every reconnect, on
     any technique, resumes after :attr:`cursor`; an event seen twice is not handed out twice.
 
-    A ``4xx`` refusal (a bad channel, a bad cursor, a missing token) raises ``ServerRejected``
-    and ends the subscription; every other failure is retried with backoff. ``await open()``
-    connects before the first iteration (publish after it and the event is delivered);
-    ``aclose()`` (or leaving ``async with``) ends the iteration, also one running in another
-    task. Iterate from one task at a time.
+    A ``4xx`` refusal (a bad channel, a bad cursor, a forbidden channel) raises
+    ``ServerRejected`` and ends the subscription; every other failure is retried with backoff.
+    A refused token (``401``, WebSocket close ``4001``) is renewed when the client has a token
+    callable, and the subscription resumes from its cursor; see :mod:`tidings.client.tokens`.
+    ``await open()`` connects before the first iteration (publish after it and the event is
+    delivered); ``aclose()`` (or leaving ``async with``) ends the iteration, also one running
+    in another task. Iterate from one task at a time.
 
     ``cursor`` is the position reached (persist it to resume in another process with
     ``subscribe(channel, since=cursor)``); ``transport`` names the technique in use,
@@ -82,6 +85,7 @@ class Subscription:
         ladder: Ladder,
         options: ClientOptions,
         forget: Callable[[Subscription], None],
+        tokens: Tokens,
     ) -> None:
         self.channel = channel
         self.cursor = since
@@ -91,6 +95,8 @@ class Subscription:
         self._ladder = ladder
         self._options = options
         self._forget = forget
+        self._tokens = tokens
+        self._generation = 0  # of the token the current feed opened with
         self._feed: Feed | None = None
         self._failures = 0
         self._pause: float | None = None
@@ -169,10 +175,19 @@ class Subscription:
     async def _next(self) -> ClientEvent | ResetEvent:
         while True:
             feed = await self._feed_or_open()
-            item = await feed.next()
+            try:
+                item = await feed.next()
+            except ServerRejected as refused:  # a poll refused: the token may have expired
+                await self._drop_feed()
+                await self._renew(refused, self._generation)
+                continue
             if isinstance(item, Closed):
                 await self._drop_feed()
-                self._failed(item)
+                if item.unauthorized:
+                    expired = ServerRejected(401, "unauthorized", item.reason)
+                    await self._renew(expired, self._generation)
+                else:
+                    self._failed(item)
                 continue
             accepted = self._accept(item)
             if accepted is not None:
@@ -183,15 +198,29 @@ class Subscription:
             if self._pause is not None:
                 await asyncio.sleep(self._pause)  # the backoff between attempts
                 self._pause = None
-            opened = await self._ladder.open(self.channel, self.cursor)
+            generation = await self._tokens.ready()
+            try:
+                opened = await self._ladder.open(self.channel, self.cursor)
+            except ServerRejected as refusal:
+                await self._renew(refusal, generation)
+                continue
             if isinstance(opened, Unavailable):
                 self._failed(opened)
                 continue
             technique, self._feed = opened
+            self._tokens.accepted()
+            self._generation = generation
             self.transport = technique.name
             self.connections += 1
             self._failures = 0
         return self._feed
+
+    async def _renew(self, refusal: ServerRejected, generation: int) -> None:
+        """A refused token is renewed (or the refusal raised); any other refusal is final."""
+        if refusal.status != 401:
+            raise refusal
+        self.last_failure = str(refusal)
+        await self._tokens.renew(refusal, generation)
 
     def _failed(self, why: Closed | Unavailable) -> None:
         """Count a failure in a row and set the pause before the next attempt."""

@@ -45,6 +45,7 @@ __all__ = ["WebSocketFeed", "WebSocketSession", "WebSocketTechnique", "closed_by
 # delay. 4000: too slow to keep up; come back at once and resume.
 RESTART_CODES = frozenset({1001, 1012})
 CLOSE_TOO_SLOW = 4000
+CLOSE_TOKEN_EXPIRED = 4001  # renew the token, then come back and resume
 # A refused handshake is final only when the server itself refuses who we are; anything else
 # (a proxy that does not upgrade, a 400 because a proxy stripped Upgrade) moves down.
 FINAL_HANDSHAKE_STATUSES = frozenset({401, 403})
@@ -119,7 +120,7 @@ class WebSocketSession:
         try:
             socket = await ws_connect(
                 endpoint.ws_url,
-                additional_headers=dict(endpoint.headers),
+                additional_headers=endpoint.headers(),
                 compression=None,
                 open_timeout=options.open_timeout,
                 close_timeout=options.open_timeout,
@@ -150,6 +151,9 @@ class WebSocketSession:
             return Unavailable(answer.reason, answer.server_delay)
         if answer.get("op") == "error":
             self._unroute(feed)
+            if answer.get("code") == "unauthorized":
+                # The socket's own token is what was refused: the next one opens with a new one.
+                self.abort("the server refused the connection's token")
             return _refused(answer)
         return feed
 
@@ -292,6 +296,8 @@ def closed_by(code: int | None, reason: str, options: ClientOptions) -> Closed:
         return Closed(reason, options.backoff.random() * options.restart_window)
     if code == CLOSE_TOO_SLOW:
         return Closed(reason, 0.0)
+    if code == CLOSE_TOKEN_EXPIRED:
+        return Closed(reason, 0.0, unauthorized=True)
     return Closed(reason)
 
 

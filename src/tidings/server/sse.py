@@ -111,6 +111,8 @@ class SSEStream(StreamConnection):
     def drain(self, retry_ms: int) -> None:
         """Ask the client to come back after ``retry_ms`` and end the stream."""
         if not self.closed:
+            for channel in list(self.tails):
+                self.unfollow(channel)  # nothing after the retry: the client resumes elsewhere
             self.transport.write(sse.encode_retry(retry_ms) + b"\n")
             self.transport.close()
 

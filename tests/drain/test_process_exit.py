@@ -1,4 +1,4 @@
-"""``tidings serve`` exits on SIGTERM within ``drain_seconds`` and the grace, whatever the clients do.
+"""On SIGTERM ``tidings serve`` exits within ``drain_seconds`` and the grace, whatever clients do.
 
 Two clients never go away: a WebSocket that ignores the server's close frame and an HTTP
 request that is never finished. The process still exits when the window and the grace are up,

@@ -19,8 +19,8 @@ from tests.server.support import (
     RawConnection,
     client_frame,
     get,
-    waiter_count,
     wait_until,
+    waiter_count,
     within,
     ws_handshake,
 )

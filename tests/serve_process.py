@@ -33,6 +33,7 @@ class ServeProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.log: deque[str] = deque(maxlen=300)
+        self._logged = threading.Condition()
         self.port = 0
         self._reader: threading.Thread | None = None
 
@@ -61,7 +62,15 @@ class ServeProcess:
         assert self.process.stderr is not None
         with contextlib.suppress(ValueError, OSError):
             for line in self.process.stderr:
-                self.log.append(line)
+                with self._logged:
+                    self.log.append(line)
+                    self._logged.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until a line containing ``text`` has been logged (after ``wait_listening``)."""
+        with self._logged:
+            if not self._logged.wait_for(lambda: text in self.logs(), timeout):
+                raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.logs()}")
 
     def logs(self) -> str:
         return "".join(self.log)

@@ -37,6 +37,7 @@ CONF_PORTS = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
 CONF_LISTEN = "listen 127.0.0.1:8080;"
 SSE_LOCATION = "location = /sse {"
 DEADLINE = 5.0
+TAG = "\n        add_header X-Upstream $upstream_addr always;"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,33 +67,41 @@ class Node(ServeProcess):
         self.wait_listening()
 
 
-def render(upstreams: list[int], listen: int) -> str:
+def render(upstreams: list[int], listen: int, tag_upstream: bool = False) -> str:
     """deploy/nginx.conf with the test's ports in place of 8001-8003 and 8080.
 
     One line is added: /sse ignores the node's ``X-Accel-Buffering: no``, so that the stream
-    arriving unbuffered proves the configuration's own ``proxy_buffering off``.
+    arriving unbuffered proves the configuration's own ``proxy_buffering off``. With fewer
+    than three upstreams the extra ``server`` lines are left out; ``tag_upstream`` adds an
+    ``X-Upstream`` header naming the node that answered.
     """
     text = CONF.read_text()
     assert text.count(SSE_LOCATION) == 1, f"{SSE_LOCATION!r} must occur once in {CONF}"
     text = text.replace(SSE_LOCATION, SSE_LOCATION + "\n proxy_ignore_headers X-Accel-Buffering;")
-    for placeholder, port in [*zip(CONF_PORTS, upstreams, strict=True), (CONF_LISTEN, listen)]:
+    for unused in CONF_PORTS[len(upstreams) :]:
+        text = re.sub(rf"\n *server {re.escape(unused)}[^\n]*", "", text)
+    for placeholder, port in [*zip(CONF_PORTS, upstreams, strict=False), (CONF_LISTEN, listen)]:
         assert text.count(placeholder) == 1, f"{placeholder!r} must occur once in {CONF}"
         address = f"127.0.0.1:{port}"
         text = text.replace(
             placeholder, f"listen {address};" if placeholder == CONF_LISTEN else address
         )
+    if tag_upstream:
+        text = text.replace(f"listen 127.0.0.1:{listen};", f"listen 127.0.0.1:{listen};" + TAG)
     return text
 
 
 class Nginx:
     """``nginx -p <tmp> -c <rendered conf> -g 'daemon off;'``, stopped by PID."""
 
-    def __init__(self, binary: str, prefix: Path, upstreams: list[int]) -> None:
+    def __init__(
+        self, binary: str, prefix: Path, upstreams: list[int], tag_upstream: bool = False
+    ) -> None:
         (prefix / "logs").mkdir(parents=True)
         self.prefix = prefix
         self.port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(render(upstreams, self.port))
+        conf.write_text(render(upstreams, self.port, tag_upstream))
         command = [binary, "-p", str(prefix), "-e", "stderr", "-c", str(conf)]
         checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=20)
         assert checked.returncode == 0, f"nginx -t rejected the configuration:\n{checked.stderr}"
@@ -192,7 +201,7 @@ def test_configuration_keeps_streams_unbuffered_and_timeouts_above_the_servers()
     assert 'proxy_set_header Connection "";' in text
     assert "proxy_http_version 1.1;" in text
     assert "proxy_set_header Connection $connection_upgrade;" in blocks["/ws"]
-    assert "proxy_next_upstream error timeout;" in text
+    assert "proxy_next_upstream error timeout http_503;" in text  # a draining node's 503
     assert "$proxy_add_x_forwarded_for" in text
 
     def read_timeout(location: str) -> int:

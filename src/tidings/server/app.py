@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
 from tidings.server.auth import TokenVerifier
+from tidings.server.drain import Connections, Drain
 from tidings.server.http import HttpConnection
 from tidings.server.limits import Limits, count_refusal, exposure_warning
 from tidings.server.poll import handle_poll
@@ -64,7 +64,10 @@ def handle_health(app: App, connection: HttpConnection, request: Request) -> Non
 
 
 def handle_ready(app: App, connection: HttpConnection, request: Request) -> None:
-    app.hub.spawn(_ready(app, connection))
+    if app.draining:  # a load balancer stops routing here
+        _answer_draining(app, connection)
+    else:
+        app.hub.spawn(_ready(app, connection))
 
 
 async def _ready(app: App, connection: HttpConnection) -> None:
@@ -75,6 +78,16 @@ async def _ready(app: App, connection: HttpConnection) -> None:
         return
     connection.respond(200, b'{"status":"ready"}')
 
+
+def _answer_draining(app: App, connection: HttpConnection) -> None:
+    assert app.drain is not None
+    body = error_body("unavailable", "this node is restarting: connect again, to another node")
+    connection.respond(503, body, [(b"Retry-After", app.drain.retry_after())])
+
+
+# A stream opened on a draining node would be asked back at once: refuse it, so that a proxy
+# (nginx "proxy_next_upstream http_503") sends it to another node straight away.
+STREAMS = frozenset({"/sse", "/ws"})
 
 ROUTES: dict[str, tuple[str, Handler]] = {
     "/healthz": ("GET", handle_health),
@@ -98,7 +111,8 @@ class App:
         self.tokens = TokenVerifier.from_settings(settings.auth)  # a bad key stops start-up
         self.broker: Broker = broker_for(settings.server.broker, settings)
         self.hub = Hub(self.broker, settings, loop)
-        self.connections: set[asyncio.Protocol] = set()
+        self.connections = Connections()
+        self.drain: Drain | None = None  # set once the node drains
         self.stats = Stats()
         self.limits = Limits(settings.server, self.stats)
         self.parsed_polls: dict[bytes, PollRequest] = {}
@@ -147,6 +161,10 @@ class App:
             return
         if request.method != method:
             raise MethodNotAllowed(f"{request.path} answers {method} only", (method, "OPTIONS"))
+        if self.draining and request.path in STREAMS:
+            self.stats.refused("draining")
+            _answer_draining(self, connection)
+            return
         handler(self, connection, request)
 
     def _error_headers(self, error: RequestError) -> list[tuple[bytes, bytes]]:
@@ -186,6 +204,10 @@ class App:
     def cors_headers(self, request: Request | None) -> bytes:
         return b"".join(name + b": " + value + b"\r\n" for name, value in self.cors_pairs(request))
 
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None
+
     def protocol_factory(self) -> HttpConnection:
         return HttpConnection(self)
 
@@ -198,6 +220,7 @@ class Server:
         self.port = 0
         self.app: App | None = None
         self._server: asyncio.Server | None = None
+        self._drain: Drain | None = None
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -217,38 +240,41 @@ class Server:
         return self.port
 
     async def stop(self) -> None:
-        """Stop accepting, close every connection, then the broker."""
+        """Drain: stop accepting at once, ask every client back, then close the broker.
+
+        Returns when every connection is gone, or ``drain_seconds`` and a short grace after
+        the start (what is left is dropped); ``hurry`` cuts the wait short.
+        """
         if self._server is None or self.app is None:
             return
-        self._server.close()
-        _close_connections(self.app)
-        await self.app.hub.close()
+        self._server.close()  # new connections are refused: they go to another node
+        self._drain = self.app.drain = Drain(self.app)
+        await self._drain.run()
+        await self.app.hub.close()  # the broker last: in-flight publishes have finished
         await self._server.wait_closed()
         self._server = None
 
+    def hurry(self) -> None:
+        """Stop waiting for the clients that are slow to leave (a second signal)."""
+        if self._drain is not None:
+            self._drain.hurry.set()
+
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    """Serve until SIGINT or SIGTERM, then drain; a second signal ends the drain at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)  # before "listening" is announced
     server = Server(settings)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            server.hurry()
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)  # before "listening" is announced
     await server.start()
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
         await server.stop()
-
-
-def _close_connections(app: App) -> None:
-    """Ask each stream to come back after a random delay inside the drain window."""
-    window_ms = app.settings.server.drain_seconds * 1000
-    for connection in list(app.connections):
-        drain = getattr(connection, "drain", None)
-        if drain is not None:
-            drain(int(random.uniform(0, window_ms)))
-        transport = getattr(connection, "transport", None)
-        if transport is not None:
-            transport.close()

@@ -251,6 +251,9 @@ class HttpConnection(asyncio.Protocol):
         timer operation.
         """
         self.held = held
+        if self.app.draining:
+            held.expire()  # nothing will come from this node: re-poll elsewhere now
+            return
         self._set_deadline(timeout)
 
     def release(self) -> None:
@@ -280,6 +283,8 @@ class HttpConnection(asyncio.Protocol):
         content_type: bytes | None = b"application/json",
     ) -> None:
         keep_alive = self.current is not None and self.current.keep_alive
+        if self.app.draining and not self._queue:
+            keep_alive = False  # "Connection: close": a proxy must not reuse this connection
         self.send(build_response(status, body, content_type, headers or (), keep_alive), keep_alive)
 
     def send(self, response: bytes, keep_alive: bool = True) -> None:
@@ -295,6 +300,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._queue:
             self._next()
+        elif self.app.draining:
+            self.drain(0)
         else:
             self.transport.resume_reading()
             self._await_request()
@@ -306,6 +313,17 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(build_error(status, code, message, keep_alive=False))
         self.transport.close()
         self.closed = True
+
+    def drain(self, retry_ms: int) -> None:
+        """The node drains: answer a held long poll now (``204``, as its timeout would), close
+        an idle connection; a request being answered finishes and its answer closes."""
+        if self.closed or self.transport is None:
+            return
+        if self.held is not None:
+            self.held.expire()
+        elif not self._busy and not self._in_message and not self._queue:
+            self.transport.close()
+            self.closed = True
 
     def hand_over(self, protocol: StreamConnection) -> asyncio.Transport:
         """Give the transport to a stream or WebSocket protocol; this object is done.

@@ -134,6 +134,8 @@ class SSEStream(StreamConnection):
         """Ask the client to come back after ``retry_ms`` and end the stream."""
         if not self.closed:
             self.ended = "drain"
+            for channel in list(self.tails):
+                self.unfollow(channel)  # nothing after the retry: the client resumes elsewhere
             self.transport.write(sse.encode_retry(retry_ms) + b"\n")
             self.transport.close()
 

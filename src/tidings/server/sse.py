@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.follow import Tail
@@ -63,6 +63,8 @@ def body_bytes(event: Event, envelope: bool) -> bytes:
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
 
+    kind: ClassVar[str] = "sse"
+
     def __init__(self, app: App, transport: asyncio.Transport, envelope: bool) -> None:
         super().__init__(app, transport)
         self.envelope = envelope
@@ -78,20 +80,23 @@ class SSEStream(StreamConnection):
         if self.closed:
             return
         if len(self.order) == 1:
-            self.transport.write(event_bytes(event, self.envelope))
+            data = event_bytes(event, self.envelope)
         else:
-            self.transport.write(
-                sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
-            )
+            data = sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
+        self.transport.write(data)
+        self.hub.tally.wrote("sse", 1, len(data))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
         if len(self.order) > 1:
             super().write_batch(tail, batch)
         elif not self.closed:
+            # shared bytes: the hub folds the write count into deliveries, bytes and lag
             if self.envelope:
                 self.transport.write(batch.joined("sse-envelope", _event_envelope_bytes))
+                self.hub.tally.sse_envelope += 1
             else:
                 self.transport.write(batch.joined("sse", _event_plain_bytes))
+                self.hub.tally.sse += 1
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         if not self.closed:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -50,6 +50,8 @@ CLOSE_LINGER_SECONDS = 5.0
 
 class WebSocketConnection(StreamConnection):
     __slots__ = ("last_seen", "protocol")
+
+    kind: ClassVar[str] = "websocket"
 
     def __init__(self, app: App, transport: asyncio.Transport, protocol: ServerProtocol) -> None:
         super().__init__(app, transport)
@@ -147,6 +149,7 @@ class WebSocketConnection(StreamConnection):
         try:
             page = await self.app.broker.history(message.channel, message.since, PAGE_SIZE)
         except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
             self.unfollow(message.channel)
             self.send(ws.error_frame(message.ref, error.code, error.message))
             return
@@ -183,6 +186,7 @@ class WebSocketConnection(StreamConnection):
                 message.channel, message.event, message.data, message.idempotency_key
             )
         except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
             self.send(ws.error_frame(message.ref, error.code, error.message))
             return
         self.app.stats.published += 1
@@ -195,12 +199,16 @@ class WebSocketConnection(StreamConnection):
             self.transport.write(frame)
 
     def write_event(self, tail: Tail, event: Event) -> None:
-        self.send(ws.event_frame(event))
+        if self.protocol.state is State.OPEN and not self.closed:
+            frame = ws.event_frame(event)
+            self.transport.write(frame)
+            self.hub.tally.wrote("websocket", 1, len(frame))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
-        # the hot path of WebSocket fan-out: one shared frame run, one write
+        # the hot path of WebSocket fan-out: one shared frame run, one write, one count
         if not self.closed and self.protocol.state is State.OPEN:
             self.transport.write(batch.joined("ws", ws.event_frame))
+            self.hub.tally.ws += 1
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.app.stats.resets += 1

@@ -132,6 +132,7 @@ class Follower:
                 if self.tails.get(tail.channel) is not tail or not self._apply(tail, page):
                     return
         except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
             log.warning("catch-up of %s failed: %s", tail.channel, error)
             self.abandon("broker unavailable")
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from tidings.brokers.base import Broker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
+from tidings.hub.tally import Tally
 from tidings.hub.timers import TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
@@ -22,6 +24,9 @@ from tidings.protocol.event import Batch, Event, batches
 log = logging.getLogger("tidings.hub")
 
 INTEREST_SWEEP_SECONDS = 30.0
+# Node-local channels (the admin feed) start with "$", which no channel name may contain.
+LOCAL_PREFIX = "$"
+BROKER_CHECK_SECONDS = 10.0
 
 
 class Subscriber(Protocol):
@@ -61,12 +66,15 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._arrived: dict[str, list[Event]] = {}
         self.heads: dict[str, Cursor] = {}  # last cursor delivered here, per followed channel
-        self.deliveries = 0
+        self.tally = Tally()
+        # events that reached the node per channel, counted only while the admin page watches
+        self.arrivals: dict[str, int] | None = None
 
     def start(self) -> None:
         self.broker.start(self.deliver, self.resync)
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
+        self.timers.every(BROKER_CHECK_SECONDS, self._check_broker_soon)
         self.timers.start()
 
     async def close(self) -> None:
@@ -98,6 +106,10 @@ class Hub:
 
     def _fan_out(self) -> None:
         arrived, self._arrived = self._arrived, {}
+        counting = self.arrivals
+        if counting is not None:
+            for channel, events in arrived.items():
+                counting[channel] = counting.get(channel, 0) + len(events)
         for events in arrived.values():
             for batch in batches(events):
                 self._deliver_batch(batch)
@@ -115,15 +127,20 @@ class Hub:
         if subscribers:
             for subscriber in tuple(subscribers):
                 subscriber.deliver_batch(batch)
-            self.deliveries += len(subscribers) * len(batch.events)
         waiters = self._waiters.pop(batch.channel, None)
         if waiters:
             for waiter in waiters:
                 waiter.wake(batch)
+        self.tally.fold(batch)
 
     def attach(self, channel: str, subscriber: Subscriber) -> None:
         self._subscribers.setdefault(channel, set()).add(subscriber)
         self._want(channel)
+
+    def attach_local(self, channel: str, subscriber: Subscriber) -> None:
+        """Follow a node-local channel (the admin feed): the broker never hears of it."""
+        assert channel.startswith(LOCAL_PREFIX)
+        self._subscribers.setdefault(channel, set()).add(subscriber)
 
     def detach(self, channel: str, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(channel)
@@ -146,6 +163,40 @@ class Hub:
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))
 
+    def followers(self) -> dict[str, int]:
+        """Local followers per channel (streams and held long polls), node-local ones apart."""
+        counts = {c: len(found) for c, found in self._subscribers.items() if c[0] != LOCAL_PREFIX}
+        for channel, waiters in self._waiters.items():
+            counts[channel] = counts.get(channel, 0) + len(waiters)
+        return counts
+
+    def subscription_count(self) -> int:
+        """Channel followers over every stream (a connection on three channels counts 3)."""
+        return sum(len(found) for c, found in self._subscribers.items() if c[0] != LOCAL_PREFIX)
+
+    async def check_broker(self) -> float:
+        """A broker round trip; its time (seconds) is kept for ``/metrics``."""
+        started = time.perf_counter()  # uvloop's clock counts whole milliseconds
+        try:
+            await self.broker.check()
+        except BrokerUnavailable:
+            self.tally.broker_up = False
+            raise
+        rtt = time.perf_counter() - started
+        self.tally.broker_rtt = rtt
+        self.tally.broker_up = True
+        return rtt
+
+    def _check_broker_soon(self) -> None:
+        self.spawn(self._check_broker_quietly())
+
+    async def _check_broker_quietly(self) -> None:
+        try:
+            await self.check_broker()
+        except BrokerUnavailable as error:
+            self.tally.broker_errors += 1
+            log.warning("broker check failed: %s", error)
+
     def _want(self, channel: str) -> None:
         if channel not in self._interest:
             self._interest.add(channel)
@@ -160,6 +211,7 @@ class Hub:
         try:
             await self.broker.subscribe(channel)
         except BrokerUnavailable as error:
+            self.tally.broker_errors += 1
             # the broker keeps the interest and resyncs the channel once it is back
             log.warning("could not follow %s on the broker yet: %s", channel, error)
             return

@@ -21,10 +21,12 @@ from tidings.exceptions import (
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
+from tidings.server.admin import SNAPSHOT_SECONDS, AdminFeed, handle_admin, handle_admin_stream
 from tidings.server.auth import TokenVerifier
 from tidings.server.drain import Connections, Drain
 from tidings.server.http import HttpConnection
 from tidings.server.limits import Limits, count_refusal, exposure_warning
+from tidings.server.metrics import handle_metrics, metrics_registry
 from tidings.server.poll import handle_poll
 from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
 from tidings.server.request import Request
@@ -72,7 +74,7 @@ def handle_ready(app: App, connection: HttpConnection, request: Request) -> None
 
 async def _ready(app: App, connection: HttpConnection) -> None:
     try:
-        await app.broker.check()
+        await app.hub.check_broker()
     except BrokerUnavailable as error:
         app.answer_error(connection, error)
         return
@@ -99,6 +101,9 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/ws": ("GET", handle_websocket),
     "/tidings.js": ("GET", handle_client_script),
     "/lab": ("GET", handle_lab),
+    "/metrics": ("GET", handle_metrics),
+    "/admin": ("GET", handle_admin),
+    "/admin/stream": ("GET", handle_admin_stream),
 }
 
 
@@ -116,6 +121,10 @@ class App:
         self.stats = Stats()
         self.limits = Limits(settings.server, self.stats)
         self.parsed_polls: dict[bytes, PollRequest] = {}
+        self.metrics = metrics_registry(self)
+        self.admin_feed = AdminFeed(self)
+        if settings.server.admin:
+            self.hub.timers.every(SNAPSHOT_SECONDS, self.admin_feed.tick)
         origins = settings.server.allowed_origins
         self.cors_varies = "*" not in origins
         self._allowed_origins = frozenset(origins)
@@ -176,6 +185,7 @@ class App:
         return headers
 
     def answer_error(self, connection: HttpConnection, error: BrokerUnavailable) -> None:
+        self.hub.tally.broker_errors += 1
         retry = str(error.retry_after).encode()
         connection.respond(503, error_body(error.code, error.message), [(b"Retry-After", retry)])
 

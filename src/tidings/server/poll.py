@@ -155,7 +155,7 @@ def _answer_or_wait(
     if gathered.resets:
         app.stats.resets += len(gathered.resets)
     if gathered.events or gathered.resets:
-        _answer(app, connection, gathered)
+        _answer(app, connection, gathered, "long_poll" if poll.timeout > 0 else "poll")
     elif poll.timeout <= 0:
         _answer_nothing_new(app, connection, request, gathered.cursors, since is not None)
     else:
@@ -171,10 +171,17 @@ def _headers(app: App, request: Request | None, cursor_list: str) -> list[tuple[
     ]
 
 
-def _answer(app: App, connection: HttpConnection, gathered: Gathered) -> None:
+def _answer(app: App, connection: HttpConnection, gathered: Gathered, transport: str) -> None:
+    if connection.closed:
+        return
     cursor_list = format_cursor_list(gathered.cursors)
     body = poll_body(gathered.events, cursor_list, gathered.resets)
-    connection.respond(200, body, _headers(app, connection.current, cursor_list))
+    request = connection.current
+    keep_alive = request is not None and request.keep_alive
+    headers = _headers(app, request, cursor_list)
+    response = build_response(200, body, b"application/json", headers, keep_alive)
+    connection.send(response, keep_alive)
+    app.hub.tally.wrote(transport, len(gathered.events), len(response))
 
 
 def _answer_nothing_new(
@@ -242,6 +249,7 @@ class LongPoll:
         continues = first.epoch == cursor.epoch and first.offset == cursor.offset + 1
         if len(self.cursors) == 1 and continues and self._shareable(len(batch.events)):
             connection.send(shared_response(self.app, batch))
+            self.app.hub.tally.poll += 1  # folded by the hub with the batch's bytes
             return
         gathered = _gather_nowait(self.app, self.poll, self.cursors)
         if gathered is None:
@@ -279,7 +287,7 @@ class LongPoll:
 
     def _answer_or_wait_again(self, gathered: Gathered) -> None:
         if gathered.events or gathered.resets:
-            _answer(self.app, self.connection, gathered)
+            _answer(self.app, self.connection, gathered, "long_poll")
         else:
             LongPoll(self.app, self.connection, self.poll, gathered.cursors).wait(self.poll.timeout)
 

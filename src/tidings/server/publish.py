@@ -158,6 +158,7 @@ async def _publish_batch(
             count_refusal(app.stats, error)
             results.append({"error": {"code": error.code, "message": error.message}})
         except BrokerUnavailable as error:
+            app.hub.tally.broker_errors += 1
             results.append({"error": {"code": error.code, "message": error.message}})
     connection.respond(200, orjson.dumps({"results": results}))
 

@@ -85,20 +85,23 @@ class SSEStream(StreamConnection):
         if self.closed:
             return
         if len(self.order) == 1:
-            self.transport.write(event_bytes(event, self.envelope))
+            data = event_bytes(event, self.envelope)
         else:
-            self.transport.write(
-                sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
-            )
+            data = sse.encode_id_line(self.cursor_list()) + body_bytes(event, self.envelope)
+        self.transport.write(data)
+        self.hub.tally.wrote("sse", 1, len(data))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
         if len(self.order) > 1:
             super().write_batch(tail, batch)
         elif not self.closed:
+            # shared bytes: the hub folds the write count into deliveries, bytes and lag
             if self.envelope:
                 self.transport.write(batch.joined("sse-envelope", _event_envelope_bytes))
+                self.hub.tally.sse_envelope += 1
             else:
                 self.transport.write(batch.joined("sse", _event_plain_bytes))
+                self.hub.tally.sse += 1
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         if not self.closed:

@@ -230,6 +230,7 @@ class WebSocketConnection(StreamConnection):
         try:
             page = await self.app.broker.history(message.channel, message.since, PAGE_SIZE)
         except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
             self.unfollow(message.channel)
             self.send(ws.error_frame(message.ref, error.code, error.message))
             return
@@ -265,6 +266,7 @@ class WebSocketConnection(StreamConnection):
                 message.channel, message.event, message.data, message.idempotency_key
             )
         except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
             self.send(ws.error_frame(message.ref, error.code, error.message))
             return
         self.app.stats.published += 1
@@ -277,12 +279,16 @@ class WebSocketConnection(StreamConnection):
             self.transport.write(frame)
 
     def write_event(self, tail: Tail, event: Event) -> None:
-        self.send(ws.event_frame(event))
+        if self.protocol.state is State.OPEN and not self.closed:
+            frame = ws.event_frame(event)
+            self.transport.write(frame)
+            self.hub.tally.wrote("websocket", 1, len(frame))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
-        # the hot path of WebSocket fan-out: one shared frame run, one write
+        # the hot path of WebSocket fan-out: one shared frame run, one write, one count
         if not self.closed and self.protocol.state is State.OPEN:
             self.transport.write(batch.joined("ws", ws.event_frame))
+            self.hub.tally.ws += 1
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.app.stats.resets += 1

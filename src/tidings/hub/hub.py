@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from tidings.brokers.base import Broker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
+from tidings.hub.presence import Presence
 from tidings.hub.timers import TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
@@ -62,15 +63,18 @@ class Hub:
         self._arrived: dict[str, list[Event]] = {}
         self.heads: dict[str, Cursor] = {}  # last cursor delivered here, per followed channel
         self.deliveries = 0
+        self.presence = Presence(broker, settings, self.spawn)
 
     def start(self) -> None:
-        self.broker.start(self.deliver, self.resync)
+        self.broker.start(self.deliver, self.resync, self.presence.changed)
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
+        self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
         self.timers.start()
 
     async def close(self) -> None:
         self.timers.stop()
+        await self.presence.close()
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()

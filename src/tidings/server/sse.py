@@ -176,6 +176,7 @@ def _open(
         stream.order.append(tail)
         tail.backlog = [] if subscription.since else None
         stream.follow(tail)
+        stream.present(channel)
     if subscription.since:
         for tail in stream.order:
             stream.catch_up(tail)

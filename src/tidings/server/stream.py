@@ -47,11 +47,19 @@ class StreamConnection(Follower, asyncio.Protocol):
     def unfollow(self, channel: str) -> None:
         if self.tails.pop(channel, None) is not None:
             self.hub.detach(channel, self)
+            self.hub.presence.leave(channel, self)
+
+    def present(self, channel: str) -> None:
+        """The subscription to ``channel`` is confirmed: count this connection as present
+        where presence is on. Only a transport that can tell its client of joins and leaves
+        (the WebSocket) also asks to hear them."""
+        self.hub.presence.join(channel, self, self.identity, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         for channel in self.tails:
             self.hub.detach(channel, self)
+            self.hub.presence.leave(channel, self)
         self.tails.clear()
         self.hub.beating.discard(self)
         self.hub.timers.discard(self)

@@ -44,6 +44,9 @@ from tidings.protocol.presence import (
 BUCKET_AGE_FACTOR = 8
 AT_ONCE = 100  # key-value requests in flight at once
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed conditional write
+# A read is an ordered consumer that stopping does not delete: the server drops it this long
+# after its last reader left, so that reads every few seconds do not pile consumers up.
+READER_INACTIVE_SECONDS = 5.0
 
 Held = tuple[PresenceEntry, int, int]  # entry, expiry in ms, revision
 T = TypeVar("T")
@@ -168,7 +171,11 @@ class NatsPresence:
         kv = await self._bucket(js)
         held: list[Held] = []
         async with translated(f"read the presence of {channel!r}"):
-            watcher = await kv.watch(f"{token_of(channel)}.*", ignore_deletes=True)
+            watcher = await kv.watch(
+                f"{token_of(channel)}.*",
+                ignore_deletes=True,
+                inactive_threshold=READER_INACTIVE_SECONDS,
+            )
             try:
                 while (item := await watcher.updates(self._options.timeout)) is not None:  # type: ignore[no-untyped-call]
                     parsed = _parse(item.value)

@@ -30,6 +30,8 @@ What it guarantees, beyond brokers/base.py:
   link (redis_link.PubSubLink) is watched by a ping through pub/sub; when it fails or goes
   quiet it is rebuilt with backoff, and once each channel is subscribed again the node's
   ``resync(channel)`` makes every follower read what it missed from history.
+- **Presence** has keys and a pub/sub channel of its own, apart from events
+  (redis_presence.py).
 """
 
 from __future__ import annotations

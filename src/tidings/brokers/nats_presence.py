@@ -11,6 +11,9 @@
   meanwhile, the update fails and the entry is created again, with a ``join``. A sweep (or a
   remove) deletes with ``last=revision`` too, so of two nodes sweeping one entry, or a sweep
   racing a refresh, exactly one write wins and only a winning delete announces a ``leave``.
+- **Reads** ask the stream for the channel's keys (its subject list: JetStream answers at
+  most 100,000, a ceiling for one channel's presence) and get each directly, so a list or a
+  sweep makes no consumer.
 - **Changes** are core messages on ``<prefix>.presence`` (at most once, like the fan-out of
   events), which every node subscribes to once: nothing on the event streams.
 - Nodes' wall clocks decide expiry; keep them synchronised (NTP), as for the ``ts`` of events.
@@ -44,9 +47,6 @@ from tidings.protocol.presence import (
 BUCKET_AGE_FACTOR = 8
 AT_ONCE = 100  # key-value requests in flight at once
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed conditional write
-# A read is an ordered consumer that stopping does not delete: the server drops it this long
-# after its last reader left, so that reads every few seconds do not pile consumers up.
-READER_INACTIVE_SECONDS = 5.0
 
 Held = tuple[PresenceEntry, int, int]  # entry, expiry in ms, revision
 T = TypeVar("T")
@@ -167,22 +167,29 @@ class NatsPresence:
                 await _in_parts(sweep_one, over)
 
     async def _held(self, js: JetStreamContext, channel: str) -> list[Held]:
-        """Every entry of ``channel`` in the bucket, expired or not, with its revision."""
+        """Every entry of ``channel`` in the bucket, expired or not, with its revision.
+
+        The stream's subject list names the channel's keys (no consumer is made for a read);
+        each is then read directly, and deleted ones are skipped.
+        """
         kv = await self._bucket(js)
-        held: list[Held] = []
+        pattern = f"$KV.{self._bucket_name}.{token_of(channel)}.*"
         async with translated(f"read the presence of {channel!r}"):
-            watcher = await kv.watch(
-                f"{token_of(channel)}.*",
-                ignore_deletes=True,
-                inactive_threshold=READER_INACTIVE_SECONDS,
-            )
-            try:
-                while (item := await watcher.updates(self._options.timeout)) is not None:  # type: ignore[no-untyped-call]
-                    parsed = _parse(item.value)
-                    if parsed is not None and item.revision is not None:
-                        held.append((parsed[0], parsed[1], item.revision))
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            info = await js.stream_info(f"KV_{self._bucket_name}", subjects_filter=pattern)
+            subjects = list((info.state.subjects or {}) if info.state else {})
+            keys = [subject.split(".", 2)[2] for subject in subjects]
+            held: list[Held] = []
+
+            async def read(key: str) -> None:
+                try:
+                    item = await kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    return  # deleted: a marker is all that is left
+                parsed = _parse(item.value)
+                if parsed is not None and item.revision is not None:
+                    held.append((parsed[0], parsed[1], item.revision))
+
+            await _in_parts(read, keys)
         return held
 
     async def _announce(self, client: Client, op: ChangeOp, entry: PresenceEntry) -> None:

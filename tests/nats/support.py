@@ -89,7 +89,7 @@ def unique_prefix() -> str:
 
 
 async def delete_streams(url: str, prefix: str) -> None:
-    """Remove every stream a broker with ``prefix`` made."""
+    """Remove every stream a broker with ``prefix`` made (its presence bucket's included)."""
     client = await connect(url)
     try:
         js = client.jetstream()
@@ -102,7 +102,7 @@ async def delete_streams(url: str, prefix: str) -> None:
                 break
             offset += len(page)
         for name in names:
-            if name.startswith(f"{prefix}_"):
+            if name.startswith((f"{prefix}_", f"KV_{prefix}_")):
                 await js.delete_stream(name)
     finally:
         await client.close()

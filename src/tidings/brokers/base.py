@@ -12,6 +12,18 @@ Guarantees every implementation keeps, checked by one conformance suite:
 - An idempotency key repeated on the same channel while its first event is still in history
   returns that first event and stores nothing.
 - ``check`` makes a real round trip, so a dead link is reported, not guessed.
+
+Presence (namespaces with ``presence = true``) is who is subscribed right now, per channel:
+
+- Entries are keyed by ``(channel, client)``; a client id is unique across nodes and only
+  its own node adds, refreshes or removes it. Each entry lives ``lifetime`` seconds from its
+  last ``presence_add``, so a node that dies takes its entries with it: its clients leave
+  once their lifetime is over and someone sweeps the channel.
+- Every change is announced once to the presence sink of every started node, including the
+  node that made it: ``join`` when an entry that was absent (never added, removed or swept)
+  is added, ``leave`` when a present entry is removed or swept. Announcements are at most
+  once and unordered across channels; the list stays the truth.
+- Presence never touches the event path: its storage and fan-out are apart from history.
 """
 
 from __future__ import annotations
@@ -23,9 +35,11 @@ from typing import Protocol
 from tidings.config import Settings
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
+from tidings.protocol.presence import PresenceChange, PresenceEntry
 
 EventSink = Callable[[Event], None]
 GapSink = Callable[[str], None]
+PresenceSink = Callable[[PresenceChange], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +58,13 @@ class HistoryPage:
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
 
-    def start(self, sink: EventSink, resync: GapSink) -> None:
+    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
         """Begin delivering this node's subscribed channels' events to ``sink``.
 
         ``resync(channel)`` tells the node that live delivery of ``channel`` may have missed
         events (the fan-out link was down and is back): every local follower then reads
-        history from its own cursor, so nothing acknowledged is lost.
+        history from its own cursor, so nothing acknowledged is lost. ``presence`` receives
+        every node's joins and leaves, of every channel.
         """
 
     async def close(self) -> None: ...
@@ -79,6 +94,22 @@ class Broker(Protocol):
 
     async def check(self) -> None:
         """A round trip through the broker; raise BrokerUnavailable if it fails."""
+
+    async def presence_add(self, entries: Sequence[PresenceEntry], lifetime: float) -> None:
+        """Add or refresh entries, each to live ``lifetime`` seconds from now; announce a
+        ``join`` for each that was absent. Raise BrokerUnavailable if it failed (some may
+        have been stored: adding again is safe)."""
+
+    async def presence_remove(self, entries: Sequence[PresenceEntry]) -> None:
+        """Remove entries; announce a ``leave`` for each that was present."""
+
+    async def presence_list(self, channel: str) -> list[PresenceEntry]:
+        """The channel's entries whose lifetime is not over, in no particular order."""
+        ...
+
+    async def presence_sweep(self, channels: Sequence[str]) -> None:
+        """Remove the entries of ``channels`` whose lifetime is over, announcing a ``leave``
+        for each. Nodes sweep concurrently: each entry is announced by one of them."""
 
 
 BrokerFactory = Callable[[str, Settings], Broker]

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from itertools import islice
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage
+from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.config import Settings
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event, Reset
+from tidings.protocol.presence import ChangeOp, PresenceChange, PresenceEntry
 
 
 class ChannelLog:
@@ -98,13 +100,18 @@ class MemoryBroker:
         self._logs: dict[str, ChannelLog] = {}
         self._sink: EventSink | None = None
         self._sweep_at = SWEEP_AT_LEAST
+        # channel -> client -> (entry, expiry in ms on the wall clock)
+        self._presence: dict[str, dict[str, tuple[PresenceEntry, int]]] = {}
+        self._presence_sink: PresenceSink | None = None
 
-    def start(self, sink: EventSink, resync: GapSink) -> None:
+    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
         """``resync`` is never needed: fan-out happens in the publishing call itself."""
         self._sink = sink
+        self._presence_sink = presence
 
     async def close(self) -> None:
         self._sink = None
+        self._presence_sink = None
 
     def _log(self, channel: str) -> ChannelLog:
         log = self._logs.get(channel)
@@ -151,3 +158,38 @@ class MemoryBroker:
 
     async def check(self) -> None:
         """Always reachable: it lives in this process."""
+
+    # Presence: one process, so entries live in a dict and changes are announced in the call.
+
+    async def presence_add(self, entries: Sequence[PresenceEntry], lifetime: float) -> None:
+        expires = time.time_ns() // 1_000_000 + int(lifetime * 1000)
+        for entry in entries:
+            held = self._presence.setdefault(entry.channel, {})
+            absent = entry.client not in held
+            held[entry.client] = (entry, expires)
+            if absent:
+                self._announce("join", entry)
+
+    async def presence_remove(self, entries: Sequence[PresenceEntry]) -> None:
+        for entry in entries:
+            held = self._presence.get(entry.channel)
+            if held is not None and held.pop(entry.client, None) is not None:
+                if not held:
+                    del self._presence[entry.channel]
+                self._announce("leave", entry)
+
+    async def presence_list(self, channel: str) -> list[PresenceEntry]:
+        now = time.time_ns() // 1_000_000
+        held = self._presence.get(channel, {})
+        return [entry for entry, expires in held.values() if expires > now]
+
+    async def presence_sweep(self, channels: Sequence[str]) -> None:
+        now = time.time_ns() // 1_000_000
+        for channel in channels:
+            held = self._presence.get(channel, {})
+            over = [entry for entry, expires in held.values() if expires <= now]
+            await self.presence_remove(over)
+
+    def _announce(self, op: ChangeOp, entry: PresenceEntry) -> None:
+        if self._presence_sink is not None:
+            self._presence_sink(PresenceChange(op, entry))

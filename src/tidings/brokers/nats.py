@@ -31,6 +31,8 @@
   makes a log on first use); streams are not deleted when they empty, so an operator removes
   long-unused ones (a new stream is a new epoch: its old cursors reset). Each node holds a
   subscription, and nats-py a task, per channel it follows.
+- **Presence**: a key-value bucket and a core subject apart from the channel streams
+  (``nats_presence.py``).
 - **Errors**: every NATS error becomes BrokerUnavailable (``nats_errors.py``). While the
   link is down, publishes fail at once instead of waiting in the client's reconnect buffer,
   from which they could be stored later without an acknowledgement.
@@ -43,7 +45,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import nats.errors
 from nats.aio.client import Client
@@ -53,7 +55,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage
+from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.brokers.nats_errors import FOREIGN_ERRORS, translated
 from tidings.brokers.nats_layout import (
     EVENT_HEADER,
@@ -64,11 +66,13 @@ from tidings.brokers.nats_layout import (
     decode_event,
     parse_url,
 )
+from tidings.brokers.nats_presence import NatsPresence
 from tidings.brokers.nats_streams import StreamDirectory
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
+from tidings.protocol.presence import PresenceChange, PresenceEntry
 
 log = logging.getLogger("tidings.brokers")
 
@@ -100,18 +104,21 @@ class NatsBroker:
         self._subscriptions: dict[str, Subscription] = {}
         self._sink: EventSink | None = None
         self._resync: GapSink | None = None
+        self._presence = NatsPresence(self._options, settings.server.presence_ttl_seconds)
+        self._presence_sink: PresenceSink | None = None
 
     @property
     def _where(self) -> str:
         return ",".join(self._options.servers)
 
-    def start(self, sink: EventSink, resync: GapSink) -> None:
+    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
         self._sink = sink
         self._resync = resync
+        self._presence_sink = presence
 
     async def close(self) -> None:
         self._closed = True
-        self._sink = self._resync = None
+        self._sink = self._resync = self._presence_sink = None
         self._wanted.clear()
         self._missed.clear()
         self._subscriptions.clear()
@@ -175,6 +182,10 @@ class NatsBroker:
             raise
         self._client, self._js = client, client.jetstream(timeout=self._options.timeout)
         self._waited_in_vain = False
+        try:
+            await self._presence.listen(client, self._presence_changed)
+        except BrokerUnavailable as error:
+            log.warning("could not listen for presence changes: %s", error)
         for channel in tuple(self._wanted):
             try:
                 await self._listen(client, channel)
@@ -384,3 +395,31 @@ class NatsBroker:
             await js.account_info()
             if client is not None:
                 await client.flush(math.ceil(self._options.timeout))
+
+    # Presence (nats_presence.py)
+
+    def _presence_changed(self, change: PresenceChange) -> None:
+        if self._presence_sink is not None:
+            self._presence_sink(change)
+
+    async def _connected(self) -> tuple[JetStreamContext, Client]:
+        js = await self._jetstream()
+        client = self._client
+        if client is None:
+            raise BrokerUnavailable(f"NATS at {self._where} is unreachable: reconnecting")
+        return js, client
+
+    async def presence_add(self, entries: Sequence[PresenceEntry], lifetime: float) -> None:
+        js, client = await self._connected()
+        await self._presence.add(js, client, entries, lifetime)
+
+    async def presence_remove(self, entries: Sequence[PresenceEntry]) -> None:
+        js, client = await self._connected()
+        await self._presence.remove(js, client, entries)
+
+    async def presence_list(self, channel: str) -> list[PresenceEntry]:
+        return await self._presence.entries(await self._jetstream(), channel)
+
+    async def presence_sweep(self, channels: Sequence[str]) -> None:
+        js, client = await self._connected()
+        await self._presence.sweep(js, client, channels)

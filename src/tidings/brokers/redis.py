@@ -30,6 +30,8 @@ What it guarantees, beyond brokers/base.py:
   link (redis_link.PubSubLink) is watched by a ping through pub/sub; when it fails or goes
   quiet it is rebuilt with backoff, and once each channel is subscribed again the node's
   ``resync(channel)`` makes every follower read what it missed from history.
+- **Presence** has keys and a pub/sub channel of its own, apart from events
+  (redis_presence.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,14 +53,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage
+from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.brokers.redis_link import PubSubLink
+from tidings.brokers.redis_presence import RedisPresence
 from tidings.brokers.redis_scripts import APPEND, READ, live_event, page_of, stored_event
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable, ConfigError
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event
+from tidings.protocol.presence import PresenceEntry, decode_change
 
 log = logging.getLogger("tidings.brokers.redis")
 
@@ -122,6 +126,7 @@ class RedisBroker:
         self._append = self._redis.register_script(APPEND)
         self._read = self._redis.register_script(READ)
         self._live_prefix = f"{self.prefix}:live:".encode()
+        self._presence = RedisPresence(self._redis, self.prefix)
         self._link = PubSubLink(
             self._link_connection,
             self._publish_raw,
@@ -129,8 +134,10 @@ class RedisBroker:
             self._received,
             self._subscribed,
             self._drop_idle_connections,
+            {self._presence.fanout: self._presence_received},
         )
         self._sink: EventSink | None = None
+        self._presence_sink: PresenceSink | None = None
         self._resync: GapSink | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
@@ -139,15 +146,15 @@ class RedisBroker:
         """The CLIENT SETNAME of this node's connections: ``<prefix>:<node>:<role>``."""
         return f"{self.prefix}:{self.node}:{role}"
 
-    def start(self, sink: EventSink, resync: GapSink) -> None:
+    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
         """Open the fan-out link; ``resync`` runs when a channel is subscribed again after the
         link was rebuilt (or after a ``subscribe`` that gave up is confirmed at last)."""
-        self._sink, self._resync = sink, resync
+        self._sink, self._resync, self._presence_sink = sink, resync, presence
         self._link.start()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def close(self) -> None:
-        self._sink = self._resync = None
+        self._sink = self._resync = self._presence_sink = None
         self._closed = True
         await self._link.close()
         if self._refresher is not None:
@@ -259,9 +266,39 @@ class RedisBroker:
         except Exception:  # the node's bug must not take the link down for every channel
             log.exception("the sink failed on event %s of %s", event.id, event.channel)
 
+    def _presence_received(self, body: bytes) -> None:
+        try:
+            change = decode_change(body)
+        except ValueError:
+            log.warning("dropped a malformed presence message: %r", body[:200])
+            return
+        if self._presence_sink is not None:
+            try:
+                self._presence_sink(change)
+            except Exception:  # as for events: a bug here must not take the link down
+                log.exception("the presence sink failed on %s", change.entry.channel)
+
     def _subscribed(self, name: bytes) -> None:
         if self._resync is not None and name.startswith(self._live_prefix):
             self._resync(name[len(self._live_prefix) :].decode())
+
+    # Presence (redis_presence.py).
+
+    async def presence_add(self, entries: Sequence[PresenceEntry], lifetime: float) -> None:
+        with translated("presence add"):
+            await self._presence.add(entries, lifetime)
+
+    async def presence_remove(self, entries: Sequence[PresenceEntry]) -> None:
+        with translated("presence remove"):
+            await self._presence.remove(entries)
+
+    async def presence_list(self, channel: str) -> list[PresenceEntry]:
+        with translated("presence read"):
+            return await self._presence.entries(channel)
+
+    async def presence_sweep(self, channels: Sequence[str]) -> None:
+        with translated("presence sweep"):
+            await self._presence.sweep(channels)
 
     # Keeping followed channels' epochs.
 

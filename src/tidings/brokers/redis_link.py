@@ -6,6 +6,8 @@ What it promises the broker:
   connection, read by one task, and nothing else reads it.
 - ``want(name)`` returns once Redis confirmed the subscription: what is published after
   that reaches ``on_message``; the caller reads what came before from history.
+- ``side`` channels (name -> handler) are subscribed for the life of the link beside the
+  wanted ones, each message handed to its handler: other traffic kept off the event path.
 - ``on_subscribed(name)`` runs when Redis confirms a subscription nobody waits for: after a
   rebuild (or after a ``want`` that gave up). Events published while the link was down did
   not come through it, so the broker tells the node to resync the channel from history.
@@ -57,6 +59,7 @@ class PubSubLink:
         on_message: Callable[[bytes], None],
         on_subscribed: Callable[[bytes], None],
         on_lost: Callable[[], Awaitable[None]],
+        side: dict[bytes, Callable[[bytes], None]] | None = None,
     ) -> None:
         self._connect = connect
         self._publish = publish
@@ -64,6 +67,7 @@ class PubSubLink:
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._on_lost = on_lost
+        self._side = side or {}
         self.wanted: set[bytes] = set()
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -187,7 +191,7 @@ class PubSubLink:
         self._last_pong = loop.time()
         reader = loop.create_task(self._read(connection))
         try:
-            names = [self._ping_channel, *self.wanted]
+            names = [self._ping_channel, *self._side, *self.wanted]
             for start in range(0, len(names), SUBSCRIBE_CHUNK):
                 await self._send(b"SUBSCRIBE", *names[start : start + SUBSCRIBE_CHUNK])
             while not reader.done() and not self._closing:
@@ -220,10 +224,12 @@ class PubSubLink:
             return
         kind, name, body = reply
         if kind == b"message":
-            if name == self._ping_channel:
-                self._pong(body)
-            elif name in self.wanted:
+            if name in self.wanted:
                 self._on_message(body)
+            elif name == self._ping_channel:
+                self._pong(body)
+            elif (handler := self._side.get(name)) is not None:
+                handler(body)
         elif kind == b"subscribe":
             self._confirmed(name)
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from tidings.brokers.base import Broker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
+from tidings.hub.presence import Presence
 from tidings.hub.tally import Tally
 from tidings.hub.timers import TimerWheel
 from tidings.protocol.cursor import Cursor
@@ -69,16 +70,19 @@ class Hub:
         self.tally = Tally()
         # events that reached the node per channel, counted only while the admin page watches
         self.arrivals: dict[str, int] | None = None
+        self.presence = Presence(broker, settings, self.spawn)
 
     def start(self) -> None:
-        self.broker.start(self.deliver, self.resync)
+        self.broker.start(self.deliver, self.resync, self.presence.changed)
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
+        self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
         self.timers.every(BROKER_CHECK_SECONDS, self._check_broker_soon)
         self.timers.start()
 
     async def close(self) -> None:
         self.timers.stop()
+        await self.presence.close()
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()

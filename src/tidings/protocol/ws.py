@@ -15,6 +15,7 @@ from tidings.exceptions import InvalidField, InvalidJSON, RequestError, WebSocke
 from tidings.protocol.channel import Channel, parse_channel, parse_event_name
 from tidings.protocol.cursor import Cursor, parse_cursor
 from tidings.protocol.event import Event, Reset
+from tidings.protocol.presence import PresenceChange, PresenceEntry
 
 Ref = int | None
 
@@ -183,3 +184,14 @@ def error_frame(ref: Ref, code: str, message: str) -> bytes:
 
 def reset_frame(reset: Reset) -> bytes:
     return encode_text_frame(b'{"op":"reset",' + reset.as_json()[1:])
+
+
+def presence_frame(ref: Ref, channel: str, entries: list[PresenceEntry]) -> bytes:
+    clients = [entry.public() for entry in entries]
+    return _frame({"op": "presence", "ref": ref, "channel": channel, "clients": clients})
+
+
+def presence_change_frame(change: PresenceChange) -> bytes:
+    """``{"op": "join" | "leave", "channel": ..., "client": {"sub": ..., "info": ...}}``."""
+    entry = change.entry
+    return _frame({"op": change.op, "channel": entry.channel, "client": entry.public()})

@@ -28,7 +28,7 @@ from tidings.server.http import HttpConnection
 from tidings.server.limits import Limits, count_refusal, exposure_warning
 from tidings.server.metrics import handle_metrics, metrics_registry
 from tidings.server.poll import handle_poll
-from tidings.server.publish import MAX_BATCH, handle_history, handle_publish
+from tidings.server.publish import MAX_BATCH, handle_history, handle_presence, handle_publish
 from tidings.server.request import Request
 from tidings.server.sse import handle_sse
 from tidings.server.static import handle_client_script, handle_lab
@@ -96,6 +96,7 @@ ROUTES: dict[str, tuple[str, Handler]] = {
     "/readyz": ("GET", handle_ready),
     "/api/publish": ("POST", handle_publish),
     "/api/history": ("GET", handle_history),
+    "/api/presence": ("GET", handle_presence),
     "/sse": ("GET", handle_sse),
     "/poll": ("GET", handle_poll),
     "/ws": ("GET", handle_websocket),

@@ -1,4 +1,4 @@
-"""``POST /api/publish`` and ``GET /api/history`` (PROTOCOL.md sections 2 and 7)."""
+"""``POST /api/publish``, ``GET /api/history`` and ``GET /api/presence`` (PROTOCOL.md 2, 7)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import orjson
 from tidings.exceptions import (
     BrokerUnavailable,
     Forbidden,
+    InvalidChannel,
     InvalidField,
     InvalidJSON,
     RequestError,
     TooLarge,
     Unauthorized,
 )
-from tidings.protocol.channel import Channel, parse_channel, parse_event_name
+from tidings.protocol.channel import Channel, namespace_of, parse_channel, parse_event_name
 from tidings.protocol.cursor import parse_cursor
 from tidings.protocol.event import encode_data
 from tidings.protocol.identity import Identity
@@ -183,3 +184,31 @@ async def _history(
         return
     resets = (page.reset,) if page.reset is not None else ()
     connection.respond(200, poll_body(page.events, str(page.cursor), resets))
+
+
+def handle_presence(app: App, connection: HttpConnection, request: Request) -> None:
+    """Who is in a channel now. An unknown channel is an empty list, not a 404.
+
+    Presence off for the namespace is a 400 ``invalid_channel``: section 8 fixes the HTTP
+    codes, and it is this channel that cannot be asked about here.
+    """
+    authorize_api(app, request)
+    channel = parse_channel(request.query().one("channel"))
+    if not app.hub.presence.enabled(channel):
+        app.stats.refused("presence_disabled")
+        namespace = namespace_of(channel)
+        raise InvalidChannel(
+            f"presence is not enabled for {channel!r}: set presence = true"
+            f" in [namespaces.{namespace or 'default'}]"
+        )
+    app.hub.spawn(_presence(app, connection, channel))
+
+
+async def _presence(app: App, connection: HttpConnection, channel: str) -> None:
+    try:
+        entries = await app.hub.presence.clients(channel)
+    except BrokerUnavailable as error:
+        app.answer_error(connection, error)
+        return
+    clients = [entry.public() for entry in entries]
+    connection.respond(200, orjson.dumps({"channel": channel, "clients": clients}))

@@ -207,6 +207,7 @@ def _open(
         stream.order.append(tail)
         tail.backlog = [] if subscription.since else None
         stream.follow(tail)
+        stream.present(channel)
     stream_opened(stream, stream.kind)
     if subscription.since:
         for tail in stream.order:

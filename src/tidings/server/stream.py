@@ -74,6 +74,13 @@ class StreamConnection(Follower, asyncio.Protocol):
     def unfollow(self, channel: str) -> None:
         if self.tails.pop(channel, None) is not None:
             self.hub.detach(channel, self)
+            self.hub.presence.leave(channel, self)
+
+    def present(self, channel: str) -> None:
+        """The subscription to ``channel`` is confirmed: count this connection as present
+        where presence is on. Only a transport that can tell its client of joins and leaves
+        (the WebSocket) also asks to hear them."""
+        self.hub.presence.join(channel, self, self.identity, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -81,6 +88,7 @@ class StreamConnection(Follower, asyncio.Protocol):
         stream_closed(self, self.kind, exc)
         for channel in self.tails:
             self.hub.detach(channel, self)
+            self.hub.presence.leave(channel, self)
         self.tails.clear()
         self.hub.beating.discard(self)
         self.hub.timers.discard(self)

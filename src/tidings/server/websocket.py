@@ -193,9 +193,7 @@ class WebSocketConnection(StreamConnection):
         elif isinstance(message, ws.Publish):
             self._publish(message)
         elif isinstance(message, ws.PresenceQuery):
-            raise WebSocketOnlyError(
-                "presence_disabled", f"presence is not enabled for channel {message.channel!r}"
-            )
+            self._presence(message)
         else:
             self.send(ws.pong_frame(message.ref))
 
@@ -245,6 +243,7 @@ class WebSocketConnection(StreamConnection):
             recovered = page.reset is None
             self.send(ws.subscribed_frame(message.ref, message.channel, message.since, recovered))
         self.catch_up(tail, page if message.since is not None else None)
+        self.present(message.channel)
 
     def _unsubscribe(self, message: ws.Unsubscribe) -> None:
         if message.channel not in self.tails:
@@ -271,6 +270,28 @@ class WebSocketConnection(StreamConnection):
             return
         self.app.stats.published += 1
         self.send(ws.published_frame(message.ref, message.channel, event.id))
+
+    def _presence(self, message: ws.PresenceQuery) -> None:
+        channel = message.channel
+        if not self.hub.presence.enabled(channel):
+            self.app.stats.refused("presence_disabled")
+            raise WebSocketOnlyError(
+                "presence_disabled", f"presence is not enabled for channel {channel!r}"
+            )
+        check_subscribe(self.app.settings, self.identity, channel)  # private presence too
+        self.hub.spawn(self._presence_async(message))
+
+    async def _presence_async(self, message: ws.PresenceQuery) -> None:
+        try:
+            entries = await self.hub.presence.clients(message.channel)
+        except BrokerUnavailable as error:
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+            return
+        self.send(ws.presence_frame(message.ref, message.channel, entries))
+
+    def present(self, channel: str) -> None:
+        """Present, and told of others' joins and leaves (PROTOCOL.md section 6)."""
+        self.hub.presence.join(channel, self, self.identity, self)
 
     # writing
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RunningServer
 from tests.server.support import (
@@ -113,13 +115,10 @@ async def test_a_stream_asked_for_while_draining_is_refused_and_counted(
         await finished(stopped, WINDOW / 2)
 
 
-async def test_a_publish_awaiting_the_broker_finishes_before_the_node_stops(
-    make_server: Callable[..., RunningServer],
-) -> None:
-    server = make_server(drain_seconds=WINDOW)
-    entered = threading.Event()
+def hold_publishes(server: RunningServer, entered: threading.Event) -> asyncio.Event:
+    """Make the broker hold every publish until the returned event is set."""
 
-    def hold_publishes() -> asyncio.Event:
+    def install() -> asyncio.Event:
         broker = server.server.app.broker  # type: ignore[union-attr]
         gate = asyncio.Event()
         publish = broker.publish
@@ -132,7 +131,15 @@ async def test_a_publish_awaiting_the_broker_finishes_before_the_node_stops(
         broker.publish = held  # type: ignore[method-assign]
         return gate
 
-    gate = server.call(hold_publishes)
+    return server.call(install)
+
+
+async def test_a_publish_awaiting_the_broker_finishes_before_the_node_stops(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(drain_seconds=WINDOW)
+    entered = threading.Event()
+    gate = hold_publishes(server, entered)
     body = orjson.dumps({"channel": "inflight", "data": 1})
     async with await RawConnection.open(server) as connection:
         await connection.send(
@@ -149,6 +156,35 @@ async def test_a_publish_awaiting_the_broker_finishes_before_the_node_stops(
         assert answer.json()["id"].endswith(".1")
         assert answer.header("Connection") == "close"
         assert await connection.closed_by_server() == b""
+    await finished(stopped, WINDOW / 2)
+
+
+def publish_text(data: int, ref: int) -> str:
+    return orjson.dumps({"op": "publish", "channel": "chat:a", "data": data, "ref": ref}).decode()
+
+
+async def test_a_websocket_publish_in_flight_is_answered_before_the_1012(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(drain_seconds=WINDOW, namespaces__chat__client_publish=True)
+    entered = threading.Event()
+    gate = hold_publishes(server, entered)
+    async with connect(server.ws_url, proxy=None) as ws:
+        await ws.send(publish_text(1, 7))
+        assert await asyncio.to_thread(entered.wait, 5), "the publish never reached the broker"
+        stopped = begin_drain(server)
+        await draining(server)
+        await ws.send(publish_text(2, 8))
+        refused = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (refused["op"], refused["ref"], refused["code"]) == ("error", 8, "unavailable")
+        server.call(gate.set)
+        answer = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (answer["op"], answer["ref"], answer["id"][-2:]) == ("published", 7, ".1")
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+            raise AssertionError("the server sent more than the answer before closing")
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1012
     await finished(stopped, WINDOW / 2)
 
 

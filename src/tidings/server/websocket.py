@@ -74,7 +74,7 @@ class FrameProtocol(ServerProtocol):
 
 
 class WebSocketConnection(StreamConnection):
-    __slots__ = ("fragments", "last_seen", "protocol")
+    __slots__ = ("fragments", "last_seen", "protocol", "publishing", "restarting")
     kind = "websocket"
 
     def __init__(
@@ -87,6 +87,8 @@ class WebSocketConnection(StreamConnection):
         super().__init__(app, transport, identity)
         self.protocol = protocol
         self.fragments: Fragments | None = None
+        self.publishing = 0  # publishes awaiting the broker: a drain waits for their answers
+        self.restarting = False
         self.last_seen = app.hub.loop.time()
 
     # reading
@@ -257,6 +259,11 @@ class WebSocketConnection(StreamConnection):
         limit = self.app.settings.server.max_message_bytes
         if len(message.data) > limit:
             raise TooLarge(f"data is {len(message.data)} bytes; at most {limit} allowed")
+        if self.restarting:
+            message_text = "the server is restarting: publish again once reconnected"
+            self.send(ws.error_frame(message.ref, "unavailable", message_text))
+            return
+        self.publishing += 1
         self.hub.spawn(self._publish_async(message))
 
     async def _publish_async(self, message: ws.Publish) -> None:
@@ -267,9 +274,13 @@ class WebSocketConnection(StreamConnection):
         except BrokerUnavailable as error:
             self.hub.tally.broker_errors += 1
             self.send(ws.error_frame(message.ref, error.code, error.message))
-            return
-        self.app.stats.published += 1
-        self.send(ws.published_frame(message.ref, message.channel, event.id))
+        else:
+            self.app.stats.published += 1
+            self.send(ws.published_frame(message.ref, message.channel, event.id))
+        finally:
+            self.publishing -= 1
+            if self.restarting and not self.publishing:
+                self._restart()
 
     def _presence(self, message: ws.PresenceQuery) -> None:
         channel = message.channel
@@ -335,6 +346,13 @@ class WebSocketConnection(StreamConnection):
         self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
 
     def drain(self, retry_ms: int) -> None:
+        """Close with 1012, once every publish in flight has its answer (an event stored
+        whose ``published`` was lost would make the client publish it again)."""
+        self.restarting = True
+        if not self.publishing:
+            self._restart()
+
+    def _restart(self) -> None:
         self.close(ws.CLOSE_RESTART, "server restarting: reconnect after a short delay")
 
 

@@ -261,3 +261,33 @@ async def test_websocket_publish_without_a_publish_claim_is_refused(
     assert "publish claim" in refused.value.message
     assert [body["channel"] for body in http_publishes] == ["chat:lobby"]
     assert refusals(server) == {"forbidden": 2}  # the socket's answer, then HTTP's
+
+
+async def test_an_sse_stream_ended_by_expiry_comes_back_without_the_long_retry(
+    make_server: MakeServer,
+) -> None:
+    """The stream opens with ``retry: 5000``; its end at expiry asks for no wait (the next
+    request meets the 401 and renews), so the renewal follows the expiry at once."""
+    server = make_server(
+        api_keys=(API_KEY,),
+        auth__token_secret=SECRET,
+        namespaces__secret__public=False,
+        sse_retry_ms=5000,
+        drain_seconds=0,
+    )
+    issuer = Issuer({"channels": ["secret:*"]})
+    async with connect(server.url, transport="sse", token=issuer, **OPTIONS) as client:
+        subscription = client.subscribe("secret:feed")
+        await subscription.open()
+        async with collect(subscription) as seen:
+            async with publisher(server, "secret:feed") as published:
+                await seen.wait_for(
+                    lambda _: subscription.connections > 1 and len(issuer.asked_at) > 1,
+                    "the stream back with a renewed token",
+                    TIMEOUT,
+                )
+            await seen.wait_events(len(published), TIMEOUT)
+    assert [event.id for event in seen.events] == published
+    assert issuer.renewed_after_expiry()
+    assert issuer.asked_at[1] - issuer.expiries[0] < 1.0
+    assert len(published) < MAX_PUBLISHED

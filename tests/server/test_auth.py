@@ -277,6 +277,7 @@ async def test_an_expiring_token_ends_the_sse_stream(tokened: RunningServer) -> 
         assert (await connection.head()).status == 200
         rest = await connection.closed_by_server(timeout=TIMEOUT)
         assert rest.startswith(b"retry: ") and rest.endswith(b"\n\n")
+        assert rest.endswith(b"\n\nretry: 0\n\n")  # come back at once: the 401 renews
     assert await refused(tokened, "/sse?channel=secret", bearer(token)) == (401, "unauthorized")
 
 

@@ -133,15 +133,20 @@ class Client:
         if publisher is not None:
             idempotency_key = idempotency_key or f"tidings-py-{uuid.uuid4().hex}"
         body = publish_body(channel, data, event, idempotency_key)
-        if publisher is not None:
-            answer = await publisher.publish(body)
-            if isinstance(answer, str):
-                return answer
-            if isinstance(answer, ServerRejected):
-                if answer.code != "forbidden":
-                    raise answer
-                self._http_only.add(namespace_of(channel))
-        return await self._post(body)
+        if publisher is None:
+            return await self._post(body)
+        answer = await publisher.publish(body)
+        if isinstance(answer, str):
+            return answer
+        if isinstance(answer, ServerRejected) and answer.code != "forbidden":
+            raise answer
+        cursor = await self._post(body)
+        if isinstance(answer, ServerRejected):
+            # HTTP may publish where the socket may not (an API key, a namespace closed to
+            # clients): remember it. A refusal of both (a token's publish claim) teaches
+            # nothing about the namespace, whose other channels stay on the socket.
+            self._http_only.add(namespace_of(channel))
+        return cursor
 
     async def _post(self, body: dict[str, Any]) -> str:
         """``POST /api/publish`` with the API key, else the token (renewed once on a 401)."""

@@ -119,17 +119,19 @@ class SSEStream(StreamConnection):
         self.transport.abort()
 
     def expire(self) -> None:
-        """The token's lifetime ended: write nothing more and end the stream.
+        """The token's lifetime ended: end the stream with ``retry: 0``.
 
         The client's next request, with the same token, is refused with 401: it fetches a
-        new token and resumes from its last ``id:``. A stream that does not finish closing
-        within the linger is dropped.
+        new token and resumes from its last ``id:``. Nothing is wrong with the server, so it
+        need not wait the stream's opening ``retry:`` first, during which its events could
+        leave history. A stream that does not finish closing within the linger is dropped.
         """
         if self.closed:
             self.transport.abort()
             return
         self.closed = True
         self.ended = "token expired"
+        self.transport.write(sse.encode_retry(0) + b"\n")
         self.transport.close()
         self.hub.timers.add(self, CLOSE_LINGER_SECONDS)
 

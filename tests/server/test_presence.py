@@ -1,5 +1,5 @@
 """Presence on one node (PROTOCOL.md sections 6 and 7): joins and leaves on the WebSocket,
-the ``presence`` request and ``GET /api/presence``, with anonymous clients."""
+the ``presence`` request and ``GET /api/presence``, with anonymous clients and with tokens."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from tests.conftest import RunningServer
 from tests.server.support import async_http_client, sse_stream, wait_until, within
 from tests.server.test_websocket import receive, request, send, websocket
+from tests.server.tokens import SECRET, mint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -171,3 +172,37 @@ async def test_presence_entries_are_refreshed_on_the_timer(
         assert (await presence(a))["clients"] == [ANONYMOUS]
         await send(a, {"op": "ping", "ref": 7})
         assert await within(receive(a), "a pong") == {"op": "pong", "ref": 7}
+
+
+async def test_presence_shows_each_token_sub_and_info_in_a_private_namespace(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(
+        auth__token_secret=SECRET,
+        namespaces__chat__presence=True,
+        namespaces__chat__public=False,
+        api_keys=("k",),
+    )
+    ann = {"sub": "ann", "info": {"name": "Ann", "color": "teal"}}
+    bob = {"sub": "bob", "info": {"name": "Bob"}}
+    stranger = mint(sub="eve", channels=["chat:other"])
+    async with websocket(server, f"/ws?token={mint(channels=['chat:*'], **ann)}") as a:
+        await subscribe(a)
+        assert await receive(a) == {"op": "join", "channel": ROOM, "client": ann}
+        async with (
+            websocket(server, f"/ws?token={mint(channels=[ROOM], **bob)}") as b,
+            websocket(server, f"/ws?token={stranger}") as e,
+        ):
+            await subscribe(b)
+            assert await receive(a) == {"op": "join", "channel": ROOM, "client": bob}
+            both = sorted([ann, bob], key=str)
+            assert await receive(b) == {"op": "join", "channel": ROOM, "client": bob}  # its own
+            assert sorted((await presence(b))["clients"], key=str) == both
+            refused = await presence(e, ref=9)  # its token does not allow the room
+            assert (refused["op"], refused["ref"], refused["code"]) == ("error", 9, "forbidden")
+            async with async_http_client(server) as http:
+                listed = (await api_presence(http, ROOM)).json()["clients"]
+            assert sorted(listed, key=str) == both
+        assert await receive(a) == {"op": "leave", "channel": ROOM, "client": bob}
+        async with async_http_client(server) as http:
+            assert (await api_presence(http, ROOM)).json()["clients"] == [ann]

@@ -67,13 +67,16 @@ class Node(ServeProcess):
         self.wait_listening()
 
 
-def render(upstreams: list[int], listen: int, tag_upstream: bool = False) -> str:
+def render(
+    upstreams: list[int], listen: int, tag_upstream: bool = False, backup_last: bool = False
+) -> str:
     """deploy/nginx.conf with the test's ports in place of 8001-8003 and 8080.
 
     One line is added: /sse ignores the node's ``X-Accel-Buffering: no``, so that the stream
     arriving unbuffered proves the configuration's own ``proxy_buffering off``. With fewer
     than three upstreams the extra ``server`` lines are left out; ``tag_upstream`` adds an
-    ``X-Upstream`` header naming the node that answered.
+    ``X-Upstream`` header naming the node that answered; ``backup_last`` makes the last node
+    a backup, which nginx uses only while the others are down.
     """
     text = CONF.read_text()
     assert text.count(SSE_LOCATION) == 1, f"{SSE_LOCATION!r} must occur once in {CONF}"
@@ -88,6 +91,10 @@ def render(upstreams: list[int], listen: int, tag_upstream: bool = False) -> str
         )
     if tag_upstream:
         text = text.replace(f"listen 127.0.0.1:{listen};", f"listen 127.0.0.1:{listen};" + TAG)
+    if backup_last:
+        last = f"server 127.0.0.1:{upstreams[-1]} "
+        assert text.count(last) == 1, f"{last!r} must occur once"
+        text = text.replace(last, last + "backup ")
     return text
 
 
@@ -95,13 +102,18 @@ class Nginx:
     """``nginx -p <tmp> -c <rendered conf> -g 'daemon off;'``, stopped by PID."""
 
     def __init__(
-        self, binary: str, prefix: Path, upstreams: list[int], tag_upstream: bool = False
+        self,
+        binary: str,
+        prefix: Path,
+        upstreams: list[int],
+        tag_upstream: bool = False,
+        backup_last: bool = False,
     ) -> None:
         (prefix / "logs").mkdir(parents=True)
         self.prefix = prefix
         self.port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(render(upstreams, self.port, tag_upstream))
+        conf.write_text(render(upstreams, self.port, tag_upstream, backup_last))
         command = [binary, "-p", str(prefix), "-e", "stderr", "-c", str(conf)]
         checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=20)
         assert checked.returncode == 0, f"nginx -t rejected the configuration:\n{checked.stderr}"

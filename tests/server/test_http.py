@@ -6,6 +6,7 @@ by asking a fresh connection for ``/healthz``.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -269,3 +270,27 @@ def test_the_browser_client_is_served_with_an_etag(server: RunningServer) -> Non
     again = httpx.get(server.url + "/tidings.js", headers={"If-None-Match": etag})
     assert again.status_code == 304
     assert again.content == b""
+
+
+async def test_a_peer_that_stops_acknowledging_is_dropped_within_the_dead_peer_window(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    # An SSE stream has no reads to notice a vanished client: the kernel must give up on it
+    # within the WebSocket's dead-peer window (heartbeat plus ping timeout), not ~15 minutes.
+    server = make_server(heartbeat_seconds=2, ws_ping_timeout_seconds=3)
+    async with await RawConnection.open(server) as connection:
+        await connection.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await connection.response()).status == 200
+
+        def user_timeouts() -> list[int]:
+            app = server.server.app
+            assert app is not None
+            return [
+                c.transport.get_extra_info("socket").getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT
+                )
+                for c in app.connections
+                if getattr(c, "transport", None) is not None
+            ]
+
+        assert server.call(user_timeouts) == [5000]

@@ -121,6 +121,9 @@ class App:
         self.drain: Drain | None = None  # set once the node drains
         self.stats = Stats()
         self.limits = Limits(settings.server, self.stats)
+        # a peer whose TCP stops acknowledging is gone after the WebSocket's dead-peer window
+        server = settings.server
+        self.dead_peer_ms = int((server.heartbeat_seconds + server.ws_ping_timeout_seconds) * 1000)
         self.parsed_polls: dict[bytes, PollRequest] = {}
         self.metrics = metrics_registry(self)
         self.admin_feed = AdminFeed(self)

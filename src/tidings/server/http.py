@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.http")
 
 MAX_PIPELINED = 32
+# Linux: drop a connection whose written data stays unacknowledged this long (a peer that
+# vanished without a FIN), instead of the kernel's retransmissions for some fifteen minutes.
+TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 MAX_PLAIN_BODY = 65536
 
 
@@ -111,6 +115,10 @@ class HttpConnection(asyncio.Protocol):
             return
         self.address = "" if self.proxied else self.peer  # a proxy's clients: per request
         self.transport.set_write_buffer_limits(high=self.app.settings.server.write_buffer_limit)
+        if TCP_USER_TIMEOUT is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.app.dead_peer_ms)
         self.parser = httptools.HttpRequestParser(self)
         self.app.connections.add(self)
         self._await_request()

@@ -95,9 +95,12 @@ async def test_json_lines_for_an_sse_stream_without_its_token(make_server: MakeS
     with capture(logs.JsonFormatter()) as captured:
         stream = await open_sse(server, f"/sse?channel=news&channel=chat:a&token={SECRET}")
         [opened] = await captured.wait_json("stream opened")
-        async with await RawConnection.open(server) as poll:  # polls are not logged
+        async with await RawConnection.open(server) as poll:  # its connection, not each poll
             await poll.send(get(f"/poll?channel=news&token={SECRET}"))
             assert (await poll.response()).status == 200
+            await poll.send(get(f"/poll?channel=news&token={SECRET}"))
+            assert (await poll.response()).status == 200
+        await captured.wait_json("connection closed", 2)
         await stream.close()
         [closed] = await captured.wait_json("stream closed")
     assert list(opened) == [*FIXED_KEYS, "transport", "address", "sub", "channels"]
@@ -109,7 +112,11 @@ async def test_json_lines_for_an_sse_stream_without_its_token(make_server: MakeS
     assert list(closed) == [*FIXED_KEYS, "transport", "address", "sub", "seconds", "reason"]
     assert closed["reason"] == "client closed"
     assert 0 <= closed["seconds"] < 10
-    assert len(captured.lines) == 2
+    http = [entry for entry in captured.json() if entry["transport"] == "http"]
+    assert [entry["msg"] for entry in http] == ["connection opened", "connection closed"] * 2
+    assert [entry["reason"] for entry in http[1::2]] == ["upgraded to sse", "client closed"]
+    assert list(http[3]) == [*FIXED_KEYS, "transport", "address", "seconds", "reason"]
+    assert len(captured.lines) == 6
     assert SECRET not in captured.stream.getvalue()
     assert "token" not in captured.stream.getvalue()
 
@@ -118,12 +125,14 @@ async def test_text_lines_for_a_websocket_without_its_token(make_server: MakeSer
     server = make_server()
     with capture(logs.TextFormatter()) as captured:
         connection = await open_ws(server)
-        await wait_until(lambda: len(captured.lines) == 1, "the opened line")
+        await wait_until(lambda: len(captured.lines) == 3, "the opened line")
         await connection.send(client_frame(b"\x03\xe8", opcode=0x8))  # close 1000
         await connection.closed_by_server()
-        await wait_until(lambda: len(captured.lines) == 2, "the closed line")
+        await wait_until(lambda: len(captured.lines) == 4, "the closed line")
         await connection.close()
-    opened, closed = captured.lines
+    http_opened, upgraded, opened, closed = captured.lines
+    assert "connection opened transport=http address=127.0.0.1" in http_opened
+    assert upgraded.endswith(' reason="upgraded to websocket"')
     assert " INFO tidings.connections stream opened transport=websocket address=127.0.0.1 " in (
         opened
     )
@@ -216,6 +225,8 @@ async def test_serve_with_json_logs() -> None:
     entries = [orjson.loads(line) for line in running.logs().splitlines()]
     assert all(list(entry)[:4] == FIXED_KEYS for entry in entries)
     assert [e["msg"] for e in entries if e["logger"] == "tidings.connections"] == [
+        "connection opened",
+        "connection closed",
         "stream opened",
         "stream closed",
     ]

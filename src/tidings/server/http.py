@@ -19,6 +19,7 @@ import httptools
 
 from tidings.protocol.http import build_error, build_response
 from tidings.server.limits import forwarded_for
+from tidings.server.logs import http_closed, http_opened
 from tidings.server.request import Request
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class HttpConnection(asyncio.Protocol):
         "app",
         "closed",
         "current",
+        "ended",
         "held",
+        "opened_at",
         "parser",
         "peer",
         "proxied",
@@ -85,6 +88,8 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.current: Request | None = None
         self.held: Held | None = None
+        self.opened_at = 0.0  # set only when connection lines are logged
+        self.ended: str | None = None  # why the server ended it; None: the client did
         self._busy = False
         self._deadline = math.inf
         self._alarm = math.inf
@@ -121,10 +126,12 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.app.dead_peer_ms)
         self.parser = httptools.HttpRequestParser(self)
         self.app.connections.add(self)
+        http_opened(self)
         self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        http_closed(self, exc)
         self.app.limits.release(self.address)
         self.app.connections.discard(self)
         self.app.hub.timers.discard(self)
@@ -182,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         elif self._in_message:
             self.refuse(408, "invalid_field", "the request was not completely sent in time")
         elif self.transport is not None:
+            self.ended = "idle"
             self.transport.close()
 
     def pause_writing(self) -> None:
@@ -303,6 +311,7 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         self.current = None
         if not keep_alive or self.parser is None:
+            self.ended = self.ended or "answered with Connection: close"
             self.transport.close()
             self.closed = True
             return
@@ -319,6 +328,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         self.transport.write(build_error(status, code, message, keep_alive=False))
+        self.ended = f"refused: {status} {code}"
         self.transport.close()
         self.closed = True
 
@@ -330,6 +340,7 @@ class HttpConnection(asyncio.Protocol):
         if self.held is not None:
             self.held.expire()
         elif not self._busy and not self._in_message and not self._queue:
+            self.ended = "drain"
             self.transport.close()
             self.closed = True
 
@@ -339,6 +350,8 @@ class HttpConnection(asyncio.Protocol):
         The stream takes over the client's address and its place in the per-address count.
         """
         assert self.transport is not None
+        self.ended = f"upgraded to {protocol.kind}"
+        http_closed(self, None)
         transport = self.transport
         protocol.address, self.address = self.address, ""
         self.closed = True

@@ -24,6 +24,7 @@ from tidings.protocol import ws
 if TYPE_CHECKING:
     from websockets.server import ServerProtocol
 
+    from tidings.server.http import HttpConnection
     from tidings.server.stream import StreamConnection
 
 log = logging.getLogger("tidings.connections")
@@ -101,6 +102,31 @@ def configure(level: str, log_format: str) -> None:
     root.setLevel(level.upper())
     if logging.getLevelName(level.upper()) > logging.INFO:
         logging.getLogger("tidings.server").setLevel(logging.INFO)
+
+
+def http_opened(connection: HttpConnection) -> None:
+    """Log an HTTP connection (polls, publishes, pages) that a client opened."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    connection.opened_at = connection.app.loop.time()
+    fields = {"transport": "http", "address": connection.address or connection.peer}
+    log.info("connection opened", extra={"fields": fields})
+
+
+def http_closed(connection: HttpConnection, exc: Exception | None) -> None:
+    """Log its end, once: at close, or when it becomes an SSE stream or a WebSocket."""
+    if not connection.opened_at:
+        return
+    seconds = connection.app.loop.time() - connection.opened_at
+    connection.opened_at = 0.0
+    reason = connection.ended or (CLIENT_CLOSED if exc is None else f"connection lost: {exc}")
+    fields = {
+        "transport": "http",
+        "address": connection.address or connection.peer,
+        "seconds": round(seconds, 3),
+        "reason": reason,
+    }
+    log.info("connection closed", extra={"fields": fields})
 
 
 def stream_opened(stream: StreamConnection, transport: str) -> None:

@@ -17,12 +17,11 @@ import itertools
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from tests.client.proxy import _closing, _race
+from tests.client.proxy import Listener, _closing, _race
 
 CLOSE_TOKEN_EXPIRED = 4001
 
@@ -58,9 +57,9 @@ def _presented(head: bytes, path: str, query: dict[str, list[str]]) -> Presented
     return Presented(path, None, "none")
 
 
-class TokenGate:
+class TokenGate(Listener):
     def __init__(self, upstream_port: int, lifetime: float, forbidden: frozenset[str]) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.lifetime = lifetime
         self.forbidden = forbidden
         self.presented: list[Presented] = []
@@ -68,14 +67,6 @@ class TokenGate:
         self.expired_streams = 0
         self._expiry: dict[str, float] = {}
         self._numbers = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def issue(self) -> str:
         token = f"tok-{next(self._numbers)}"
@@ -85,32 +76,6 @@ class TokenGate:
     def _valid(self, token: str | None) -> bool:
         expiry = self._expiry.get(token or "")
         return expiry is not None and asyncio.get_running_loop().time() < expiry
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        try:
-            await self._serve(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-            writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -29,15 +29,12 @@ class Pipe:
     muted: bool = False  # no bytes from the server to the client
 
 
-class Proxy:
-    def __init__(
-        self, upstream_port: int, *, refuse_upgrades: bool = False, buffer_sse: bool = False
-    ) -> None:
+class Listener:
+    """A local TCP listener in front of the server: one task per accepted connection, all
+    ended by ``stop``. Subclasses say what a connection does in ``_serve``."""
+
+    def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.refuse_upgrades = refuse_upgrades
-        self.buffer_sse = buffer_sse
-        self.requests: list[str] = []  # request lines, in arrival order
-        self._pipes: set[Pipe] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -46,21 +43,6 @@ class Proxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def count(self, fragment: str) -> int:
-        return sum(1 for line in self.requests if fragment in line)
-
-    def freeze(self) -> int:
-        """Black-hole every open connection; return how many there were."""
-        for pipe in self._pipes:
-            pipe.frozen = True
-        return len(self._pipes)
-
-    def mute(self) -> int:
-        """Drop what the server sends on every open connection (requests still get through)."""
-        for pipe in self._pipes:
-            pipe.muted = True
-        return len(self._pipes)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -87,6 +69,35 @@ class Proxy:
             self._tasks.discard(task)
             self._writers.discard(writer)
             writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class Proxy(Listener):
+    def __init__(
+        self, upstream_port: int, *, refuse_upgrades: bool = False, buffer_sse: bool = False
+    ) -> None:
+        super().__init__(upstream_port)
+        self.refuse_upgrades = refuse_upgrades
+        self.buffer_sse = buffer_sse
+        self.requests: list[str] = []  # request lines, in arrival order
+        self._pipes: set[Pipe] = set()
+
+    def count(self, fragment: str) -> int:
+        return sum(1 for line in self.requests if fragment in line)
+
+    def freeze(self) -> int:
+        """Black-hole every open connection; return how many there were."""
+        for pipe in self._pipes:
+            pipe.frozen = True
+        return len(self._pipes)
+
+    def mute(self) -> int:
+        """Drop what the server sends on every open connection (requests still get through)."""
+        for pipe in self._pipes:
+            pipe.muted = True
+        return len(self._pipes)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -1,21 +1,21 @@
 """SSE framing: exact bytes out, WHATWG-conformant parsing in, under any chunking.
 
-Three sources of truth: the shared conformance vectors (taken from web-platform-tests and two
-client libraries), a literal transcription of the WHATWG algorithm used as a differential
-oracle, and round trips of everything the server encodes.
+Three sources of truth: the conformance vectors in ``data/sse_vectors.json`` (taken from
+web-platform-tests and two client libraries, each vector naming its source and licence), a
+literal transcription of the WHATWG algorithm used as a differential oracle, and round trips
+of everything the server encodes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 import pytest
@@ -35,45 +35,17 @@ from tidings.protocol.sse import (
     is_event_stream_content_type,
 )
 
-# The repository is checked out beside the shared folder, here and in CI.
-VECTORS_PATH = Path(__file__).resolve().parents[2].parent / "shared/conformance/sse_vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "data" / "sse_vectors.json"
 VECTORS_FORMAT = "sse-parsing-vectors/1"
 # Inputs are text, sent as UTF-8. A key outside this set (raw bytes, say) must be handled
 # here before it is trusted, so test_vectors_are_in_the_known_format fails on it.
 VECTOR_KEYS = {"id", "source", "description", "input", "expect", "known_deviations", "content_type"}
 EXPECT_KEYS = {"events", "lastEventId", "retry", "comments", "fail"}
+# Taken from other projects, each vector keeps its source and that project's licence.
+LICENCE = re.compile(r"\((BSD-3-Clause|Apache-2\.0|MIT)\)")
 
-
-def _load_vectors() -> dict[str, Any] | None:
-    if not VECTORS_PATH.is_file():
-        return None
-    document: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    return document
-
-
-VECTOR_DOCUMENT = _load_vectors()
-
-
-def _missing_vectors() -> NoReturn:
-    message = (
-        f"SSE conformance vectors not found at {VECTORS_PATH}: check out the shared folder"
-        " beside the repository"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _vector_params() -> list[Any]:
-    if VECTOR_DOCUMENT is None:
-        return [pytest.param(None, id="sse_vectors.json-missing")]
-    return [pytest.param(vector, id=vector["id"]) for vector in VECTOR_DOCUMENT["vectors"]]
-
-
-def _require(vector: dict[str, Any] | None) -> dict[str, Any]:
-    if vector is None:
-        _missing_vectors()
-    return vector
+VECTOR_DOCUMENT: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+VECTORS = [pytest.param(vector, id=vector["id"]) for vector in VECTOR_DOCUMENT["vectors"]]
 
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -145,8 +117,6 @@ def vector_bytes(vector: dict[str, Any]) -> bytes:
 
 
 def test_vectors_are_in_the_known_format() -> None:
-    if VECTOR_DOCUMENT is None:
-        _missing_vectors()
     assert VECTOR_DOCUMENT["format"] == VECTORS_FORMAT
     vectors = VECTOR_DOCUMENT["vectors"]
     assert len(vectors) >= 80
@@ -155,25 +125,23 @@ def test_vectors_are_in_the_known_format() -> None:
         assert set(vector) <= VECTOR_KEYS, vector["id"]
         assert set(vector["expect"]) <= EXPECT_KEYS, vector["id"]
         assert isinstance(vector["input"], str), vector["id"]
+        assert LICENCE.search(vector["source"]), f"{vector['id']}: its source names no licence"
 
 
-@pytest.mark.parametrize("vector", _vector_params())
-def test_vector_fed_whole(vector: dict[str, Any] | None) -> None:
-    vector = _require(vector)
+@pytest.mark.parametrize("vector", VECTORS)
+def test_vector_fed_whole(vector: dict[str, Any]) -> None:
     assert_vector(vector, [vector_bytes(vector)])
 
 
-@pytest.mark.parametrize("vector", _vector_params())
-def test_vector_fed_byte_by_byte(vector: dict[str, Any] | None) -> None:
-    vector = _require(vector)
+@pytest.mark.parametrize("vector", VECTORS)
+def test_vector_fed_byte_by_byte(vector: dict[str, Any]) -> None:
     assert_vector(vector, one_byte_chunks(vector_bytes(vector)))
 
 
-@pytest.mark.parametrize("vector", _vector_params())
+@pytest.mark.parametrize("vector", VECTORS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_vector_fed_in_random_chunks(vector: dict[str, Any] | None, data: st.DataObject) -> None:
-    vector = _require(vector)
+def test_vector_fed_in_random_chunks(vector: dict[str, Any], data: st.DataObject) -> None:
     assert_vector(vector, data.draw(chunkings(vector_bytes(vector)), label="chunks"))
 
 

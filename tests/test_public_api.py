@@ -1,4 +1,4 @@
-"""The public API stays complete (STYLE.md 11) and the exception tree matches PROTOCOL.md 6, 8."""
+"""The public API (``__all__``) stays complete; the exception tree matches docs/protocol.md 6, 8."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from tidings.exceptions import (
     WebSocketOnlyError,
 )
 
-PROTOCOL_PATH = Path(__file__).resolve().parents[1].parent / "shared/PROTOCOL.md"
+PROTOCOL_PATH = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 
 def section(number: int) -> str:
     text = PROTOCOL_PATH.read_text(encoding="utf-8")
     match = re.search(rf"^## {number}\. .*?(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert match is not None, f"PROTOCOL.md has no section {number}"
+    assert match is not None, f"docs/protocol.md has no section {number}"
     return match.group(0)
 
 

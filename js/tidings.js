@@ -1,4 +1,4 @@
-// tidings.js: the browser client of Tidings, wire protocol version 1 (PROTOCOL.md).
+// tidings.js: the browser client of Tidings, wire protocol version 1 (docs/protocol.md).
 //
 // One connection per Tidings instance, over the first technique of the ladder that works:
 // WebSocket, then Server-Sent Events, then long polling, then short polling. Every technique
@@ -30,7 +30,7 @@ const memoryStorage = {
   setItem: (key, value) => memory.set(key, value),
 };
 
-/** An error answered by the server (`code` as in PROTOCOL.md section 8) or by this client. */
+/** An error answered by the server (`code` as in docs/protocol.md section 8) or by this client. */
 export class TidingsError extends Error {
   constructor(code, message) {
     super(message);

@@ -1,4 +1,4 @@
-// A draining server (PROTOCOL.md sections 4-6): each technique comes back after the delay the
+// A draining server (docs/protocol.md sections 4-6): each technique comes back after the delay the
 // server asked for, or the random one 1012 asks the client to pick, from its last cursor.
 
 import assert from "node:assert/strict";

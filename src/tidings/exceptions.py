@@ -5,7 +5,7 @@
     TidingsError
     ├── ConfigError              the configuration is wrong: start-up stops, naming the key
     ├── RequestError             the peer sent something we refuse; carries the HTTP status
-    │   │                        and the PROTOCOL.md error code to answer with
+    │   │                        and the docs/protocol.md error code to answer with
     │   ├── InvalidJSON          400 invalid_json
     │   ├── InvalidField         400 invalid_field
     │   ├── InvalidChannel       400 invalid_channel

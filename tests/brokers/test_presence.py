@@ -1,4 +1,4 @@
-"""The presence half of the broker conformance suite (brokers/base.py, PROTOCOL.md 6 and 7).
+"""The presence half of the broker conformance suite (brokers/base.py, docs/protocol.md 6 and 7).
 
 Every test runs against every URL in conftest.BROKER_URLS, as test_conformance.py does.
 To check that a change was announced exactly once, a test makes a later change (a "barrier"

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the real server that checks connection tokens as PROTOCOL.md 3 says.
+"""A TCP proxy in front of the real server that checks connection tokens as docs/protocol.md 3 says.
 
 Tokens are opaque strings the gate issues (``issue()``), each valid for ``lifetime`` seconds.
 A request without a valid one (``Authorization: Bearer`` or ``?token=``) is answered ``401``

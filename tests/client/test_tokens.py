@@ -1,6 +1,6 @@
 """Connection tokens in the Python client, against the real server behind a token gate.
 
-The gate (tests/client/gate.py) checks tokens as PROTOCOL.md section 3 says: ``401`` before
+The gate (tests/client/gate.py) checks tokens as docs/protocol.md section 3 says: ``401`` before
 any upgrade or stream, WebSocket close ``4001`` and the end of an SSE stream at expiry, ``401``
 on the next poll. Tokens live one second, so a test sees several expiries.
 """

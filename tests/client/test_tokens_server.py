@@ -1,4 +1,4 @@
-"""Connection tokens in the Python client against the real server (PROTOCOL.md section 3).
+"""Connection tokens in the Python client against the real server (docs/protocol.md section 3).
 
 The server checks JWTs itself: tokens live about two seconds, so every test that follows a
 channel sees the server end a connection on expiry (WebSocket close ``4001``, the end of an SSE

@@ -24,7 +24,7 @@ from tidings.protocol.event import Event
 
 channels = st.text(
     alphabet="ABCXYZabcxyz0189_-.:@/", min_size=1, max_size=128
-)  # the characters PROTOCOL.md section 1 allows, both cases
+)  # the characters docs/protocol.md section 1 allows, both cases
 
 
 @given(channels)

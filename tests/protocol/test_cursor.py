@@ -1,4 +1,4 @@
-"""Cursors and cursor lists (PROTOCOL.md section 1): what parses, what does not, round trips.
+"""Cursors and cursor lists (docs/protocol.md section 1): what parses, what does not, round trips.
 
 The oracle is a character-by-character reading of the grammar, written without a regex so it
 does not share the implementation's mistakes.
@@ -32,7 +32,7 @@ cursors = st.builds(Cursor, epochs, offsets)
 
 
 def is_valid_cursor(text: str) -> bool:
-    """PROTOCOL.md section 1, read literally: ``<1-16 of A-Za-z0-9>.<decimal, no leading 0>``."""
+    """docs/protocol.md 1, read literally: ``<1-16 of A-Za-z0-9>.<decimal, no leading 0>``."""
     epoch, dot, offset = text.partition(".")
     if not dot or not 1 <= len(epoch) <= 16 or not all(c in EPOCH_CHARS for c in epoch):
         return False

@@ -1,4 +1,4 @@
-"""The event object and poll bodies (PROTOCOL.md sections 1 and 5): valid JSON, exact fields."""
+"""The event object and poll bodies (docs/protocol.md 1 and 5): valid JSON, exact fields."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP/1.1 response bytes and the error body (PROTOCOL.md section 8), read back with h11."""
+"""HTTP/1.1 response bytes and the error body (docs/protocol.md section 8), read back with h11."""
 
 from __future__ import annotations
 

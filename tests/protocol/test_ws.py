@@ -1,4 +1,4 @@
-"""WebSocket JSON messages and server text frames (PROTOCOL.md section 6, RFC 6455 5.2)."""
+"""WebSocket JSON messages and server text frames (docs/protocol.md section 6, RFC 6455 5.2)."""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ async def background(coroutine: Coroutine[Any, Any, Any]) -> AsyncIterator[async
 class Record:
     """Events and resets in the order a subscriber saw them, by offset.
 
-    The one rule of PROTOCOL.md section 1: an event continues exactly from the previous event
+    The one rule of docs/protocol.md section 1: an event continues exactly from the previous event
     or from a reset's cursor. A gap anywhere else is a silent skip; a repeat is a duplicate.
     """
 

@@ -1,4 +1,4 @@
-"""Connection tokens on every transport (PROTOCOL.md section 3): refusals, expiry, logs."""
+"""Connection tokens on every transport (docs/protocol.md section 3): refusals, expiry, logs."""
 
 from __future__ import annotations
 

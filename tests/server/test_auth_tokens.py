@@ -1,4 +1,4 @@
-"""Verifying connection tokens (PROTOCOL.md section 3): the JWT attacks, keys and the cache."""
+"""Verifying connection tokens (docs/protocol.md section 3): the JWT attacks, keys and the cache."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``GET /poll``: short and long polling (PROTOCOL.md section 5)."""
+"""``GET /poll``: short and long polling (docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presence on one node (PROTOCOL.md sections 6 and 7): joins and leaves on the WebSocket,
+"""Presence on one node (docs/protocol.md sections 6 and 7): joins and leaves on the WebSocket,
 the ``presence`` request and ``GET /api/presence``, with anonymous clients and with tokens."""
 
 from __future__ import annotations

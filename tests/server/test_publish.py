@@ -1,4 +1,4 @@
-"""``POST /api/publish`` (PROTOCOL.md sections 2 and 8), checked through what polls then see."""
+"""``POST /api/publish`` (docs/protocol.md 2 and 8), checked through what polls then see."""
 
 from __future__ import annotations
 

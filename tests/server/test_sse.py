@@ -1,4 +1,4 @@
-"""``GET /sse`` (PROTOCOL.md section 4), read with httpx and the project's SSE parser."""
+"""``GET /sse`` (docs/protocol.md section 4), read with httpx and the project's SSE parser."""
 
 from __future__ import annotations
 

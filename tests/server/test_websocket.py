@@ -1,4 +1,4 @@
-"""``GET /ws`` (PROTOCOL.md section 6) with the ``websockets`` client, and by hand for pings."""
+"""``GET /ws`` (docs/protocol.md 6) with the ``websockets`` client, and by hand for pings."""
 
 from __future__ import annotations
 

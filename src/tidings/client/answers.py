@@ -1,4 +1,4 @@
-"""Reading the server's refusals (PROTOCOL.md section 8) the same way on every technique.
+"""Reading the server's refusals (docs/protocol.md section 8) the same way on every technique.
 
 The rule that keeps a client from hammering a server that said no: a ``4xx`` with the
 server's own error body (a bad channel, a bad cursor, a missing token) is final and raised as
@@ -21,7 +21,7 @@ __all__ = ["error_of", "refusal", "retry_after", "websocket_refusal"]
 RETRYABLE_4XX = frozenset({408, 429})
 RETRYABLE_CODES = frozenset({"unavailable", "rate_limited"})
 
-# PROTOCOL.md section 8: the HTTP status each error code is answered with. The WebSocket
+# docs/protocol.md section 8: the HTTP status each error code is answered with. The WebSocket
 # carries only the code, so the client puts the status back to raise one kind of error.
 STATUS_OF_CODE = {
     "invalid_json": 400,

@@ -1,6 +1,6 @@
 """What a subscription yields, and what a technique tells the subscription behind the scenes.
 
-The application sees two kinds of items: :class:`ClientEvent` (an event of PROTOCOL.md section
+The application sees two kinds of items: :class:`ClientEvent` (an event of docs/protocol.md section
 1, its ``data`` decoded from JSON) and :class:`ResetEvent` (history could not cover the gap:
 reload the channel's state; the subscription continues from ``id``). Techniques also report a
 :class:`Position` (the stream is at this cursor: the opening ``id:`` of an SSE stream, a
@@ -83,7 +83,7 @@ class Malformed(ValueError):
 
 
 def event_from(fields: Any) -> ClientEvent:
-    """The event object of PROTOCOL.md section 1 (a poll entry, an SSE envelope, a WS op)."""
+    """The event object of docs/protocol.md section 1 (a poll entry, an SSE envelope, a WS op)."""
     try:
         return ClientEvent(
             channel=_text(fields["channel"]),

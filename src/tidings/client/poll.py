@@ -1,4 +1,4 @@
-"""Long and short polling (PROTOCOL.md section 5): one request after another, one channel.
+"""Long and short polling (docs/protocol.md section 5): one request after another, one channel.
 
 Both start with a short poll, answered at once: it checks that polling works from here and
 fixes where the subscription starts, so nothing published after ``open`` returns is missed.

@@ -1,7 +1,8 @@
 """Publishing from Python code: ``tidings.publish`` and its async twin ``publish_async``.
 
-``POST /api/publish`` (PROTOCOL.md section 2). The connected client (:mod:`tidings.client.client`)
-publishes through :func:`post_publish` too when it has no WebSocket to publish over.
+``POST /api/publish`` (docs/protocol.md section 2). The connected client
+(:mod:`tidings.client.client`) publishes through :func:`post_publish` too when it has no
+WebSocket to publish over.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def publish_body(
     channel: str, data: Any, event: str | None, idempotency_key: str | None
 ) -> dict[str, Any]:
-    """The publish object of PROTOCOL.md section 2 (also the WebSocket ``publish`` op)."""
+    """The publish object of docs/protocol.md section 2 (also the WebSocket ``publish`` op)."""
     body: dict[str, Any] = {"channel": channel, "data": data}
     if event is not None:
         body["event"] = event

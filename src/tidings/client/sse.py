@@ -1,4 +1,4 @@
-"""The Server-Sent Events technique (PROTOCOL.md section 4): one stream per subscription.
+"""The Server-Sent Events technique (docs/protocol.md section 4): one stream per subscription.
 
 The stream is read with httpx and parsed with the project's :class:`SSEParser`. It always asks
 for ``envelope=1``, so each ``data:`` is the whole event object (channel, id, ts included).

@@ -47,7 +47,7 @@ def _behind(cursor: str, reached: str | None) -> bool:
 def _compare(cursor: str, reached: str | None) -> int | None:
     """-1, 0 or 1 as ``cursor`` is before, at or after ``reached``; None across epochs.
 
-    Offsets are compared only within one epoch, as PROTOCOL.md section 1 allows clients to
+    Offsets are compared only within one epoch, as docs/protocol.md section 1 allows clients to
     read them; across epochs only the server knows, and says so with a reset.
     """
     new, old = _parsed(cursor), _parsed(reached)

@@ -1,4 +1,4 @@
-"""The connection token (PROTOCOL.md section 3) a client presents, and getting a new one.
+"""The connection token (docs/protocol.md section 3) a client presents, and getting a new one.
 
 A token is a fixed string, or a callable (sync or async) that returns a fresh one. The
 callable is asked at the first connection and again whenever the server refuses the token it

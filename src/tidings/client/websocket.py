@@ -1,4 +1,4 @@
-"""The WebSocket technique (PROTOCOL.md section 6): one socket per client, many channels.
+"""The WebSocket technique (docs/protocol.md section 6): one socket per client, many channels.
 
 Every subscription of a client shares one socket: a reader task routes ``event``, ``reset``
 and ``subscribed`` messages to each channel's :class:`WebSocketFeed` and answers (``ref``) to
@@ -41,7 +41,7 @@ from tidings.exceptions import ServerRejected
 
 __all__ = ["WebSocketFeed", "WebSocketSession", "WebSocketTechnique", "closed_by"]
 
-# PROTOCOL.md section 6: the server is going away or restarting; come back after a random
+# docs/protocol.md section 6: the server is going away or restarting; come back after a random
 # delay. 4000: too slow to keep up; come back at once and resume.
 RESTART_CODES = frozenset({1001, 1012})
 CLOSE_TOO_SLOW = 4000

@@ -1,5 +1,5 @@
 """One node's presence: its own clients' entries in the broker, and joins and leaves for its
-WebSocket subscribers (PROTOCOL.md section 6).
+WebSocket subscribers (docs/protocol.md section 6).
 
 - A connection is present in a channel of a presence namespace from its confirmed
   subscription until it unsubscribes or closes. WebSocket and SSE connections count: both

@@ -1,4 +1,4 @@
-"""Channel names, namespaces and event names (PROTOCOL.md section 1)."""
+"""Channel names, namespaces and event names (docs/protocol.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cursors (``<epoch>.<offset>``) and cursor lists (PROTOCOL.md section 1).
+"""Cursors (``<epoch>.<offset>``) and cursor lists (docs/protocol.md section 1).
 
 Only the server builds and compares cursors; clients echo them back.
 """

@@ -1,4 +1,4 @@
-"""The event model (PROTOCOL.md section 1) and its once-per-format encodings.
+"""The event model (docs/protocol.md section 1) and its once-per-format encodings.
 
 An event is serialised once per wire format the first time a subscriber of that format needs
 it; every subscriber then gets the same ``bytes`` object (STYLE.md 6).
@@ -36,7 +36,7 @@ class Event:
         return Cursor(self.epoch, self.offset)
 
     def as_json(self) -> bytes:
-        """The event object of PROTOCOL.md section 1, as sent by polls and ``envelope=1``."""
+        """The event object of docs/protocol.md section 1, as sent by polls and ``envelope=1``."""
         encoded = self.wire.get("json")
         if encoded is None:
             encoded = orjson.dumps(

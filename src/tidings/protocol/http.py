@@ -1,4 +1,4 @@
-"""HTTP/1.1 response bytes and the JSON error body of PROTOCOL.md section 8."""
+"""HTTP/1.1 response bytes and the JSON error body of docs/protocol.md section 8."""
 
 from __future__ import annotations
 

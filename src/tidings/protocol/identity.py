@@ -1,4 +1,4 @@
-"""Who is on a connection, and what its token lets it do (PROTOCOL.md section 3).
+"""Who is on a connection, and what its token lets it do (docs/protocol.md section 3).
 
 A token's ``channels`` and ``publish`` claims list channel names and prefix patterns:
 ``chat:*`` allows every channel whose name starts with ``chat:``, and ``*`` allows all.

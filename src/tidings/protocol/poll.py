@@ -1,4 +1,4 @@
-"""Poll response bodies (PROTOCOL.md section 5)."""
+"""Poll response bodies (docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

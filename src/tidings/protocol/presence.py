@@ -1,4 +1,4 @@
-"""Presence entries and their changes (PROTOCOL.md sections 6 and 7), as brokers carry them.
+"""Presence entries and their changes (docs/protocol.md sections 6 and 7), as brokers carry them.
 
 An entry is one subscription of one connection to a channel in a presence namespace. Its
 ``client`` id is unique across nodes (the node's id and a counter), so that a broker can

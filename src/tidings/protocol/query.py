@@ -1,4 +1,4 @@
-"""Query strings of ``/sse`` and ``/poll`` (PROTOCOL.md sections 4 and 5).
+"""Query strings of ``/sse`` and ``/poll`` (docs/protocol.md sections 4 and 5).
 
 Everything a subscription request can get wrong is found here, before any stream starts.
 """

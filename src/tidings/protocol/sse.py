@@ -1,4 +1,4 @@
-"""Server-Sent Events framing (PROTOCOL.md section 4), both ways, without I/O.
+"""Server-Sent Events framing (docs/protocol.md section 4), both ways, without I/O.
 
 The encoder is the server's hot path: every event is framed once when it is published and the
 same bytes go to every subscriber (STYLE.md 6), so it is plain ``bytes`` concatenation with a

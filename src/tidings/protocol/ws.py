@@ -1,4 +1,4 @@
-"""WebSocket JSON messages (PROTOCOL.md section 6) and server text frames.
+"""WebSocket JSON messages (docs/protocol.md section 6) and server text frames.
 
 Server frames are never masked, so an event's frame is built once and written to every
 subscriber as it is; the ``websockets`` sans-I/O protocol handles what clients send.

@@ -139,11 +139,44 @@ async def test_several_channels_and_ctrl_c_print_how_to_continue(
 
 async def test_resuming_with_since_prints_what_was_missed(make_server: MakeServer) -> None:
     server = make_server(**QUICK_SERVER)
-    ids = await publish_many(server, "news", ["a", "b", "c"])
+    ids = await publish_many(server, "news", ["a", "b", "c", "d"])
     async with subscribe("news", "--since", ids[0], "--url", server.url, "--count", "2") as running:
         status, messages, lines = await running.finish()
     assert status == 0, messages
     assert [(line["id"], line["data"]) for line in lines] == [(ids[1], "b"), (ids[2], "c")]
+    # "d" may have reached the client, but it was not printed: the next run starts there.
+    assert f"tidings subscribe news --since {ids[2]} --url" in messages
+
+
+async def test_a_closed_stdout_ends_it_quietly_after_the_last_line_read(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(**QUICK_SERVER)
+    command = f"{sys.executable} -m tidings.cli subscribe news --url {server.url} | head -n 1"
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        command + '; echo "status ${PIPESTATUS[0]}" >&2',
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    running = Subscriber(process)
+    try:
+        await running.wait_message("subscribed to 'news'")
+        ids = await publish_many(server, "news", ["first"])
+        await running.read_lines(1)  # head has it and exits; the next write finds no reader
+        await publish_many(server, "news", ["second", "third"])
+        status, messages, lines = await running.finish()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert status == 0
+    assert [line["data"] for line in lines] == ["first"]
+    assert "status 0" in messages
+    assert "Traceback" not in messages and "BrokenPipe" not in messages
+    assert f"tidings subscribe news --since {ids[0]} --url" in messages
 
 
 async def test_a_reset_ends_naming_the_channel_and_its_new_cursor(

@@ -88,6 +88,8 @@ class _Run:
         self.err = err
         self.printed = 0
         self.subscriptions: list[Subscription] = []
+        # channel -> the cursor before an event that was handed out but not printed
+        self.unprinted: dict[str, str | None] = {}
         self.ended: asyncio.Future[int] | None = None
 
     def say(self, text: str) -> None:
@@ -162,20 +164,29 @@ class _Run:
 
     async def _follow(self, subscription: Subscription) -> None:
         try:
-            async for item in subscription:
+            while True:
+                # Only positions lie between this cursor and the next item: if the item is
+                # never printed, continuing from here prints it, and nothing twice.
+                before = subscription.cursor
+                item = await anext(subscription)
                 if isinstance(item, ResetEvent):
                     self._reset(item)
                     return
-                self._print(item)
+                if not self._print(item):
+                    self.unprinted[subscription.channel] = before
+                    return
+        except StopAsyncIteration:
+            return
         except ServerRejected as refusal:
             self._refused(refusal)
         except ClientError as error:
             self.say(str(error))
             self.end(1)
 
-    def _print(self, event: ClientEvent) -> None:
+    def _print(self, event: ClientEvent) -> bool:
+        """Write ``event`` as a JSON line; False if it was not (the run is over)."""
         if self.ended is None or self.ended.done():
-            return  # the run is over: nothing more reaches stdout
+            return False
         line = {
             "channel": event.channel,
             "id": event.id,
@@ -189,10 +200,11 @@ class _Run:
         except BrokenPipeError:
             _silence_stdout(self.out)
             self.end(0)
-            return
+            return False
         self.printed += 1
         if self.command.count is not None and self.printed >= self.command.count:
             self.end(0)
+        return True
 
     def _reset(self, reset: ResetEvent) -> None:
         why = {"gap": "history no longer holds the events after its cursor"}.get(
@@ -214,7 +226,8 @@ class _Run:
             self.ended.set_result(status)
 
     def _cursors(self) -> list[str]:
-        cursors = [s.cursor for s in self.subscriptions]
+        """Each channel's cursor after its last printed event; [] while one is unknown."""
+        cursors = [self.unprinted.get(s.channel, s.cursor) for s in self.subscriptions]
         return [c for c in cursors if c is not None] if None not in cursors else []
 
 

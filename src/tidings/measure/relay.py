@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
+
+from tidings.exceptions import ClientError
 
 __all__ = ["Relay", "Tally"]
 
@@ -51,11 +54,25 @@ class Relay:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._counted = asyncio.Event()  # set whenever a request is counted
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def requests_reach(self, total: int, timeout: float) -> None:
+        """Wait until ``total`` requests have been relayed since the start."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.tally.requests < total:
+                    self._counted.clear()
+                    await self._counted.wait()
+        except TimeoutError:
+            raise ClientError(
+                f"{self.tally.requests} requests reached the server in {timeout:g} s, "
+                f"not the {total} expected"
+            ) from None
 
     async def stop(self) -> None:
         if self._server is None:
@@ -92,7 +109,7 @@ class Relay:
             up_writer.transport.abort()
             self._forget(task, writer)
 
-    def _forget(self, task: asyncio.Task[object], writer: asyncio.StreamWriter) -> None:
+    def _forget(self, task: asyncio.Task[Any], writer: asyncio.StreamWriter) -> None:
         self._tasks.discard(task)
         self._writers.discard(writer)
         writer.transport.abort()
@@ -106,7 +123,10 @@ class Relay:
                 self.tally.sent += len(data)
                 if not upgraded:
                     seen = tail + data
-                    self.tally.requests += seen.count(HEAD_END)
+                    heads = seen.count(HEAD_END)
+                    if heads:
+                        self.tally.requests += heads
+                        self._counted.set()
                     upgraded = b"upgrade: websocket" in seen.lower()
                     tail = seen[-(len(HEAD_END) - 1) :]
                 sink.write(data)

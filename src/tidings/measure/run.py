@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -44,6 +45,9 @@ __all__ = ["BenchPlan", "Measured", "Progress", "run_bench"]
 
 OPEN_SECONDS = 30.0  # every subscriber of a technique must be following by then
 DRAIN_SECONDS = 5.0  # after the last publish, beyond one short-poll interval
+# The requests a subscriber has made once it is in its steady state: the handshake or stream
+# request; the opening poll and the held one; the opening poll (then idle until its interval).
+STEADY_REQUESTS = {"websocket": 1, "sse": 1, "longpoll": 2, "poll": 1}
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction of the run done)
 
@@ -96,6 +100,9 @@ class Measured:
     memory_per_connection: float | None  # bytes
     publish_seconds: float  # how long publishing took (the plan's seconds, unless it lagged)
 
+    def with_memory(self, memory_per_connection: float | None) -> Measured:
+        return dataclasses.replace(self, memory_per_connection=memory_per_connection)
+
 
 class _Receipts:
     """Latencies of every delivery of one technique, and a wake-up when all are in."""
@@ -114,7 +121,7 @@ class _Receipts:
 
 
 async def run_bench(plan: BenchPlan, progress: Progress) -> list[Measured]:
-    """Measure every technique of ``plan`` in turn."""
+    """Measure the server's memory per connection, then every technique of ``plan`` in turn."""
     parts = urlsplit(plan.url)
     if parts.scheme != "http" or parts.hostname is None:
         raise ClientError(
@@ -123,18 +130,79 @@ async def run_bench(plan: BenchPlan, progress: Progress) -> list[Measured]:
         )
     relay = Relay(parts.hostname, parts.port or 80)
     await relay.start()
+    parts_done = len(plan.techniques) + 1  # the memory phase, then one part per technique
     try:
+        memory: dict[str, float] = {}
+        if plan.server is not None:
+            memory = await _memory(plan, plan.server, relay, _part(progress, 0, parts_done, ""))
         async with httpx.AsyncClient(timeout=10.0) as publisher:
             results = []
-            for index, technique in enumerate(plan.techniques):
-                def step(what: str, done: float, index: int = index, name: str = technique) -> None:
-                    progress(f"{name}: {what}", (index + done) / len(plan.techniques))
-
-                results.append(await _measure(plan, technique, relay, publisher, step))
+            for index, technique in enumerate(plan.techniques, start=1):
+                step = _part(progress, index, parts_done, f"{technique}: ")
+                measured = await _measure(plan, technique, relay, publisher, step)
+                results.append(measured.with_memory(memory.get(technique)))
             progress("done", 1.0)
             return results
     finally:
         await relay.stop()
+
+
+def _part(progress: Progress, index: int, parts: int, prefix: str) -> Progress:
+    """Report one part of the run as its share of the whole."""
+
+    def step(what: str, done: float) -> None:
+        progress(prefix + what, (index + done) / parts)
+
+    return step
+
+
+@contextlib.asynccontextmanager
+async def _subscribers(
+    plan: BenchPlan, technique: str, count: int, relay: Relay, receipts: _Receipts
+) -> AsyncIterator[str]:
+    """``count`` clients forced to ``technique``, following a fresh channel (yielded), reading."""
+    channel = f"bench-{technique}-{secrets.token_hex(4)}"
+    clients = [_client(plan, technique, relay) for _ in range(count)]
+    readers: list[asyncio.Task[None]] = []
+    try:
+        subscriptions = [client.subscribe(channel) for client in clients]
+        async with asyncio.timeout(OPEN_SECONDS):
+            await asyncio.gather(*(subscription.open() for subscription in subscriptions))
+        readers = [asyncio.create_task(_read(s, receipts)) for s in subscriptions]
+        yield channel
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+
+
+async def _memory(
+    plan: BenchPlan, server: ServerProcesses, relay: Relay, progress: Progress
+) -> dict[str, float]:
+    """The server's RSS growth per connection, each technique's on top of the others'.
+
+    Every group stays open until all are measured, so no group lands in memory that an
+    earlier one freed; one subscriber of each technique is opened first, so that what the
+    server allocates once (a module's first use, a channel's state) is not counted.
+    """
+    idle = _Receipts(0)
+    per_connection: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        progress("memory: warming up", 0.0)
+        for technique in plan.techniques:
+            await stack.enter_async_context(_subscribers(plan, technique, 1, relay, idle))
+        for index, technique in enumerate(plan.techniques):
+            share = index / len(plan.techniques)
+            progress(f"memory: {plan.subscribers} {technique} subscribers", share)
+            before = server.rss_bytes()
+            requests = relay.tally.requests + plan.subscribers * STEADY_REQUESTS[technique]
+            await stack.enter_async_context(
+                _subscribers(plan, technique, plan.subscribers, relay, idle)
+            )
+            await relay.requests_reach(requests, OPEN_SECONDS)
+            per_connection[technique] = (server.rss_bytes() - before) / plan.subscribers
+    return per_connection
 
 
 async def _measure(
@@ -144,17 +212,9 @@ async def _measure(
     publisher: httpx.AsyncClient,
     progress: Progress,
 ) -> Measured:
-    channel = f"bench-{technique}-{secrets.token_hex(4)}"
     progress(f"opening {plan.subscribers} subscribers", 0.0)
-    rss_before = plan.server.rss_bytes() if plan.server else None
-    clients = [_client(plan, technique, relay) for _ in range(plan.subscribers)]
-    try:
-        subscriptions = [client.subscribe(channel) for client in clients]
-        async with asyncio.timeout(OPEN_SECONDS):
-            await asyncio.gather(*(subscription.open() for subscription in subscriptions))
-        rss_after = plan.server.rss_bytes() if plan.server else None
-        receipts = _Receipts(plan.events * plan.subscribers)
-        readers = [asyncio.create_task(_read(s, receipts)) for s in subscriptions]
+    receipts = _Receipts(plan.events * plan.subscribers)
+    async with _subscribers(plan, technique, plan.subscribers, relay, receipts) as channel:
         counted_from = relay.tally.copy()
         cpu_before = plan.server.cpu_seconds() if plan.server else None
         started = time.monotonic()
@@ -168,15 +228,7 @@ async def _measure(
         if plan.server is not None and cpu_before is not None:
             cpu = plan.server.cpu_seconds() - cpu_before
         counted = relay.tally.since(counted_from)
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-    finally:
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
-    memory = None
-    if rss_before is not None and rss_after is not None:
-        memory = (rss_after - rss_before) / plan.subscribers
-    return _result(technique, published, publish_seconds, receipts, counted, cpu, memory, plan)
+    return _result(technique, published, publish_seconds, receipts, counted, cpu, plan)
 
 
 def _client(plan: BenchPlan, technique: str, relay: Relay) -> Client:
@@ -222,7 +274,6 @@ def _result(
     receipts: _Receipts,
     counted: Tally,
     cpu: float | None,
-    memory: float | None,
     plan: BenchPlan,
 ) -> Measured:
     delivered = len(receipts.latencies)
@@ -239,7 +290,7 @@ def _result(
         bytes_down_per_event=counted.received * per if per else None,
         bytes_up_per_event=counted.sent * per if per else None,
         cpu_per_event=cpu * per if per and cpu is not None else None,
-        memory_per_connection=memory,
+        memory_per_connection=None,
         publish_seconds=publish_seconds,
     )
 

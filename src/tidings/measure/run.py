@@ -16,9 +16,10 @@ What each number is:
   delivered: what one subscriber pays for one event.
 - server CPU per event: the server's CPU time over the same window divided by the events
   delivered (one delivery to one subscriber).
-- memory per connection: the server's RSS after the subscribers opened minus before,
-  divided by their number. Allocators keep freed memory, so it is a rough figure and may be
-  zero or negative; more subscribers make it steadier.
+- memory per connection: measured first, in a phase of its own (see :func:`_memory`): the
+  server's RSS growth while a group of subscribers opens and settles (a long poll held),
+  divided by their number. Allocators and page granularity make it a rough figure; more
+  subscribers make it steadier.
 """
 
 from __future__ import annotations

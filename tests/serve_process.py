@@ -21,11 +21,16 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 class ServeProcess:
-    """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``."""
+    """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``.
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+    ``command`` is how to run ``tidings`` (this interpreter's package by default).
+    """
+
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, command: list[str] = TIDINGS
+    ) -> None:
         self.process = subprocess.Popen(
-            [*TIDINGS, "serve", "--port", "0", *flags],
+            [*command, "serve", "--port", "0", *flags],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -7,6 +7,7 @@
 - ``freeze()``: from now on, the connections already open pass no more bytes either way and
   stay open, as a dead network path (a NAT that forgot the flow) does. New ones work.
   ``mute()`` does it to what the server sends only: requests arrive, answers are lost.
+- ``cut()``: abort every open connection both ways at once, as a network failure does.
 
 Each request gets a connection of its own (``Connection: close`` is put in), so the first
 request line decides how a connection is treated.
@@ -92,6 +93,13 @@ class Proxy(Listener):
         for pipe in self._pipes:
             pipe.frozen = True
         return len(self._pipes)
+
+    def cut(self) -> int:
+        """Abort every open connection (client and server side); return how many pipes."""
+        pipes = len(self._pipes)
+        for writer in list(self._writers):
+            writer.transport.abort()
+        return pipes
 
     def mute(self) -> int:
         """Drop what the server sends on every open connection (requests still get through)."""

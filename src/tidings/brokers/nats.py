@@ -73,6 +73,7 @@ from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import PresenceChange, PresenceEntry
+from tidings.supervisor import Supervisor
 
 log = logging.getLogger("tidings.brokers")
 
@@ -106,15 +107,25 @@ class NatsBroker:
         self._resync: GapSink | None = None
         self._presence = NatsPresence(self._options, settings.server.presence_ttl_seconds)
         self._presence_sink: PresenceSink | None = None
+        self._supervisor = Supervisor()
 
     @property
     def _where(self) -> str:
         return ",".join(self._options.servers)
 
-    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
+    def start(
+        self,
+        sink: EventSink,
+        resync: GapSink,
+        presence: PresenceSink | None = None,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._sink = sink
         self._resync = resync
         self._presence_sink = presence
+        if supervisor is not None:
+            self._supervisor = supervisor
 
     async def close(self) -> None:
         self._closed = True
@@ -206,7 +217,10 @@ class NatsBroker:
                 if subscription is error.sub:
                     self._tell_resync(channel)
             return
-        if isinstance(error, OSError | nats.errors.StaleConnectionError):
+        if not isinstance(error, OSError | nats.errors.Error):
+            # nats-py hands over what a subscription's callback raised: a bug of the node's
+            self._supervisor.record("NatsBroker.receive", error)
+        elif isinstance(error, OSError | nats.errors.StaleConnectionError):
             log.debug("NATS connection error: %s", error)  # _on_disconnected told the log
         else:
             log.warning("NATS error: %s", error)

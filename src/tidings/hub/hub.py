@@ -79,7 +79,9 @@ class Hub:
         self.presence = Presence(broker, settings, self.spawn)
 
     def start(self) -> None:
-        self.broker.start(self.deliver, self.resync, self.presence.changed)
+        self.broker.start(
+            self.deliver, self.resync, self.presence.changed, supervisor=self.supervisor
+        )
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)

@@ -4,12 +4,15 @@ objects in the places where the server puts connections. No sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from tidings.brokers.memory import MemoryBroker
+from tidings.config import Settings
 from tidings.hub.follow import Follower, Tail
 from tidings.hub.hub import Hub
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
+from tidings.protocol.presence import PresenceEntry
 
 DEADLINE = 5.0
 
@@ -160,3 +163,49 @@ class Reader(Follower, Changes):
         for tail in self.tails.values():
             if tail.backlog is not None:
                 self.catch_up(tail)
+
+
+class StallingBroker(MemoryBroker):
+    """A memory broker whose presence calls can be held, as a broker that stalls holds them,
+    and are counted by kind once they ran."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("memory://", settings)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.calls: dict[str, int] = {"add": 0, "remove": 0, "sweep": 0}
+        self.held = Changes()
+        self.waiting = 0  # calls held now
+        self._sweeping = False
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def flow(self) -> None:
+        self.flowing.set()
+
+    async def _gate(self, kind: str) -> None:
+        self.waiting += 1
+        self.held.changed()
+        try:
+            await self.flowing.wait()
+        finally:
+            self.waiting -= 1
+        self.calls[kind] += 1
+
+    async def presence_add(self, entries: Sequence[PresenceEntry], lifetime: float) -> None:
+        await self._gate("add")
+        await super().presence_add(entries, lifetime)
+
+    async def presence_remove(self, entries: Sequence[PresenceEntry]) -> None:
+        if not self._sweeping:  # the memory broker's sweep removes through this method
+            await self._gate("remove")
+        await super().presence_remove(entries)
+
+    async def presence_sweep(self, channels: Sequence[str]) -> None:
+        await self._gate("sweep")
+        self._sweeping = True
+        try:
+            await super().presence_sweep(channels)
+        finally:
+            self._sweeping = False

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from tidings.brokers.base import HistoryPage
 from tidings.brokers.memory import MemoryBroker
 from tidings.config import Settings
+from tidings.exceptions import BrokerUnavailable
 from tidings.hub.follow import Follower, Tail
 from tidings.hub.hub import Hub
 from tidings.protocol.cursor import Cursor
@@ -121,6 +123,7 @@ class Reader(Follower, Changes):
         self.written: list[Event | Reset] = []
         self.batches = 0
         self.abandoned: list[str] = []
+        self.resyncs = 0
         self.room: int | None = None
 
     @property
@@ -154,6 +157,11 @@ class Reader(Follower, Changes):
 
     def abandon(self, reason: str) -> None:
         self.abandoned.append(reason)
+        self.changed()
+
+    def resync(self, channel: str) -> None:
+        self.resyncs += 1
+        super().resync(channel)
         self.changed()
 
     def drained(self) -> None:
@@ -209,3 +217,20 @@ class StallingBroker(MemoryBroker):
             await super().presence_sweep(channels)
         finally:
             self._sweeping = False
+
+
+class RemoteHistory(MemoryBroker):
+    """A memory broker that answers history only with an await, as Redis and NATS do, so
+    that catch-ups take the asynchronous path; ``failing`` makes those reads fail."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("memory://", settings)
+        self.failing = False
+
+    def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> None:
+        return None
+
+    async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
+        if self.failing:
+            raise BrokerUnavailable("history is out of reach")
+        return await super().history(channel, since, limit)

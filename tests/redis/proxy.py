@@ -4,6 +4,10 @@
 first: HELLO, CLIENT SETNAME ...) contains ``marker`` drop whatever Redis sends it, while
 both sockets stay open: a half-open link, the failure that only a ping through the link can
 reveal. Connections opened later are forwarded normally.
+
+While ``kill_subscribes`` is set, a connection that sends a ``SUBSCRIBE`` is cut at once, as
+a middlebox or an ACL that forbids pub/sub would have it: plain commands work, and a pub/sub
+link can never come up.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class StallingProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pipes: list[_Pipe] = []
+        self.kill_subscribes = False
+        self.killed = 0
 
     async def start(self) -> StallingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -69,6 +75,10 @@ class StallingProxy:
     async def _upstream(self, pipe: _Pipe, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
+                if self.kill_subscribes and b"SUBSCRIBE" in chunk:
+                    self.killed += 1
+                    pipe.client.transport.abort()
+                    break
                 if len(pipe.greeting) < GREETING_BYTES:
                     pipe.greeting += chunk[: GREETING_BYTES - len(pipe.greeting)]
                 pipe.server.write(chunk)

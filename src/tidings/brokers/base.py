@@ -36,6 +36,7 @@ from tidings.config import Settings
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import PresenceChange, PresenceEntry
+from tidings.supervisor import Supervisor
 
 EventSink = Callable[[Event], None]
 GapSink = Callable[[str], None]
@@ -58,13 +59,21 @@ class HistoryPage:
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
 
-    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
+    def start(
+        self,
+        sink: EventSink,
+        resync: GapSink,
+        presence: PresenceSink | None = None,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         """Begin delivering this node's subscribed channels' events to ``sink``.
 
         ``resync(channel)`` tells the node that live delivery of ``channel`` may have missed
         events (the fan-out link was down and is back): every local follower then reads
         history from its own cursor, so nothing acknowledged is lost. ``presence`` receives
-        every node's joins and leaves, of every channel.
+        every node's joins and leaves, of every channel. ``supervisor`` (the node's) logs and
+        counts what the broker's own background work did not expect; that work goes on.
         """
 
     async def close(self) -> None: ...

@@ -17,6 +17,7 @@ from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import ChangeOp, PresenceChange, PresenceEntry
+from tidings.supervisor import Supervisor
 
 
 class ChannelLog:
@@ -104,8 +105,16 @@ class MemoryBroker:
         self._presence: dict[str, dict[str, tuple[PresenceEntry, int]]] = {}
         self._presence_sink: PresenceSink | None = None
 
-    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
-        """``resync`` is never needed: fan-out happens in the publishing call itself."""
+    def start(
+        self,
+        sink: EventSink,
+        resync: GapSink,
+        presence: PresenceSink | None = None,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """``resync`` is never needed: fan-out happens in the publishing call itself, and
+        nothing runs in the background for a supervisor to watch."""
         self._sink = sink
         self._presence_sink = presence
 

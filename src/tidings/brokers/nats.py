@@ -66,13 +66,15 @@ from tidings.brokers.nats_layout import (
     decode_event,
     parse_url,
 )
+from tidings.brokers.nats_ping import FanoutPing
 from tidings.brokers.nats_presence import NatsPresence
 from tidings.brokers.nats_streams import StreamDirectory
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
-from tidings.protocol.cursor import Cursor
+from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import PresenceChange, PresenceEntry
+from tidings.supervisor import Supervisor
 
 log = logging.getLogger("tidings.brokers")
 
@@ -106,15 +108,26 @@ class NatsBroker:
         self._resync: GapSink | None = None
         self._presence = NatsPresence(self._options, settings.server.presence_ttl_seconds)
         self._presence_sink: PresenceSink | None = None
+        self._supervisor = Supervisor()
+        self._ping = FanoutPing(self._options.prefix, new_epoch())
 
     @property
     def _where(self) -> str:
         return ",".join(self._options.servers)
 
-    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
+    def start(
+        self,
+        sink: EventSink,
+        resync: GapSink,
+        presence: PresenceSink | None = None,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._sink = sink
         self._resync = resync
         self._presence_sink = presence
+        if supervisor is not None:
+            self._supervisor = supervisor
 
     async def close(self) -> None:
         self._closed = True
@@ -186,6 +199,10 @@ class NatsBroker:
             await self._presence.listen(client, self._presence_changed)
         except BrokerUnavailable as error:
             log.warning("could not listen for presence changes: %s", error)
+        try:
+            await self._ping.listen(client)
+        except BrokerUnavailable as error:
+            log.warning("could not listen for its own pings: %s", error)
         for channel in tuple(self._wanted):
             try:
                 await self._listen(client, channel)
@@ -206,7 +223,10 @@ class NatsBroker:
                 if subscription is error.sub:
                     self._tell_resync(channel)
             return
-        if isinstance(error, OSError | nats.errors.StaleConnectionError):
+        if not isinstance(error, OSError | nats.errors.Error):
+            # nats-py hands over what a subscription's callback raised: a bug of the node's
+            self._supervisor.record("NatsBroker.receive", error)
+        elif isinstance(error, OSError | nats.errors.StaleConnectionError):
             log.debug("NATS connection error: %s", error)  # _on_disconnected told the log
         else:
             log.warning("NATS error: %s", error)
@@ -388,13 +408,22 @@ class NatsBroker:
         return receive
 
     async def check(self) -> None:
-        """A JetStream request and a ping on the connection that carries the fan-out."""
+        """A JetStream request, and a ping through a subscription of the fan-out's (see
+        nats_ping.py). A connection that answers but whose subscriptions deliver nothing is
+        made again: nats-py then replays every subscription, and the node resyncs."""
         js = await self._jetstream()
         client = self._client
         async with translated("answer a readiness check"):
             await js.account_info()
-            if client is not None:
-                await client.flush(math.ceil(self._options.timeout))
+        if client is None:
+            return
+        try:
+            await self._ping.round_trip(client, self._options.timeout)
+        except BrokerUnavailable as error:
+            if client.is_connected:
+                log.warning("%s: reconnecting to subscribe again", error)
+                await client.force_reconnect()
+            raise
 
     # Presence (nats_presence.py)
 

@@ -57,12 +57,14 @@ from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.brokers.redis_link import PubSubLink
 from tidings.brokers.redis_presence import RedisPresence
 from tidings.brokers.redis_scripts import APPEND, READ, live_event, page_of, stored_event
+from tidings.client.backoff import Backoff
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable, ConfigError
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event
 from tidings.protocol.presence import PresenceEntry, decode_change
+from tidings.supervisor import Supervisor
 
 log = logging.getLogger("tidings.brokers.redis")
 
@@ -75,6 +77,8 @@ CHECK_TIMEOUT = 2.0
 META_GRACE_MS = 600_000
 META_REFRESH_SECONDS = 60.0
 REFRESH_CHUNK = 1000
+REFRESHER = "redis epoch refresher"
+REFRESH_BACKOFF = Backoff(1.0, META_REFRESH_SECONDS)
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -141,17 +145,28 @@ class RedisBroker:
         self._resync: GapSink | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
+        self._supervisor = Supervisor()
 
     def client_name(self, role: str) -> str:
         """The CLIENT SETNAME of this node's connections: ``<prefix>:<node>:<role>``."""
         return f"{self.prefix}:{self.node}:{role}"
 
-    def start(self, sink: EventSink, resync: GapSink, presence: PresenceSink | None = None) -> None:
+    def start(
+        self,
+        sink: EventSink,
+        resync: GapSink,
+        presence: PresenceSink | None = None,
+        *,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         """Open the fan-out link; ``resync`` runs when a channel is subscribed again after the
         link was rebuilt (or after a ``subscribe`` that gave up is confirmed at last)."""
         self._sink, self._resync, self._presence_sink = sink, resync, presence
-        self._link.start()
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        if supervisor is not None:
+            self._supervisor = supervisor
+        self._link.start(self._supervisor)
+        refreshing = self._supervisor.keep(REFRESHER, self._refresh_forever, REFRESH_BACKOFF)
+        self._refresher = asyncio.get_running_loop().create_task(refreshing)
 
     async def close(self) -> None:
         self._sink = self._resync = self._presence_sink = None
@@ -261,10 +276,8 @@ class RedisBroker:
             return
         if self._sink is None:
             return
-        try:
-            self._sink(event)
-        except Exception:  # the node's bug must not take the link down for every channel
-            log.exception("the sink failed on event %s of %s", event.id, event.channel)
+        # the node's bug must not take the link down for every channel
+        self._supervisor.run(self._sink, event)
 
     def _presence_received(self, body: bytes) -> None:
         try:
@@ -273,10 +286,7 @@ class RedisBroker:
             log.warning("dropped a malformed presence message: %r", body[:200])
             return
         if self._presence_sink is not None:
-            try:
-                self._presence_sink(change)
-            except Exception:  # as for events: a bug here must not take the link down
-                log.exception("the presence sink failed on %s", change.entry.channel)
+            self._supervisor.run(self._presence_sink, change)  # as for events
 
     def _subscribed(self, name: bytes) -> None:
         if self._resync is not None and name.startswith(self._live_prefix):

@@ -15,7 +15,11 @@ What it promises the broker:
   half-open connection, a stalled server): every ``PING_INTERVAL`` seconds a ping is
   published on a channel only this node subscribes to, and it must come back through the
   link within ``DEAD_AFTER`` seconds. A link that fails or goes quiet is closed and rebuilt,
-  with exponential backoff and jitter, and every wanted channel is subscribed again.
+  with exponential backoff capped at ``BACKOFF_CAP`` and full jitter, and every wanted
+  channel is subscribed again. However long Redis stays away, the keeper keeps trying.
+- The keeper runs under the node's supervisor: what it did not expect is logged, counted,
+  and the keeper starts again. While it is not running, the link is not ``up``, so the
+  node's readiness check fails rather than report a fan-out that nobody keeps.
 
 The link never reconnects behind the broker's back: redis-py's own retries are off on its
 connection, so every new connection goes through the rebuild and its resyncs.
@@ -26,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from tidings.client.backoff import Backoff
 from tidings.exceptions import BrokerUnavailable
+from tidings.supervisor import Supervisor
 
 log = logging.getLogger("tidings.brokers.redis")
 
@@ -44,6 +49,7 @@ SUBSCRIBE_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
 SUBSCRIBE_CHUNK = 1000
+KEEPER = "redis pub/sub link"
 
 Publish = Callable[[bytes, bytes], Coroutine[Any, Any, object]]
 
@@ -80,14 +86,34 @@ class PubSubLink:
         self._up = asyncio.Event()
         self._was_up = False
         self._closing = False
+        self._supervisor = Supervisor()
+        self._backoff = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
 
     @property
     def up(self) -> bool:
-        """Subscribed to its ping channel (a death is noticed within ``DEAD_AFTER``)."""
-        return self._up.is_set()
+        """Subscribed to its ping channel (a death is noticed within ``DEAD_AFTER``), with
+        its keeper running."""
+        return self._up.is_set() and self.kept
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._keep())
+    @property
+    def kept(self) -> bool:
+        """The keeper runs (or the link was never started)."""
+        return self._task is None or not self._task.done()
+
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the keeper; ``supervisor`` logs and counts what it did not expect."""
+        if supervisor is not None:
+            self._supervisor = supervisor
+        keeping = self._supervisor.keep(KEEPER, self._keep, self._backoff)
+        self._task = asyncio.get_running_loop().create_task(keeping)
+        self._task.add_done_callback(self._keeper_ended)
+
+    def _keeper_ended(self, task: asyncio.Task[None]) -> None:
+        if self._closing:
+            return
+        self._up.clear()
+        self._supervisor.ended(KEEPER, task)
+        log.error("Redis pub/sub link: its keeper stopped; this node is not ready any more")
 
     async def close(self) -> None:
         """Stop the link. Its loops also watch ``_closing``: on Python 3.11 a cancellation can
@@ -133,6 +159,8 @@ class PubSubLink:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if not self.kept:
+            raise BrokerUnavailable("the Redis pub/sub link has stopped")
         if not self._was_up:
             await _until(self._up.wait(), deadline, "the Redis pub/sub link is not up yet")
         if not self.up:
@@ -156,6 +184,8 @@ class PubSubLink:
     # The keeper: connect, subscribe, watch, rebuild.
 
     async def _keep(self) -> None:
+        """Connect, serve, back off, again, until closed. What escapes this loop reaches
+        the supervisor, which starts it again."""
         while not self._closing:
             connection: AbstractConnection | None = None
             try:
@@ -165,8 +195,8 @@ class PubSubLink:
                 reason = "the link failed or went quiet"
             except (RedisError, OSError) as error:
                 reason = f"cannot connect ({error})"
-            except Exception:  # a supervisor: log the bug, keep the link alive
-                log.exception("Redis pub/sub link: unexpected error")
+            except Exception as error:  # a bug of ours: the connection is rebuilt all the same
+                self._supervisor.record(KEEPER, error)
                 reason = "unexpected error"
             finally:
                 self._connection = None
@@ -179,10 +209,15 @@ class PubSubLink:
                 await self._back_off(reason)
 
     async def _back_off(self, reason: str) -> None:
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2**self._failures)
+        delay = self._backoff.delay(self._failures)
         self._failures += 1
-        log.warning("Redis pub/sub link: %s; retrying in %.2f s", reason, delay)
-        await asyncio.sleep(random.uniform(delay / 2, delay))
+        log.warning(
+            "Redis pub/sub link: %s; retrying in %.2f s (failure %d in a row)",
+            reason,
+            delay,
+            self._failures,
+        )
+        await asyncio.sleep(delay)
 
     async def _serve(self, connection: AbstractConnection) -> None:
         """Subscribe and read until the link fails or a ping is overdue."""

@@ -3,6 +3,10 @@
 ``deliver`` is the broker's sink. It hands each event to every local subscriber of its
 channel, which writes bytes encoded once for its wire format, and wakes the channel's long
 polls together. No queue or task stands between the broker and a connection's transport.
+
+A connection that raises is the node's bug, and it stays that connection's: the hub's
+supervisor logs and counts it, and the fan-out, the resync or the heartbeat goes on with the
+next connection. The timer wheel and the background tasks report to the same supervisor.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tidings.hub.tally import Tally
 from tidings.hub.timers import TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
+from tidings.supervisor import Supervisor, name_of
 
 log = logging.getLogger("tidings.hub")
 
@@ -59,7 +64,8 @@ class Hub:
         self.broker = broker
         self.settings = settings
         self.loop = loop
-        self.timers = TimerWheel(loop)
+        self.supervisor = Supervisor()
+        self.timers = TimerWheel(loop, supervisor=self.supervisor)
         self.beating: set[Beating] = set()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._waiters: dict[str, set[Waiter]] = {}
@@ -73,7 +79,9 @@ class Hub:
         self.presence = Presence(broker, settings, self.spawn)
 
     def start(self) -> None:
-        self.broker.start(self.deliver, self.resync, self.presence.changed)
+        self.broker.start(
+            self.deliver, self.resync, self.presence.changed, supervisor=self.supervisor
+        )
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
@@ -95,8 +103,8 @@ class Hub:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.supervisor.record(name_of(task.get_coro()), error)
 
     def deliver(self, event: Event) -> None:
         """The broker's sink: collect what arrives in this loop iteration, fan out once."""
@@ -120,21 +128,28 @@ class Hub:
 
     def resync(self, channel: str) -> None:
         """After a fan-out outage: every follower of ``channel`` catches up from history."""
+        run = self.supervisor.run
         for subscriber in tuple(self._subscribers.get(channel, ())):
-            subscriber.resync(channel)
+            run(subscriber.resync, channel)
         for waiter in self._waiters.pop(channel, ()):
-            waiter.recheck()
+            run(waiter.recheck)
 
     def _deliver_batch(self, batch: Batch) -> None:
         self.heads[batch.channel] = batch.last.cursor
         subscribers = self._subscribers.get(batch.channel)
         if subscribers:
+            # The supervisor's try inline: a call per delivery would cost the hot path, and a
+            # try that raises nothing costs nothing.
             for subscriber in tuple(subscribers):
-                subscriber.deliver_batch(batch)
+                try:
+                    subscriber.deliver_batch(batch)
+                except Exception as error:
+                    self.supervisor.record(f"{type(subscriber).__qualname__}.deliver_batch", error)
         waiters = self._waiters.pop(batch.channel, None)
         if waiters:
+            run = self.supervisor.run
             for waiter in waiters:
-                waiter.wake(batch)
+                run(waiter.wake, batch)
         self.tally.fold(batch)
 
     def attach(self, channel: str, subscriber: Subscriber) -> None:
@@ -231,5 +246,6 @@ class Hub:
 
     def _heartbeat(self) -> None:
         now = self.loop.time()
+        run = self.supervisor.run
         for connection in tuple(self.beating):
-            connection.heartbeat(now)
+            run(connection.heartbeat, now)

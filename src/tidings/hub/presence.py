@@ -5,9 +5,14 @@ WebSocket subscribers (docs/protocol.md section 6).
   subscription until it unsubscribes or closes. WebSocket and SSE connections count: both
   are long-lived, with an end the server sees. A poll does not: it is a request, not a
   connection, and there is no moment at which a polling client leaves.
-- Broker calls leave in the order they were made, from one worker task: a quick subscribe
-  and unsubscribe can never leave a ghost entry behind. Runs of adds (or removes) go as one
-  call. Nothing here runs on the delivery path; the hub's timer wheel drives the rest.
+- What waits for the broker is the state to reach, not the calls that led to it: at most one
+  add or remove per entry and one sweep per channel. However long the broker stalls and
+  however many clients come and go meanwhile, that stays bounded by the node's own clients.
+- One worker task takes all of it in a round, one call per kind: adds, removes, sweeps. An
+  entry's remove is sent only after the call that may have stored it, so a quick subscribe
+  and unsubscribe never leaves a ghost; an entry that left before its add was sent costs the
+  broker nothing. Nothing here runs on the delivery path; the hub's timer wheel drives the
+  rest.
 - Every ``REFRESH_PARTS`` of ``server.presence_ttl_seconds`` the node rewrites its entries,
   which live ``LIFETIME_PART`` of the TTL, and sweeps the channels it has clients in. A node
   that dies stops refreshing: its clients are out of every list within half the TTL, and
@@ -21,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from tidings.brokers.base import Broker
@@ -47,9 +51,6 @@ class Watcher(Protocol):
     def send(self, frame: bytes) -> None: ...
 
 
-Operation = tuple[str, list[Any]]  # "add" | "remove" entries, or "sweep" channels
-
-
 class Presence:
     def __init__(
         self,
@@ -67,9 +68,18 @@ class Presence:
         self.interval = ttl / REFRESH_PARTS
         self._entries: dict[str, dict[object, PresenceEntry]] = {}  # channel -> connection
         self._watchers: dict[str, dict[object, Watcher]] = {}
-        self._operations: deque[Operation] = deque()
+        # waiting for the broker, keyed by client id (adds, removes) or channel (sweeps)
+        self._adds: dict[str, PresenceEntry] = {}
+        self._removes: dict[str, PresenceEntry] = {}
+        self._sweeps: dict[str, None] = {}
+        self._sent: set[str] = set()  # client ids the broker may hold: a leave must reach it
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Entries and channels waiting for the broker (bounded by this node's clients)."""
+        return len(self._adds) + len(self._removes) + len(self._sweeps)
 
     def enabled(self, channel: str) -> bool:
         return self._settings.namespace(namespace_of(channel)).presence
@@ -89,7 +99,8 @@ class Presence:
         present[connection] = entry
         if watcher is not None:
             self._watchers.setdefault(channel, {})[connection] = watcher
-        self._queue("add", [entry])
+        self._adds[entry.client] = entry
+        self._wake()
 
     def leave(self, channel: str, connection: object) -> None:
         present = self._entries.get(channel)
@@ -103,7 +114,8 @@ class Presence:
             watchers.pop(connection, None)
             if not watchers:
                 del self._watchers[channel]
-        self._queue("remove", [entry])
+        self._out(entry)
+        self._wake()
 
     def changed(self, change: PresenceChange) -> None:
         """The broker's presence sink: tell this node's watchers of the channel, one frame."""
@@ -119,16 +131,21 @@ class Presence:
     def tick(self) -> None:
         """The timer wheel's job: refresh this node's entries, sweep where it has clients."""
         if self._entries:
-            self._queue("add", [e for present in self._entries.values() for e in present.values()])
-            self._queue("sweep", list(self._entries))
+            for present in self._entries.values():
+                for entry in present.values():
+                    self._adds[entry.client] = entry
+            self._sweeps.update(dict.fromkeys(self._entries))
+            self._wake()
 
     async def close(self) -> None:
         """Take every local client out at once (a drain), waiting a bounded time for it."""
-        entries = [e for present in self._entries.values() for e in present.values()]
+        for present in self._entries.values():
+            for entry in present.values():
+                self._out(entry)
         self._entries.clear()
         self._watchers.clear()
-        if entries:
-            self._queue("remove", entries)
+        self._sweeps.clear()
+        self._wake()
         try:
             await asyncio.wait_for(self._idle.wait(), CLOSE_SECONDS)
         except TimeoutError:
@@ -136,30 +153,40 @@ class Presence:
 
     # The worker: one broker call at a time, in order.
 
-    def _queue(self, kind: str, items: list[Any]) -> None:
-        if self._operations and self._operations[-1][0] == kind:
-            self._operations[-1][1].extend(items)
-        else:
-            self._operations.append((kind, items))
-        if self._idle.is_set():
+    def _out(self, entry: PresenceEntry) -> None:
+        """``entry`` left: unsent, it is forgotten; sent, it must be removed."""
+        self._adds.pop(entry.client, None)
+        if entry.client in self._sent:
+            self._removes[entry.client] = entry
+
+    def _wake(self) -> None:
+        if self._idle.is_set() and self.pending:
             self._idle.clear()
             self._spawn(self._work())
 
     async def _work(self) -> None:
         try:
-            while self._operations:
-                kind, items = self._operations.popleft()
-                try:
-                    await self._call(kind, items)
-                except BrokerUnavailable as error:
-                    log.warning("presence %s of %d failed: %s", kind, len(items), error)
+            while self.pending:
+                adds, self._adds = list(self._adds.values()), {}
+                self._sent.update(entry.client for entry in adds)
+                await self._call("add", adds)
+                removes, self._removes = list(self._removes.values()), {}
+                self._sent.difference_update(entry.client for entry in removes)
+                await self._call("remove", removes)
+                sweeps, self._sweeps = list(self._sweeps), {}
+                await self._call("sweep", sweeps)
         finally:
             self._idle.set()
 
-    async def _call(self, kind: str, items: list[Any]) -> None:
-        if kind == "add":
-            await self._broker.presence_add(items, self.lifetime)
-        elif kind == "remove":
-            await self._broker.presence_remove(items)
-        else:
-            await self._broker.presence_sweep(items)
+    async def _call(self, kind: str, items: Sequence[Any]) -> None:
+        if not items:
+            return
+        try:
+            if kind == "add":
+                await self._broker.presence_add(items, self.lifetime)
+            elif kind == "remove":
+                await self._broker.presence_remove(items)
+            else:
+                await self._broker.presence_sweep(items)
+        except BrokerUnavailable as error:
+            log.warning("presence %s of %d failed: %s", kind, len(items), error)

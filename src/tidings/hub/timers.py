@@ -2,6 +2,10 @@
 
 A long poll's timeout, a request's read deadline and a lingering close each put one entry in a
 bucket; answering early removes it in O(1). No connection owns a timer or a task.
+
+Every node's heartbeats, deadlines, presence refreshes and broker checks hang on this one
+callback, so an expiry or a job that raises is recorded by the supervisor and the tick goes
+on: the next item expires, the next job runs, and the wheel is scheduled again.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from tidings.supervisor import Supervisor
 
 
 class Expiring(Protocol):
@@ -29,8 +35,14 @@ class _Periodic:
 class TimerWheel:
     """Deadline buckets of ``resolution`` seconds, and periodic jobs, on one loop callback."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.05) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        resolution: float = 0.05,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._loop = loop
+        self._supervisor = supervisor or Supervisor()
         self._resolution = resolution
         self._buckets: dict[int, set[Expiring]] = {}
         self._bucket_of: dict[Expiring, int] = {}
@@ -74,10 +86,11 @@ class TimerWheel:
     def _tick(self) -> None:
         now = self._loop.time()
         current = math.floor(now / self._resolution)  # every slot here has its deadline passed
+        run = self._supervisor.run
         for slot in range(self._next_slot, current + 1):
             for item in self._buckets.pop(slot, ()):
                 del self._bucket_of[item]
-                item.expire()
+                run(item.expire)
         self._next_slot = current + 1
         self._run_periodic(now)
         self._schedule()
@@ -86,4 +99,4 @@ class TimerWheel:
         for periodic in self._periodic:
             if now >= periodic.due:
                 periodic.due = now + periodic.interval
-                periodic.job()
+                self._supervisor.run(periodic.job)

@@ -1,17 +1,20 @@
 """The timer wheel (hub/timers.py) on a real event loop: deadlines, discards, periodic jobs.
 
 Every wait is on the event expected, with a timeout; an item that must *not* expire is checked
-after a later item has expired, never after a sleep.
+after a later item has expired, never after a sleep. An expiry or a job that raises is recorded
+and the wheel goes on: everything the node does on a timer hangs on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tidings.hub.timers import TimerWheel
+from tidings.supervisor import Supervisor
 
 RESOLUTION = 0.05
 # Scheduling jitter of a loaded CI machine on top of the wheel's own step.
@@ -212,3 +215,64 @@ async def test_a_stopped_wheel_expires_nothing() -> None:
     await asyncio.wait_for(passed.wait(), WAIT)
     assert item.expired_at == []
     assert ran == []
+
+
+class Exploding:
+    """An Expiring whose expiry raises, as a connection with a bug would."""
+
+    def expire(self) -> None:
+        raise RuntimeError("a broken expiry")
+
+
+def explode() -> None:
+    raise RuntimeError("a broken job")
+
+
+async def test_an_expiry_that_raises_does_not_stop_the_others_or_the_wheel(
+    wheel: TimerWheel,
+) -> None:
+    wheel.add(Exploding(), 0.05)
+    same_tick = add(wheel, 0.05)
+    later = add(wheel, 0.2)
+    await asyncio.wait_for(asyncio.gather(same_tick.wait(), later.wait()), WAIT)
+    assert len(same_tick.expired_at) == len(later.expired_at) == 1
+
+
+async def test_a_periodic_job_that_raises_does_not_stop_the_other_jobs(
+    wheel: TimerWheel,
+) -> None:
+    runs: list[int] = []
+    enough = asyncio.Event()
+
+    def counting() -> None:
+        runs.append(1)
+        if len(runs) == 3:
+            enough.set()
+
+    wheel.every(0.05, explode)  # registered first: it runs before the other on every tick
+    wheel.every(0.05, counting)
+    await asyncio.wait_for(enough.wait(), WAIT)
+    item = add(wheel, 0.05)
+    await item.wait()  # deadlines still expire too
+
+
+async def test_what_raised_is_logged_and_counted_by_its_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    supervisor = Supervisor()
+    wheel = TimerWheel(asyncio.get_running_loop(), RESOLUTION, supervisor)
+    wheel.start()
+    try:
+        wheel.every(0.05, explode)
+        wheel.add(Exploding(), 0.05)
+        sentinel = add(wheel, 0.15)
+        await sentinel.wait()
+    finally:
+        wheel.stop()
+    assert supervisor.failures["explode"] >= 1
+    assert supervisor.failures["Exploding.expire"] == 1
+    failed = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert {record.exc_info[1].args[0] for record in failed if record.exc_info} == {
+        "a broken job",
+        "a broken expiry",
+    }

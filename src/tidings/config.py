@@ -24,7 +24,12 @@ LOG_FORMATS = ("text", "json")
 DOCS = {
     "server.host": "address to listen on",
     "server.port": "port to listen on; 0 picks a free one",
-    "server.broker": "memory:// (one process), redis://host:port/db or nats://host:port",
+    "server.broker": "memory:// (one process), redis://host:port/db, "
+    "redis+sentinel://host:port[,host:port]/master, redis+cluster://host:port[,host:port] "
+    "or nats://host:port[,host:port]",
+    "server.redis_wait_replicas": "Redis replicas that must hold a publish before it is "
+    "acknowledged (WAIT, up to 1 s; fewer: 503, retry with the idempotency key); 0: "
+    "acknowledge once the primary stored it, faster, but a failover may lose it",
     "server.api_keys": "keys for the publish and history APIs; empty: loopback clients only",
     "server.allowed_origins": "browser origins allowed on WebSocket and SSE; * allows all",
     "server.heartbeat_seconds": "SSE ': ping' comments and WebSocket pings, this often",
@@ -93,6 +98,7 @@ class ServerSettings:
     poll_rate_per_address: float = 0.0
     trusted_proxies: tuple[str, ...] = ()
     presence_ttl_seconds: float = 15.0
+    redis_wait_replicas: int = 0
     log_format: str = "text"
     test_echo: bool = False
 
@@ -300,9 +306,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(
                 "server.trusted_proxies", f"{entry!r} is not an IP address or CIDR network"
             ) from None
-    _require(
-        server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1"
-    )
+    _require(server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1")
+    _require(server.redis_wait_replicas >= 0, "server.redis_wait_replicas", "must be 0 or more")
     _require(
         server.log_format in LOG_FORMATS,
         "server.log_format",

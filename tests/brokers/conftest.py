@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
+from tests.deployments import nats_cluster, redis_cluster, redis_sentinel, with_prefix
 from tests.nats.support import NATS_URL, isolated_nats_url
 from tests.redis.support import REDIS_URL, isolated_redis_url
 from tidings.brokers import Broker, broker_for
@@ -22,8 +23,14 @@ from tidings.protocol.event import Event
 BROKER_URLS = ["memory://"]
 BROKER_URLS.append(NATS_URL)  # skipped loudly when NATS is not running (failed under CI=true)
 BROKER_URLS.append(REDIS_URL)  # the same for Redis
+# Deployments beyond one server, started for this module by the fixture named (skipped loudly
+# when redis-server or nats-server is missing, failed under CI=true).
+STARTED = {"redis+cluster": "redis_cluster", "redis+sentinel": "redis_sentinel"}
+STARTED["nats-cluster"] = "nats_cluster"
+BROKER_URLS += STARTED
 # Brokers that hold history in this process answer history_nowait with a page, never None.
 LOCAL_BROKERS = {"memory"}
+__all__ = ["nats_cluster", "redis_cluster", "redis_sentinel"]  # fixtures, used by name
 
 
 # Per scheme: the URL a test gets, isolated from other tests' data and cleaned up afterwards.
@@ -35,6 +42,9 @@ ISOLATE["redis"] = isolated_redis_url
 @pytest.fixture(params=BROKER_URLS)
 async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     url: str = request.param
+    if url in STARTED:
+        yield with_prefix(request.getfixturevalue(STARTED[url]).url)
+        return
     isolate = ISOLATE.get(url.partition("://")[0])
     if isolate is None:
         yield url

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from tidings.brokers.base import Broker, HistoryPage, broker_for
@@ -27,19 +29,21 @@ def _nats() -> Any:
     return NatsBroker
 
 
-def _redis() -> Any:
+def _redis_module(module: str, name: str) -> Any:
+    """``name`` from ``tidings.brokers.<module>``, which needs the redis extra."""
     try:
-        from tidings.brokers.redis import RedisBroker
+        return getattr(importlib.import_module(f"tidings.brokers.{module}"), name)
     except ImportError as error:
         if error.name != "redis" and not (error.name or "").startswith("redis."):
             raise
         raise ConfigError(
             "server.broker", "redis:// needs the redis extra: pip install tidings[redis]"
         ) from error
-    return RedisBroker
 
 
-REGISTRY: dict[str, Callable[[], Any]] = {"memory": _memory, "redis": _redis, "rediss": _redis}
-REGISTRY["nats"] = _nats
+REGISTRY: dict[str, Callable[[], Any]] = {"memory": _memory, "nats": _nats}
+REGISTRY["redis"] = REGISTRY["rediss"] = partial(_redis_module, "redis", "RedisBroker")
+REGISTRY["redis+sentinel"] = partial(_redis_module, "redis_sentinel", "SentinelBroker")
+REGISTRY["redis+cluster"] = partial(_redis_module, "redis_cluster", "ClusterBroker")
 
 __all__ = ["REGISTRY", "Broker", "HistoryPage", "broker_for"]

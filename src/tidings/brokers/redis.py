@@ -42,10 +42,10 @@ import logging
 import math
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -68,6 +68,28 @@ from tidings.supervisor import Supervisor
 
 log = logging.getLogger("tidings.brokers.redis")
 
+# A Redis, or on Redis Cluster a RedisCluster: the commands this broker sends have the same
+# signature on both, and redis-py gives them no common type.
+Commands = Any
+
+
+class Fanout(Protocol):
+    """How events reach the nodes: one PubSubLink, or on Redis Cluster one per shard."""
+
+    wanted: set[bytes]
+
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start keeping the link(s) up; ``supervisor`` logs and counts what was unexpected."""
+
+    async def close(self) -> None: ...
+
+    async def want(self, name: bytes) -> None: ...
+
+    async def drop(self, name: bytes) -> None: ...
+
+    async def round_trip(self, timeout: float) -> None: ...
+
+
 DEFAULT_PREFIX = "tidings"
 _PREFIX = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
 COMMAND_TIMEOUT = 5.0
@@ -79,6 +101,16 @@ META_REFRESH_SECONDS = 60.0
 REFRESH_CHUNK = 1000
 REFRESHER = "redis epoch refresher"
 REFRESH_BACKOFF = Backoff(1.0, META_REFRESH_SECONDS)
+WAIT_TIMEOUT_MS = 1000  # how long a publish waits for server.redis_wait_replicas
+
+
+def confirm(replicas: int, wanted: int) -> None:
+    """A write WAIT saw on fewer replicas than wanted is not acknowledged."""
+    if replicas < wanted:
+        raise BrokerUnavailable(
+            f"stored on the Redis primary but held by {replicas} of {wanted} replicas in "
+            f"{WAIT_TIMEOUT_MS} ms: retry with the same idempotency key"
+        )
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -89,13 +121,37 @@ def split_url(url: str) -> tuple[str, str]:
         raise ConfigError("server.broker", f"{url!r} is not a URL: {error}") from error
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefixes = [value for key, value in query if key == "prefix"]
-    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    prefix = checked_prefix(prefixes[-1] if prefixes else DEFAULT_PREFIX)
+    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def checked_prefix(prefix: str) -> str:
     if _PREFIX.fullmatch(prefix) is None:
         raise ConfigError(
             "server.broker", f"prefix {prefix!r}: use 1 to 64 characters from A-Z a-z 0-9 _ - . :"
         )
-    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    return prefix
+
+
+def link_options(connection_kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
+    """A pooled connection's options made fit for a pub/sub link: no read timeout, no retries
+    (the link rebuilds itself, with its resyncs), RESP2 messages."""
+    options: dict[str, Any] = {
+        **connection_kwargs,
+        "socket_timeout": None,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": client_name,
+        "protocol": 2,
+    }
+    for resp3_only in (
+        "maint_notifications_config",
+        "maint_notifications_pool_handler",
+        "oss_cluster_maint_notifications_handler",
+    ):
+        if resp3_only in options:  # redis-py 8 turns these on for its default, RESP3
+            options[resp3_only] = None
+    return options
 
 
 @contextlib.contextmanager
@@ -111,27 +167,44 @@ class RedisBroker:
     """Many nodes, one Redis: see the module docstring for what it guarantees."""
 
     def __init__(self, url: str, settings: Settings) -> None:
-        address, self.prefix = split_url(url)
         self.node = new_epoch()
         self._settings = settings
+        self._wait_replicas = settings.server.redis_wait_replicas
+        self.prefix, self._redis = self._connect(url)
+        self._append = self._redis.register_script(self.APPEND)
+        self._read = self._redis.register_script(READ)
+        self._live_prefix = f"{self.prefix}:live:".encode()
+        self._presence = RedisPresence(self._redis, self.prefix)
+        self._link = self._fanout_link()
+        self._sink: EventSink | None = None
+        self._presence_sink: PresenceSink | None = None
+        self._resync: GapSink | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._supervisor = Supervisor()
+
+    APPEND = APPEND
+
+    def _connect(self, url: str) -> tuple[str, Commands]:
+        """The key prefix and the client of commands, for one server."""
+        address, prefix = split_url(url)
         try:
-            self._pool = BlockingConnectionPool.from_url(
+            self._pool: ConnectionPool = BlockingConnectionPool.from_url(
                 address,
                 max_connections=POOL_SIZE,
                 timeout=COMMAND_TIMEOUT,
                 socket_timeout=COMMAND_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 retry=Retry(NoBackoff(), 0),  # a retried publish could store twice
-                client_name=self.client_name("commands"),
+                client_name=self.client_name("commands", prefix),
             )
         except ValueError as error:
             raise ConfigError("server.broker", f"{url!r} is not a Redis URL: {error}") from error
-        self._redis = Redis(connection_pool=self._pool)
-        self._append = self._redis.register_script(APPEND)
-        self._read = self._redis.register_script(READ)
-        self._live_prefix = f"{self.prefix}:live:".encode()
-        self._presence = RedisPresence(self._redis, self.prefix)
-        self._link = PubSubLink(
+        return prefix, Redis(connection_pool=self._pool)
+
+    def _fanout_link(self) -> Fanout:
+        """One pub/sub link: classic pub/sub reaches every node through one server."""
+        return PubSubLink(
             self._link_connection,
             self._publish_raw,
             f"{self.prefix}:ping:{self.node}".encode(),
@@ -140,16 +213,10 @@ class RedisBroker:
             self._drop_idle_connections,
             {self._presence.fanout: self._presence_received},
         )
-        self._sink: EventSink | None = None
-        self._presence_sink: PresenceSink | None = None
-        self._resync: GapSink | None = None
-        self._refresher: asyncio.Task[None] | None = None
-        self._closed = False
-        self._supervisor = Supervisor()
 
-    def client_name(self, role: str) -> str:
+    def client_name(self, role: str, prefix: str | None = None) -> str:
         """The CLIENT SETNAME of this node's connections: ``<prefix>:<node>:<role>``."""
-        return f"{self.prefix}:{self.node}:{role}"
+        return f"{prefix or self.prefix}:{self.node}:{role}"
 
     def start(
         self,
@@ -175,6 +242,9 @@ class RedisBroker:
         if self._refresher is not None:
             self._refresher.cancel()  # may be lost inside redis-py: the loop checks _closed
             await asyncio.gather(self._refresher, return_exceptions=True)
+        await self._release()
+
+    async def _release(self) -> None:
         await self._pool.disconnect()
 
     # Keys and names.
@@ -186,6 +256,12 @@ class RedisBroker:
 
     def _live_name(self, channel: str) -> bytes:
         return self._live_prefix + channel.encode()
+
+    def _channel_of(self, name: bytes) -> str | None:
+        """The channel of a live name, or None if ``name`` is not one."""
+        if not name.startswith(self._live_prefix):
+            return None
+        return name[len(self._live_prefix) :].decode()
 
     def _limits(self, channel: str) -> tuple[int, int, int]:
         """History size, age limit in ms and meta lifetime in ms (0: no age limit)."""
@@ -205,8 +281,19 @@ class RedisBroker:
         args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, size, event, data, key]
         args += [self._live_name(channel), channel]
         with translated("publish"):
-            reply = await self._append(keys=self.keys(channel), args=args)
+            reply = await self._store(self.keys(channel), args)
         return stored_event(channel, reply)
+
+    async def _store(self, keys: list[str], args: list[EncodableT]) -> Any:
+        """Run APPEND; with ``redis_wait_replicas``, WAIT on the same connection until that
+        many replicas hold the write (WAIT counts what this connection wrote)."""
+        if not self._wait_replicas:
+            return await self._append(keys=keys, args=args)
+        async with self._redis.client() as connection:
+            reply = await self._append(keys=keys, args=args, client=connection)
+            replicas = await connection.wait(self._wait_replicas, WAIT_TIMEOUT_MS)
+        confirm(replicas, self._wait_replicas)
+        return reply
 
     async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
         _size, ttl_ms, meta_ms = self._limits(channel)
@@ -248,16 +335,7 @@ class RedisBroker:
 
     def _link_connection(self) -> AbstractConnection:
         """A connection for the pub/sub link: no read timeout, no retries, RESP2 messages."""
-        options: dict[str, Any] = {
-            **self._pool.connection_kwargs,
-            "socket_timeout": None,
-            "retry": Retry(NoBackoff(), 0),
-            "client_name": self.client_name("pubsub"),
-            "protocol": 2,
-        }
-        for resp3_only in ("maint_notifications_config", "maint_notifications_pool_handler"):
-            if resp3_only in options:  # redis-py 8 turns these on for its default, RESP3
-                options[resp3_only] = None
+        options = link_options(self._pool.connection_kwargs, self.client_name("pubsub"))
         connection: AbstractConnection = self._pool.connection_class(**options)
         return connection
 
@@ -289,8 +367,9 @@ class RedisBroker:
             self._supervisor.run(self._presence_sink, change)  # as for events
 
     def _subscribed(self, name: bytes) -> None:
-        if self._resync is not None and name.startswith(self._live_prefix):
-            self._resync(name[len(self._live_prefix) :].decode())
+        channel = self._channel_of(name)
+        if self._resync is not None and channel is not None:
+            self._resync(channel)
 
     # Presence (redis_presence.py).
 
@@ -322,8 +401,8 @@ class RedisBroker:
 
     async def refresh_followed(self) -> None:
         """Push back the expiry of every followed channel's epoch and offset."""
-        prefix = len(self._live_prefix)
-        channels = [name[prefix:].decode() for name in self._link.wanted]
+        named = (self._channel_of(name) for name in self._link.wanted)
+        channels = [channel for channel in named if channel is not None]
         for start in range(0, len(channels), REFRESH_CHUNK):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for channel in channels[start : start + REFRESH_CHUNK]:

@@ -23,6 +23,12 @@ What it promises the broker:
 
 The link never reconnects behind the broker's back: redis-py's own retries are off on its
 connection, so every new connection goes through the rebuild and its resyncs.
+
+A ``sharded`` link (Redis Cluster, one per shard) follows its wanted channels and its ping
+with ``SSUBSCRIBE``: sharded channels live on their slot's shard, so a message crosses no
+other shard. Its side channels stay classic (``SUBSCRIBE``), which the cluster sends to
+every shard. Sharded channels are subscribed one per command, as a shard refuses channels of
+several slots in one ``SSUBSCRIBE``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ SUBSCRIBE_CHUNK = 1000
 KEEPER = "redis pub/sub link"
 
 Publish = Callable[[bytes, bytes], Coroutine[Any, Any, object]]
+# (subscribe, unsubscribe) for classic and for sharded channels.
+_COMMANDS = {False: (b"SUBSCRIBE", b"UNSUBSCRIBE"), True: (b"SSUBSCRIBE", b"SUNSUBSCRIBE")}
 
 
 class PubSubLink:
@@ -66,8 +74,11 @@ class PubSubLink:
         on_subscribed: Callable[[bytes], None],
         on_lost: Callable[[], Awaitable[None]],
         side: dict[bytes, Callable[[bytes], None]] | None = None,
+        sharded: bool = False,
     ) -> None:
         self._connect = connect
+        self._subscribe, self._unsubscribe = _COMMANDS[sharded]
+        self._per_command = 1 if sharded else SUBSCRIBE_CHUNK
         self._publish = publish
         self._ping_channel = ping_channel
         self._on_message = on_message
@@ -138,7 +149,7 @@ class PubSubLink:
         confirmed = asyncio.get_running_loop().create_future()
         self._confirming.setdefault(name, []).append(confirmed)
         try:
-            await self._send(b"SUBSCRIBE", name)
+            await self._send(self._subscribe, name)
             await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
         except TimeoutError as error:
             raise BrokerUnavailable("Redis did not confirm a subscription: reconnecting") from error
@@ -149,7 +160,7 @@ class PubSubLink:
 
     async def drop(self, name: bytes) -> None:
         self.wanted.discard(name)
-        await self._send(b"UNSUBSCRIBE", name)
+        await self._send(self._unsubscribe, name)
 
     async def round_trip(self, timeout: float) -> None:
         """Publish a ping and wait for it to come back through the link.
@@ -226,9 +237,11 @@ class PubSubLink:
         self._last_pong = loop.time()
         reader = loop.create_task(self._read(connection))
         try:
-            names = [self._ping_channel, *self._side, *self.wanted]
-            for start in range(0, len(names), SUBSCRIBE_CHUNK):
-                await self._send(b"SUBSCRIBE", *names[start : start + SUBSCRIBE_CHUNK])
+            if self._side:
+                await self._send(b"SUBSCRIBE", *self._side)
+            names = [self._ping_channel, *self.wanted]
+            for start in range(0, len(names), self._per_command):
+                await self._send(self._subscribe, *names[start : start + self._per_command])
             while not reader.done() and not self._closing:
                 self._ping()
                 await asyncio.wait({reader}, timeout=PING_INTERVAL)
@@ -258,14 +271,14 @@ class PubSubLink:
         if not isinstance(reply, list) or len(reply) != 3:
             return
         kind, name, body = reply
-        if kind == b"message":
+        if kind in (b"message", b"smessage"):
             if name in self.wanted:
                 self._on_message(body)
             elif name == self._ping_channel:
                 self._pong(body)
             elif (handler := self._side.get(name)) is not None:
                 handler(body)
-        elif kind == b"subscribe":
+        elif kind in (b"subscribe", b"ssubscribe"):
             self._confirmed(name)
 
     def _confirmed(self, name: bytes) -> None:

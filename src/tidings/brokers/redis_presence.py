@@ -15,7 +15,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from tidings.protocol.presence import PresenceEntry, entry_from_json
@@ -97,7 +99,7 @@ return entries
 class RedisPresence:
     """The presence half of the Redis broker; its caller translates Redis errors."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self.fanout = f"{prefix}:presence".encode()
@@ -149,10 +151,23 @@ class RedisPresence:
         self, script: AsyncScript, calls: list[tuple[list[str], list[EncodableT]]]
     ) -> None:
         for start in range(0, len(calls), CHUNK):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls[start : start + CHUNK]:
-                    await script(keys=keys, args=args, client=pipe)
-                await pipe.execute()
+            try:
+                await self._pipeline(script, calls[start : start + CHUNK])
+            except NoScriptError:
+                # A Redis Cluster pipeline does not load scripts (a one-server pipeline
+                # does): load it on every primary, then run again, as every script here
+                # can run twice with the same outcome.
+                await self._redis.script_load(script.script)
+                await self._pipeline(script, calls[start : start + CHUNK])
+
+    async def _pipeline(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[EncodableT]]]
+    ) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                # AsyncScript handles a ClusterPipeline, though its signature omits it
+                await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            await pipe.execute()
 
 
 def _by_channel(entries: Sequence[PresenceEntry]) -> dict[str, list[PresenceEntry]]:

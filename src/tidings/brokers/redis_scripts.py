@@ -12,11 +12,11 @@ names cannot contain braces):
 Both scripts run atomically: they create the meta (with the candidate epoch the caller
 passes) when it is missing, drop entries older than the age limit, and refresh the keys'
 expiry. ``APPEND`` then gives the next offset, stores the entry, trims to the size limit and
-PUBLISHes the stored event, so nodes receive a channel's events in offset order and an event
-is never fanned out unless stored. A missing meta starts a new epoch on a clean stream: when
-Redis loses a channel (expiry, restart without persistence), resuming clients get an
-``epoch`` reset. Reads write too (create the meta, trim, refresh expiry), so they run on the
-primary.
+PUBLISHes the stored event (SPUBLISH on Redis Cluster), so nodes receive a channel's events
+in offset order and an event is never fanned out unless stored. A missing meta starts a new
+epoch on a clean stream: when Redis loses a channel (expiry, restart without persistence),
+resuming clients get an ``epoch`` reset. Reads write too (create the meta, trim, refresh
+expiry), so they run on the primary.
 
 The functions at the end turn the scripts' answers (and the fan-out messages) into Events
 and HistoryPages; ``page_of`` decides between events, an ``epoch`` and a ``gap`` reset.
@@ -97,7 +97,7 @@ return {epoch, last, first, entries}
 """
 )
 
-APPEND = (
+_APPEND = (
     _COMMON
     + """
 -- ARGV: candidate epoch, ttl ms, meta ttl ms, size, event, data, idempotency key or '',
@@ -136,10 +136,14 @@ end
 keep(stream, ttl_ms)
 keep(keys, ttl_ms)
 keep(meta, ARGV[3])
-redis.call('PUBLISH', ARGV[8], table.concat({ARGV[9], epoch, offset, now, event, data}, '\\n'))
+redis.call('@PUBLISH@', ARGV[8], table.concat({ARGV[9], epoch, offset, now, event, data}, '\\n'))
 return {epoch, offset, now, event, data, 0}
 """
 )
+# One server and Sentinel fan out with classic pub/sub; Redis Cluster with sharded pub/sub,
+# whose channel (``<prefix>:live:{<channel>}``) shares the slot of the channel's keys.
+APPEND = _APPEND.replace("@PUBLISH@", "PUBLISH")
+SHARDED_APPEND = _APPEND.replace("@PUBLISH@", "SPUBLISH")
 
 
 def _text(value: object) -> str:

@@ -3,13 +3,16 @@
 // One connection per Tidings instance, over the first technique of the ladder that works:
 // WebSocket, then Server-Sent Events, then long polling, then short polling. Every technique
 // resumes each channel from its last cursor after any reconnect, and offsets already seen are
-// dropped, so events are neither lost nor delivered twice. No dependencies, no build step;
-// everything that touches the outside world (sockets, fetch, timers, randomness, storage, the
-// window) can be passed in, which is how the tests drive it.
+// dropped, so events are neither lost nor delivered twice. With `share`, the tabs of a browser
+// share one connection, held by a SharedWorker running this same file or by the tab that holds
+// a Web Lock. No dependencies, no build step; everything that touches the outside world
+// (sockets, fetch, timers, randomness, storage, the window) can be passed in, which is how the
+// tests drive it.
 
 const LADDER = ["websocket", "sse", "longpoll", "poll"];
 const CHANNEL = /^[\w\-.:@/]{1,128}$/;
 const CURSOR = /^[A-Za-z\d]{1,16}\.(0|[1-9]\d*)$/;
+const CATCH_UP = 1000; // events per history request when a shared tab catches up
 const DEFAULTS = {
   minDelay: 500, // first reconnect delay bound, doubling on each attempt...
   maxDelay: 30000, // ...up to this; the delay is uniform in [0, bound) ("full jitter")
@@ -68,8 +71,10 @@ export class Tidings {
   /**
    * @param {string} url the server, `http(s)://host:port` or a base path of this page's origin
    * @param {object} [options] `token` (a string, or a function returning one or a Promise of
-   *   one, asked at connect and after a 401 or close 4001), `transports`, the timings of DEFAULTS, and
-   *   the seams `WebSocket`, `fetch`, `setTimeout`, `clearTimeout`, `random`, `storage`, `window`
+   *   one, asked at connect and after a 401 or close 4001), `transports`, the timings of DEFAULTS,
+   *   `share` (one connection for every tab), `resume: "session"` (a reload resumes from the
+   *   cursors of the page before), `worker` (the URL of this file, for SharedWorker), and the
+   *   seams `WebSocket`, `fetch`, `setTimeout`, `clearTimeout`, `random`, `storage`, `window`
    */
   constructor(url, options = {}) {
     const o = (this._o = { ...DEFAULTS, ...options });
@@ -109,8 +114,23 @@ export class Tidings {
     let remembered;
     try { remembered = this._storage.getItem(this._key); } catch {}
     this._rung = Math.max(0, this._ladder.indexOf(remembered));
+    // Sharing needs Web Locks, to know when a tab or the leading tab is gone; a SharedWorker
+    // holds the connection where there is one, else the tab holding the lock (Android Chrome).
+    const { navigator: nav, SharedWorker, BroadcastChannel } = this._w;
+    if (o.share && nav?.locks) this._share = SharedWorker ? "worker" : BroadcastChannel && "locks";
+    this._saved = {};
+    if (o.resume === "session") {
+      try { this._saved = JSON.parse(this._storage.getItem(this._key + " cursors")) || {}; } catch {}
+      this._save = () => {
+        const cursors = { ...this._saved };
+        for (const [channel, entry] of this._channels) if (entry.cursor) cursors[channel] = entry.cursor;
+        try { this._storage.setItem(this._key + " cursors", JSON.stringify(cursors)); } catch {}
+      };
+      this._w.addEventListener?.("pagehide", this._save);
+    }
     this._wake = () => {
-      if (this._closed || this._w.document?.visibilityState === "hidden") return;
+      if (this._closed) return;
+      if (this._w.document?.visibilityState === "hidden") return this._save?.();
       if (this._timer == null) return this._conn?.check?.();
       this._clear(this._timer);
       this._connect();
@@ -122,7 +142,7 @@ export class Tidings {
 
   /** The technique in use or being tried: "websocket", "sse", "longpoll", "poll" or null. */
   get transport() {
-    return this._conn ? this._conn.name : null;
+    return this._conn?.name ?? null;
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -143,12 +163,15 @@ export class Tidings {
    * Receive the events of `channel` after `since` (default: from now). `onEvent` gets
    * `{channel, id, event, data, ts}`; `onReset` gets `{channel, id, reason}` when history could
    * not cover a gap; `onError` gets a TidingsError when the server refuses the channel.
-   * `since` only counts for the first subscription of a channel.
+   * `since` only counts for the first subscription of a channel; with `resume: "session"`, it
+   * defaults to the cursor the channel had when this page's previous incarnation went away.
    */
   subscribe(channel, { since, onEvent, onReset, onError } = {}) {
     if (this._closed) throw new TidingsError("closed", "this Tidings instance is closed");
     if (!CHANNEL.test(channel)) throw new TypeError(`invalid channel name: ${channel}`);
     if (since != null && !CURSOR.test(since)) throw new TypeError(`invalid cursor: ${since}`);
+    const saved = this._saved[channel];
+    since ??= CURSOR.test(saved) ? saved : null;
     let entry = this._channels.get(channel);
     if (!entry) {
       this._channels.set(channel, (entry = { channel, cursor: since || null, subs: new Set() }));
@@ -189,6 +212,7 @@ export class Tidings {
     this._clear(this._timer);
     this._timer = null;
     this._w.removeEventListener?.("online", this._wake);
+    this._w.removeEventListener?.("pagehide", this._save);
     this._w.document?.removeEventListener?.("visibilitychange", this._wake);
     this._conn?.stop();
     this._conn = null;
@@ -216,6 +240,7 @@ export class Tidings {
     const name = this._ladder[this._rung];
     if (this._closed || this._conn || this._asking || (name !== "websocket" && !this._channels.size))
       return;
+    if (this._share) return (this._conn = shared(this)).sync();
     if (this._ask) return this._renew();
     let opened = false;
     const live = () => this._conn === conn;
@@ -424,7 +449,7 @@ function websocket(client, ctx) {
     else if (op === "subscribed") {
       subscribing.delete(ref);
       const entry = client._channels.get(channel);
-      if (entry && !entry.cursor) entry.cursor = message.id;
+      if (entry && !entry.cursor) client._follow([entry], message.id);
     } else if (op === "published") client._settle(ref, message.id);
     else if (op === "error") {
       const error = new TidingsError(message.code, message.message);
@@ -628,3 +653,341 @@ function polling(long) {
 }
 
 const TRANSPORTS = { websocket, sse, longpoll: polling(true), poll: polling(false) };
+
+// --- one connection for every tab ----------------------------------------------------------------
+// Each tab's client keeps its own channels, cursors, callbacks and duplicate check, and talks to
+// the owner of the connection over messages: to a SharedWorker through its port, or to the tab
+// holding the lock `tidings <url>` over two BroadcastChannels (" up" to the owner, " down" from
+// it). The owner runs one plain client on the union of the tabs' channels. A tab that joins with
+// a cursor behind the owner's fills the gap from history itself, holding the owner's live events
+// back meanwhile, so that a reload, or a new owner that resumed from another tab's cursor, loses
+// nothing. Each tab holds the lock `tidings <url> tab <id>` while it lives: the owner waiting for
+// that lock learns when a tab is gone.
+
+const PICKED = ["transports", ...Object.keys(DEFAULTS)]; // the options a worker can be sent
+
+// The channel state of a tab, in the owner: answers `send(tab, message)`, `fan(tabs, message)`;
+// `watch(tab, gone)` calls `gone` when the tab has gone away.
+function owner(link, make) {
+  const tabs = new Map(); // tab -> {channels: Set, token: whether it can give one}
+  const channels = new Map(); // channel -> {sub, tabs: Set, waiting: Set of tabs to answer}
+  const asks = new Map(); // token request ref -> {resolve, reject, tab}
+  let client, last, refs = 0;
+  const everyone = (message) => link.fan(tabs.keys(), message);
+  // A tab learns where the owner's stream of a channel starts once the owner knows it.
+  const answer = () => {
+    for (const [channel, { sub, waiting }] of channels)
+      if (sub.cursor) {
+        for (const tab of waiting) link.send(tab, { op: "subscribed", channel, id: sub.cursor });
+        waiting.clear();
+      }
+  };
+  // The owner's client asks a tab that has a token (a function cannot travel in a message).
+  const ask = (ref) => {
+    const pending = asks.get(ref);
+    pending.tab = [...tabs].find(([, tab]) => tab.token)?.[0];
+    if (pending.tab != null) return link.send(pending.tab, { op: "token", ref });
+    asks.delete(ref);
+    pending.reject();
+  };
+  const token = () =>
+    new Promise((resolve, reject) => {
+      const ref = ++refs;
+      asks.set(ref, { resolve, reject });
+      ask(ref);
+    });
+  const leave = (tab) => {
+    const gone = tabs.get(tab);
+    if (!gone) return;
+    tabs.delete(tab);
+    for (const channel of gone.channels) unfollow(tab, channel);
+    for (const [ref, pending] of asks) if (pending.tab === tab) ask(ref);
+    link.forget?.(tab);
+    if (!tabs.size) stop();
+  };
+  const unfollow = (tab, channel) => {
+    const state = channels.get(channel);
+    tabs.get(tab)?.channels.delete(channel);
+    if (!state?.tabs.delete(tab)) return;
+    state.waiting.delete(tab);
+    if (!state.tabs.size) {
+      channels.delete(channel);
+      state.sub.close();
+    }
+  };
+  const follow = (channel, since) => {
+    const state = { tabs: new Set(), waiting: new Set() };
+    const fan = (message) => (link.fan(state.tabs, message), answer());
+    state.sub = client.subscribe(channel, {
+      since,
+      onEvent: (event) => fan({ op: "event", ...event }),
+      onReset: (reset) => fan({ op: "reset", ...reset }),
+      onError: ({ code, message }) => {
+        channels.delete(channel);
+        for (const tab of state.tabs) tabs.get(tab)?.channels.delete(channel);
+        link.fan(state.tabs, { op: "error", channel, code, message });
+      },
+    });
+    channels.set(channel, state);
+    return state;
+  };
+  const stop = () => {
+    client?.close();
+    client = last = null;
+    channels.clear();
+  };
+  const ops = {
+    hello({ tab, url, options, token: has }) {
+      if (!tabs.has(tab)) {
+        tabs.set(tab, { channels: new Set(), token: has });
+        link.watch(tab, () => leave(tab));
+      }
+      if (!client) {
+        client = make(url, { ...options, token: has ? token : undefined });
+        client._moved = answer;
+        for (const name of ["connecting", "connected", "disconnected"])
+          client.on(name, (...args) => everyone((last = { op: "state", name, args })));
+        client.on("error", ({ code, message }) => everyone({ op: "fail", code, message }));
+      }
+      if (last) link.send(tab, last);
+    },
+    subscribe({ tab, channel, since }) {
+      const state = channels.get(channel) || follow(channel, since);
+      tabs.get(tab).channels.add(channel);
+      state.tabs.add(tab);
+      state.waiting.add(tab);
+      answer();
+    },
+    unsubscribe: ({ tab, channel }) => unfollow(tab, channel),
+    publish({ tab, ref, channel, data, event, idempotency_key: idempotencyKey }) {
+      client.publish(channel, data, { event, idempotencyKey }).then(
+        (id) => link.send(tab, { op: "published", ref, id }),
+        ({ code, message }) => link.send(tab, { op: "failed", ref, code, message }),
+      );
+    },
+    bye: ({ tab }) => leave(tab),
+  };
+  return {
+    stop,
+    receive(message) {
+      const { op, tab, ref } = message;
+      if (op === "token") {
+        const pending = asks.get(ref);
+        asks.delete(ref);
+        return message.failed ? pending?.reject() : pending?.resolve(message.token);
+      }
+      // A tab whose hello went to an owner that is gone says hello again when the next one
+      // announces itself.
+      if (op === "hello" || tabs.has(tab)) ops[op]?.(message);
+    },
+  };
+}
+
+// The owner's client: it tells the owner when a channel's cursor becomes known.
+class Owner extends Tidings {
+  _follow(entries, list) {
+    super._follow(entries, list);
+    this._moved?.();
+  }
+}
+
+const randomId = () => crypto.getRandomValues(new Uint32Array(2)).join("");
+
+// The tab's side: a connection to the owner, with sync/send/stop like a transport.
+function shared(client) {
+  const o = client._o, w = client._w, locks = w.navigator.locks;
+  const url = client._url("/", {}).href.replace(/\/$/, "");
+  const name = "tidings " + url, tab = randomId();
+  const registered = new Map(); // channel -> {waiting, buffer of live messages or null, overflow}
+  const abort = new AbortController();
+  const { signal } = abort;
+  let post, release, ready, stopLink = () => {};
+  const take = (message) => (message.op === "event" ? client._deliver(message) : client._reset(message));
+
+  const hello = () =>
+    post({
+      op: "hello",
+      url,
+      token: !!(o.token || o.getToken),
+      options: Object.fromEntries(PICKED.map((key) => [key, o[key]])),
+    });
+  const register = (channel) => {
+    const { cursor } = client._channels.get(channel);
+    registered.set(channel, { waiting: true, buffer: cursor ? [] : null });
+    post({ op: "subscribe", channel, since: cursor || undefined });
+  };
+  function sync() {
+    if (!ready) return;
+    for (const channel of client._channels.keys()) if (!registered.has(channel)) register(channel);
+    for (const channel of registered.keys())
+      if (!client._channels.has(channel)) {
+        registered.delete(channel);
+        post({ op: "unsubscribe", channel });
+      }
+  }
+
+  // Events after the tab's cursor up to the owner's (`id`) come from history; the owner's live
+  // events, held back meanwhile, follow (the duplicate check drops what history already gave).
+  async function catchUp(channel, state, id) {
+    const entry = client._channels.get(channel);
+    const current = () => entry && registered.get(channel) === state && client._channels.get(channel) === entry;
+    if (!current()) return;
+    const [epoch, offset] = splitCursor(id);
+    const behind = () => {
+      const [mine, at] = splitCursor(entry.cursor);
+      return mine !== epoch || at < offset;
+    };
+    try {
+      if (client._ask) {
+        client._ask = false;
+        try { client._token = await client._getToken(); } catch {}
+      }
+      for (let more = behind() || state.overflow; more; ) {
+        state.overflow = false;
+        const response = await client._get("/poll", { channel, since: entry.cursor, limit: CATCH_UP });
+        if (!response.ok) throw await httpFailure(response);
+        const { events, resets = [] } = await response.json();
+        if (!current()) return;
+        for (const reset of resets) client._reset(reset);
+        for (const event of events) client._deliver(event);
+        more = events.length >= CATCH_UP || state.overflow;
+      }
+    } catch ({ how = {} }) {
+      if (!current()) return;
+      // Refused for good: this channel only. A failed request or a token to renew: try again.
+      if (how.forbidden || how.fatal || (how.token && !client._getToken))
+        return client._drop(channel, how.error), sync();
+      client._ask = !!how.token;
+      return client._set(() => catchUp(channel, state, id), client._backoff());
+    }
+    client._attempt = 0;
+    const { buffer } = state;
+    state.buffer = null;
+    buffer.forEach(take);
+  }
+
+  const receive = (message) => {
+    if (client._closed) return;
+    const { op, channel, ref, code } = message;
+    const state = registered.get(channel);
+    const error = () => new TidingsError(code, message.message);
+    if (op === "owner") {
+      // A new owner: it knows nothing of this tab yet, and what the old one had not answered
+      // is lost.
+      client._rejectPending("the shared connection moved");
+      if (ready) {
+        hello();
+        for (const channel of registered.keys()) register(channel);
+      }
+    } else if (op === "state") {
+      client._conn.name = message.name === "disconnected" ? null : message.args[0];
+      client._state = message.name;
+      client._emit(message.name, ...message.args);
+    } else if (op === "fail") client._emit("error", error());
+    else if (op === "subscribed") {
+      const entry = client._channels.get(channel);
+      if (entry && !entry.cursor) entry.cursor = message.id;
+      if (!state?.waiting) return;
+      state.waiting = false;
+      if (state.buffer) catchUp(channel, state, message.id);
+    } else if (op === "event" || op === "reset") {
+      if (!state) return;
+      if (!state.buffer) take(message);
+      else if (state.buffer.length < CATCH_UP) state.buffer.push(message);
+      else state.overflow = true; // history covers it: one more request before the live events
+    } else if (op === "error") {
+      if (!state) return;
+      registered.delete(channel);
+      client._drop(channel, error());
+    } else if (op === "published") client._settle(ref, message.id);
+    else if (op === "failed") client._settle(ref, null, error());
+    else if (op === "token")
+      Promise.resolve(client._getToken ? client._getToken() : client._token).then(
+        (token) => post({ op, ref, token: (client._token = token) }),
+        () => post({ op, ref, failed: true }),
+      );
+  };
+
+  let port;
+  // A worker script must be of the page's origin: where it is not, the tabs elect a leader.
+  if (client._share === "worker")
+    try { ({ port } = new w.SharedWorker(o.worker || import.meta.url, { type: "module", name })); } catch {}
+  if (port) {
+    port.onmessage = ({ data }) => receive(data);
+    post = (message) => port.postMessage({ ...message, tab });
+    stopLink = () => port.close();
+  } else {
+    const up = new w.BroadcastChannel(name + " up"), down = new w.BroadcastChannel(name + " down");
+    down.onmessage = ({ data }) => (data.to == null || data.to === tab) && receive(data);
+    post = (message) => up.postMessage({ ...message, tab });
+    stopLink = () => (up.close(), down.close());
+    // Waiting here is the line of succession: the lock passes on when its holder goes away.
+    locks
+      .request(name, { signal }, () => new Promise((resolve) => lead(client, name, signal, resolve)))
+      .catch(() => {});
+  }
+  // Hold this tab's lock before saying anything, so the owner never takes it for gone.
+  locks
+    .request(name + " tab " + tab, { signal }, () => {
+      ready = true;
+      hello();
+      sync();
+      return new Promise((resolve) => (release = resolve));
+    })
+    .catch(() => {});
+
+  return {
+    name: null,
+    sync,
+    send: (message) => ready && (post(message), true),
+    stop() {
+      if (ready) post({ op: "bye" });
+      abort.abort();
+      release?.();
+      stopLink();
+    },
+  };
+}
+
+// The tab holding the lock owns the connection until it goes away or its client closes.
+function lead(client, name, signal, resign) {
+  const w = client._w;
+  const up = new w.BroadcastChannel(name + " up"), down = new w.BroadcastChannel(name + " down");
+  const hub = owner(
+    {
+      send: (tab, message) => down.postMessage({ ...message, to: tab }),
+      fan: (tabs, message) => down.postMessage(message), // each tab keeps its own channels
+      watch: (tab, gone) => w.navigator.locks.request(name + " tab " + tab, { signal }, gone).catch(() => {}),
+    },
+    (url, options) => new Owner(url, { ...client._o, ...options, share: false, resume: null }),
+  );
+  up.onmessage = ({ data }) => hub.receive(data);
+  signal.addEventListener("abort", () => {
+    hub.stop();
+    up.close();
+    down.close();
+    resign();
+  });
+  down.postMessage({ op: "owner" });
+}
+
+// Loaded as a SharedWorker (by `share` above): own the connection for the tabs that connect.
+if (globalThis.SharedWorkerGlobalScope && globalThis instanceof SharedWorkerGlobalScope) {
+  const ports = new Map(); // tab -> port
+  const send = (tab, message) => ports.get(tab)?.postMessage(message);
+  const hub = owner(
+    {
+      send,
+      fan: (tabs, message) => { for (const tab of tabs) send(tab, message); },
+      watch: (tab, gone) => navigator.locks.request(`${globalThis.name} tab ${tab}`, gone),
+      forget: (tab) => ports.delete(tab),
+    },
+    (url, options) => new Owner(url, options),
+  );
+  globalThis.onconnect = ({ ports: [port] }) => {
+    port.onmessage = ({ data }) => {
+      ports.set(data.tab, port);
+      hub.receive(data);
+    };
+  };
+}

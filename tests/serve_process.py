@@ -23,9 +23,11 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 class ServeProcess:
     """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``."""
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> None:
         self.process = subprocess.Popen(
-            [*TIDINGS, "serve", "--port", "0", *flags],
+            [*(command or [*TIDINGS, "serve"]), "--port", "0", *flags],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

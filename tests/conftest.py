@@ -13,7 +13,9 @@ import pytest
 import uvloop
 
 from tidings.config import Settings, load_settings
-from tidings.server.app import Server
+from tidings.server.core.node import Node
+from tidings.server.uvloop.server import Server
+from tidings.server.uvloop.websocket import FrameSocket
 
 
 @dataclass
@@ -23,6 +25,10 @@ class RunningServer:
     server: Server
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
+
+    @property
+    def node(self) -> Node | None:
+        return self.server.node
 
     @property
     def port(self) -> int:
@@ -57,10 +63,12 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-def start_server(settings: Settings) -> RunningServer:
+def start_server(
+    settings: Settings, socket_class: type[FrameSocket] = FrameSocket
+) -> RunningServer:
     """Start a server in a new thread with its own uvloop; return once it listens."""
     loop = uvloop.new_event_loop()
-    server = Server(settings)
+    server = Server(settings, socket_class)
     started: Future[int] = Future()
 
     def main() -> None:
@@ -98,8 +106,8 @@ def make_server() -> Iterator[Callable[..., RunningServer]]:
     """``make_server(max_message_bytes=1024)`` starts a server with those settings."""
     started: list[RunningServer] = []
 
-    def make(**overrides: Any) -> RunningServer:
-        running = start_server(settings_with(**overrides))
+    def make(socket_class: type[FrameSocket] = FrameSocket, **overrides: Any) -> RunningServer:
+        running = start_server(settings_with(**overrides), socket_class)
         started.append(running)
         return running
 

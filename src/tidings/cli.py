@@ -172,8 +172,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         settings = load_settings(args.config, flags=flags)
-        from tidings.server import logs
-        from tidings.server.app import run
+        from tidings.server.core import logs
+        from tidings.server.uvloop.server import run
 
         logs.configure(args.log_level, settings.server.log_format)
 

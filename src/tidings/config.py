@@ -57,8 +57,6 @@ DOCS = {
     "within this time",
     "server.log_format": "text or json; at log level info, one line per SSE stream or "
     "WebSocket opened and closed",
-    "server.test_echo": "testing only (the Autobahn suite): /ws echoes every message back "
-    "instead of speaking the protocol; never turn on in production",
     "auth.token_secret": "HS256 secret for connection tokens, at least 32 bytes",
     "auth.token_public_key_file": "PEM public key for connection tokens: RSA (2048 bits or "
     "more) for RS256, EC P-256 for ES256",
@@ -100,7 +98,6 @@ class ServerSettings:
     presence_ttl_seconds: float = 15.0
     redis_wait_replicas: int = 0
     log_format: str = "text"
-    test_echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)

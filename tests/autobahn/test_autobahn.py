@@ -1,4 +1,4 @@
-"""Autobahn's WebSocket cases 1 to 10 against a real ``tidings serve`` with ``server.test_echo``.
+"""Autobahn's WebSocket cases 1 to 10 against a real node whose ``/ws`` echoes (``echo.py``).
 
 kosoku runs Autobahn's own case files as a fuzzing client (one connection per case to the
 echo at ``/ws``) and writes Autobahn's report: ``index.json`` with each case's verdicts and
@@ -28,8 +28,8 @@ MIN_CASES = 301
 # probes what RFC 6455 leaves open.
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 PASSING_CLOSE = {"OK", "INFORMATIONAL"}
+ECHO_COMMAND = [sys.executable, "-m", "tests.autobahn.echo"]
 ECHO_ENV = {
-    "TIDINGS_SERVER_TEST_ECHO": "true",
     # case 9.1.6 and 9.2.6 send 16 MiB messages
     "TIDINGS_SERVER_MAX_MESSAGE_BYTES": str(16 * 1024 * 1024),
     # a heartbeat ping would arrive in the middle of a case as an event it does not expect
@@ -51,7 +51,7 @@ def kosoku_command() -> list[str]:
 
 @pytest.fixture
 def echo_server() -> Any:
-    server = ServeProcess(env=ECHO_ENV).wait_listening()
+    server = ServeProcess(env=ECHO_ENV, command=ECHO_COMMAND).wait_listening()
     yield server
     server.stop()
 

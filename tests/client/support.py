@@ -64,7 +64,7 @@ async def cut(server: RunningServer) -> int:
     Returns once the server has let go of them (uvloop reports a lost connection a loop
     iteration later), so that what the server follows afterwards is the client's new work.
     """
-    app = server.server.app
+    app = server.node
     assert app is not None
 
     def abort_all() -> list[Any]:
@@ -83,7 +83,7 @@ async def cut(server: RunningServer) -> int:
 
 def follows(server: RunningServer, channel: str) -> bool:
     """Whether a stream (WebSocket, SSE) or a held long poll follows ``channel``."""
-    app = server.server.app
+    app = server.node
     assert app is not None
     hub = app.hub
     return bool(

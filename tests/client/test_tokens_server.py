@@ -52,7 +52,7 @@ def tokened_server(make_server: MakeServer) -> RunningServer:
 
 
 def refusals(server: RunningServer) -> dict[str, int]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return dict(server.call(lambda: dict(app.stats.refusals)))
 

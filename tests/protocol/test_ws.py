@@ -413,3 +413,19 @@ def test_answer_frames_hold_exactly_the_protocol_fields(
     frame: bytes, expected: dict[str, Any]
 ) -> None:
     assert frame_json(frame) == expected
+
+
+def test_server_frames_give_back_the_messages_the_frames_carry() -> None:
+    from tidings.protocol.ws import (
+        OPCODE_CLOSE,
+        OPCODE_TEXT,
+        encode_close_frame,
+        encode_text_frame,
+        server_frames,
+    )
+
+    texts = [b"", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 65536]
+    run = b"".join(encode_text_frame(t) for t in texts) + encode_close_frame(4001, "bye")
+    frames = server_frames(run)
+    assert frames[:-1] == [(OPCODE_TEXT, t) for t in texts]
+    assert frames[-1] == (OPCODE_CLOSE, (4001).to_bytes(2, "big") + b"bye")

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import socket
 import struct
 import time
@@ -45,19 +46,19 @@ async def wait_until(
 
 
 def waiter_count(server: RunningServer, channel: str) -> int:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return int(server.call(lambda: len(app.hub._waiters.get(channel, ()))))
 
 
 def subscriber_count(server: RunningServer, channel: str) -> int:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return int(server.call(lambda: app.hub.subscriber_count(channel)))
 
 
 def connection_count(server: RunningServer) -> int:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return int(server.call(lambda: len(app.connections)))
 
@@ -189,21 +190,30 @@ class Response:
         return str(body["error"]["code"])
 
 
+REQUEST_LINE = re.compile(rb"(?m)^(GET|POST|OPTIONS|PUT|DELETE|HEAD|PATCH) /")
+
+
 class RawConnection:
     """One TCP connection written and read by hand, with a deadline on every read."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prefix: bytes = b""
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.prefix = prefix  # where the node is mounted: request targets go under it
 
     @classmethod
     async def open(cls, server: RunningServer) -> RawConnection:
         reader, writer = await within(
             asyncio.open_connection("127.0.0.1", server.port), "connecting"
         )
-        return cls(reader, writer)
+        prefix = server.url.split(str(server.port), 1)[1].encode()
+        return cls(reader, writer, prefix)
 
     async def send(self, data: bytes) -> None:
+        if self.prefix:
+            data = REQUEST_LINE.sub(rb"\1 " + self.prefix + rb"/", data)
         self.writer.write(data)
         await self.writer.drain()
 

@@ -16,7 +16,7 @@ from tests.server.support import (
     subscriber_count,
     wait_until,
 )
-from tidings.server.admin import ADMIN_CHANNEL
+from tidings.server.core.ops.admin import ADMIN_CHANNEL
 
 KEY = {"Authorization": "Bearer admin-key"}
 
@@ -81,16 +81,18 @@ async def test_no_subscriber_can_follow_the_admin_channel(server: RunningServer)
 
 
 async def test_the_feed_costs_nothing_once_nobody_watches(server: RunningServer) -> None:
-    app = server.server.app
+    app = server.node
     assert app is not None
     async with async_http_client(server) as client, sse_stream(client, "/admin/stream") as feed:
         await next_snapshot(feed)  # from loopback, with no keys configured, no key is needed
         assert server.call(lambda: app.hub.arrivals is not None)
     await wait_until(lambda: subscriber_count(server, ADMIN_CHANNEL) == 0, "the feed to close")
-    server.call(app.admin_feed.tick)  # the tick after the last page left
-    offset = server.call(lambda: app.admin_feed.offset)
-    server.call(app.admin_feed.tick)
-    assert server.call(lambda: app.admin_feed.offset) == offset  # no snapshot built
+    assert server.server.edge is not None
+    feed = server.server.edge.routes.admin_feed
+    server.call(feed.tick)  # the tick after the last page left
+    offset = server.call(lambda: feed.offset)
+    server.call(feed.tick)
+    assert server.call(lambda: feed.offset) == offset  # no snapshot built
     assert server.call(lambda: app.hub.arrivals) is None  # no counting per channel
 
 

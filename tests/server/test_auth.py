@@ -34,9 +34,9 @@ from tests.server.tokens import (
     write_public_key,
 )
 from tidings.exceptions import ConfigError
-from tidings.server.app import Server
-from tidings.server.auth import TokenVerifier
-from tidings.server.stream import StreamConnection
+from tidings.server.core.access import TokenVerifier
+from tidings.server.core.transports.stream import StreamConnection
+from tidings.server.uvloop.server import Server
 
 API_KEY = "an-api-key"
 BAD_TOKENS = {
@@ -80,7 +80,7 @@ async def refused(server: RunningServer, target: str, *headers: str) -> tuple[in
 
 
 def refusals(server: RunningServer) -> dict[str, int]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return dict(server.call(lambda: dict(app.stats.refusals)))
 
@@ -227,7 +227,7 @@ async def test_the_token_can_come_as_a_header(tokened: RunningServer) -> None:
 async def test_a_token_on_a_public_namespace_is_kept(tokened: RunningServer) -> None:
     async with ws_connect(tokened, mint(sub="ann", info={"name": "Ann"})) as ws:
         await subscribe(ws, "news:today")
-        app = tokened.server.app
+        app = tokened.node
         assert app is not None
         opened = tokened.call(lambda: list(app.connections))
         streams = [c for c in opened if isinstance(c, StreamConnection)]

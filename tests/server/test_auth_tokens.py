@@ -25,8 +25,8 @@ from tests.server.tokens import (
 from tidings.config import AuthSettings
 from tidings.exceptions import ConfigError, Unauthorized
 from tidings.protocol.identity import Identity
-from tidings.server import auth
-from tidings.server.auth import TokenVerifier
+from tidings.server.core import access as auth
+from tidings.server.core.access import TokenVerifier
 
 
 def hs256() -> TokenVerifier:

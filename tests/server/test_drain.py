@@ -37,7 +37,7 @@ def begin_drain(server: RunningServer) -> asyncio.Future[None]:
 
 
 async def draining(server: RunningServer) -> None:
-    await wait_until(lambda: server.call(lambda: server.server.app.draining), "the drain")
+    await wait_until(lambda: server.call(lambda: server.node.draining), "the drain")
 
 
 async def finished(stopped: asyncio.Future[None], within_seconds: float) -> None:
@@ -80,7 +80,7 @@ async def test_idle_connections_close_new_ones_are_refused_and_readyz_answers_50
     assert (await idle.response()).status == 200
     late = await RawConnection.open(server)
     await late.send(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # not finished yet
-    await wait_until(lambda: server.call(lambda: len(server.server.app.connections)) == 2, "both")
+    await wait_until(lambda: server.call(lambda: len(server.node.connections)) == 2, "both")
     stopped = begin_drain(server)
     try:
         assert await idle.closed_by_server() == b"", "the idle keep-alive was not closed"
@@ -104,13 +104,13 @@ async def test_a_stream_asked_for_while_draining_is_refused_and_counted(
     server = make_server(drain_seconds=WINDOW)
     async with await RawConnection.open(server) as late:
         await late.send(b"GET /sse?channel=late HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        await wait_until(lambda: server.call(lambda: len(server.server.app.connections)) == 1, "it")
+        await wait_until(lambda: server.call(lambda: len(server.node.connections)) == 1, "it")
         stopped = begin_drain(server)
         await draining(server)
         await late.send(b"\r\n")
         answer = await late.response()
         assert answer.status == 503 and answer.error_code() == "unavailable"
-        refusals = server.call(lambda: dict(server.server.app.stats.refusals))
+        refusals = server.call(lambda: dict(server.node.stats.refusals))
         assert refusals == {"draining": 1}
         await finished(stopped, WINDOW / 2)
 
@@ -119,7 +119,7 @@ def hold_publishes(server: RunningServer, entered: threading.Event) -> asyncio.E
     """Make the broker hold every publish until the returned event is set."""
 
     def install() -> asyncio.Event:
-        broker = server.server.app.broker  # type: ignore[union-attr]
+        broker = server.node.broker  # type: ignore[union-attr]
         gate = asyncio.Event()
         publish = broker.publish
 

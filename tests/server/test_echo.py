@@ -1,4 +1,4 @@
-"""``server.test_echo``: ``/ws`` as an echo for the Autobahn suite, and never by default."""
+"""The echo ``/ws`` for the Autobahn suite: only a test builds it, no setting turns it on."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import orjson
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import RunningServer
@@ -21,7 +22,8 @@ from tests.server.support import (
 )
 from tests.server.test_websocket import expect_closed
 from tidings.config import Settings, load_settings
-from tidings.server.echo import EchoConnection
+from tidings.exceptions import ConfigError
+from tidings.server.uvloop.echo import EchoSocket
 
 
 @asynccontextmanager
@@ -33,12 +35,13 @@ async def websocket(server: RunningServer) -> AsyncIterator[ClientConnection]:
 
 
 def echo_server(make_server: Callable[..., RunningServer], **overrides: object) -> RunningServer:
-    return make_server(test_echo=True, **overrides)
+    return make_server(socket_class=EchoSocket, **overrides)
 
 
-def test_echo_is_off_unless_configured() -> None:
-    assert Settings().server.test_echo is False
-    assert load_settings(environ={}, flags={}).server.test_echo is False
+def test_no_setting_turns_the_echo_on() -> None:
+    assert not any("echo" in name for name in Settings().server.__dataclass_fields__)
+    with pytest.raises(ConfigError):
+        load_settings(environ={"TIDINGS_SERVER_TEST_ECHO": "true"}, flags={})
 
 
 async def test_without_echo_ws_answers_the_protocol_and_echoes_nothing(
@@ -90,7 +93,7 @@ async def test_an_echo_that_is_not_read_stops_reading_instead_of_dropping(
     make_server: Callable[..., RunningServer],
 ) -> None:
     server = echo_server(make_server, write_buffer_limit=65536, max_message_bytes=1 << 20)
-    app = server.server.app
+    app = server.node
     assert app is not None
     payloads = [bytes([n]) * 262144 for n in range(48)]  # 12 MiB: more than socket buffers
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -105,7 +108,7 @@ async def test_an_echo_that_is_not_read_stops_reading_instead_of_dropping(
         writer.write(b"".join(binary_frame(payload, mask=True) for payload in payloads))
 
         def echo_reading() -> bool:
-            echoes = [c for c in app.connections if isinstance(c, EchoConnection)]
+            echoes = [c for c in app.connections if isinstance(c, EchoSocket)]
             assert len(echoes) == 1, "the echo connection was closed"
             return echoes[0].transport.is_reading()
 

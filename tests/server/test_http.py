@@ -283,7 +283,7 @@ async def test_a_peer_that_stops_acknowledging_is_dropped_within_the_dead_peer_w
         assert (await connection.response()).status == 200
 
         def user_timeouts() -> list[int]:
-            app = server.server.app
+            app = server.node
             assert app is not None
             return [
                 c.transport.get_extra_info("socket").getsockopt(

@@ -27,7 +27,7 @@ from tests.server.support import (
 )
 from tidings.config import ServerSettings, load_settings
 from tidings.exceptions import ConfigError, RateLimited
-from tidings.server.limits import (
+from tidings.server.core.limits import (
     UNKNOWN_ADDRESS,
     RateTable,
     TrustedProxies,
@@ -38,13 +38,13 @@ MakeServer = Callable[..., RunningServer]
 
 
 def refusals(server: RunningServer) -> dict[str, int]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return dict(server.call(lambda: dict(app.stats.refusals)))
 
 
 def open_by_address(server: RunningServer) -> dict[str, int]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return dict(server.call(lambda: dict(app.limits.open_by_address)))
 

@@ -24,8 +24,8 @@ from tests.server.support import (
     within,
     ws_handshake,
 )
-from tidings.server import logs
-from tidings.server.sse import SSEStream
+from tidings.server.core import logs
+from tidings.server.core.transports.sse import SSEStream
 
 MakeServer = Callable[..., RunningServer]
 SECRET = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.SECRET-SIGNATURE"
@@ -85,7 +85,7 @@ async def open_ws(server: RunningServer) -> RawConnection:
 
 
 def streams(server: RunningServer) -> list[Any]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return list(server.call(lambda: [c for c in app.connections if isinstance(c, SSEStream)]))
 

@@ -223,7 +223,7 @@ async def test_resets_and_slow_consumer_closes_are_exported(server: RunningServe
     async with async_http_client(server) as client:
         answer = await client.get("/poll?channel=m-reset&since=nosuchepoch.5")
     assert answer.json()["resets"][0]["reason"] == "epoch"
-    app = server.server.app
+    app = server.node
     assert app is not None
     server.call(lambda: setattr(app.stats, "slow_consumers", app.stats.slow_consumers + 2))
     samples = scrape(server)
@@ -264,7 +264,7 @@ def test_without_keys_only_loopback_may_read_metrics_or_watch(
 async def test_broker_errors_are_counted_and_readyz_measures_the_round_trip(
     server: RunningServer,
 ) -> None:
-    app = server.server.app
+    app = server.node
     assert app is not None
 
     async def unreachable(*args: Any, **kwargs: Any) -> Any:

@@ -117,7 +117,7 @@ async def test_without_presence_there_are_no_joins_and_the_query_is_refused(
         answer = await presence(a, "news", ref=9)
         assert (answer["op"], answer["ref"], answer["code"]) == ("error", 9, "presence_disabled")
         assert await request(a, {"op": "ping", "ref": 10}) == {"op": "pong", "ref": 10}
-    app = chat.server.app
+    app = chat.node
     assert app is not None
     assert chat.call(lambda: app.stats.refusals.get("presence_disabled")) == 1
 
@@ -161,7 +161,7 @@ async def test_presence_entries_are_refreshed_on_the_timer(
     make_server: Callable[..., RunningServer],
 ) -> None:
     running = make_server(namespaces__chat__presence=True, server__presence_ttl_seconds=1)
-    app = running.server.app
+    app = running.node
     assert app is not None
     async with websocket(running) as a:
         await subscribe(a)

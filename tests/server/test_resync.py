@@ -26,7 +26,7 @@ from tests.server.support import (
 
 def store_silently(server: RunningServer, channel: str, data: bytes) -> None:
     """Append to history without fan-out, then tell the hub the link is back."""
-    app = server.server.app
+    app = server.node
     assert app is not None
 
     def run() -> None:

@@ -53,7 +53,7 @@ MOST_BUFFERED = LIMIT + STEP * 1200
 
 def server_side(server: RunningServer, sock: socket.socket) -> Any:
     """The server's connection object for the client socket ``sock`` (None once it is gone)."""
-    app = server.server.app
+    app = server.node
     assert app is not None
     port = sock.getsockname()[1]
 
@@ -158,7 +158,7 @@ async def test_slow_sse_reader_is_disconnected_while_others_get_everything(
     make_server: Callable[..., RunningServer],
 ) -> None:
     server = make_server(write_buffer_limit=LIMIT)
-    app = server.server.app
+    app = server.node
     assert app is not None
     sock, slow = await stalled_sse(server, "feed")
     progress = Progress()
@@ -203,7 +203,7 @@ async def test_slow_websocket_is_closed_with_4000_and_memory_stays_bounded(
     make_server: Callable[..., RunningServer],
 ) -> None:
     server = make_server(write_buffer_limit=LIMIT)
-    app = server.server.app
+    app = server.node
     assert app is not None
     sock, slow = await stalled_websocket(server, "wfeed")
     progress = Progress()

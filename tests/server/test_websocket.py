@@ -38,7 +38,7 @@ EVENT_FIELDS = {"op", "channel", "id", "event", "data", "ts"}
 
 @asynccontextmanager
 async def websocket(server: RunningServer, path: str = "/ws") -> AsyncIterator[ClientConnection]:
-    url = f"ws://127.0.0.1:{server.port}{path}"
+    url = server.ws_url.removesuffix("/ws") + path
     async with connect(url, proxy=None, open_timeout=TIMEOUT, ping_interval=None) as ws:
         yield ws
 
@@ -352,6 +352,7 @@ async def open_raw_websocket(server: RunningServer) -> tuple[RawConnection, Fram
     return connection, FrameReader()
 
 
+@pytest.mark.standalone_only("the ASGI server sends its own pings")
 async def test_server_pings_and_a_client_that_answers_stays(
     make_server: Callable[..., RunningServer],
 ) -> None:
@@ -380,6 +381,7 @@ async def test_server_pings_and_a_client_that_answers_stays(
         await connection.close()
 
 
+@pytest.mark.standalone_only("the ASGI server finds dead peers by its own pings")
 async def test_a_client_that_never_answers_pings_is_dropped(
     make_server: Callable[..., RunningServer],
 ) -> None:
@@ -452,6 +454,7 @@ async def test_recovery_spans_several_history_pages(
         await assert_usable(ws)
 
 
+@pytest.mark.standalone_only("the ASGI server reads the handshake")
 async def test_handshake_and_first_frame_in_one_write(server: RunningServer) -> None:
     async with await RawConnection.open(server) as connection:
         await connection.send(ws_handshake() + client_frame(b'{"op": "ping", "ref": 3}'))
@@ -481,4 +484,4 @@ async def test_a_disallowed_origin_is_refused(make_server: Callable[..., Running
         async with connect(server.ws_url, proxy=None, origin="https://evil.example"):
             pass
     assert refused.value.response.status_code == 403
-    assert server.server.app is not None and server.server.app.stats.refusals == {"forbidden": 1}
+    assert server.node is not None and server.node.stats.refusals == {"forbidden": 1}

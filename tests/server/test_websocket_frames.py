@@ -73,7 +73,7 @@ async def peer(server: RunningServer) -> AsyncIterator[Peer]:
 
 
 def refusals(server: RunningServer) -> dict[str, int]:
-    app = server.server.app
+    app = server.node
     assert app is not None
     return dict(server.call(lambda: dict(app.stats.refusals)))
 

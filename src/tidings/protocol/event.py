@@ -67,6 +67,8 @@ class Batch:
     channel: str
     events: tuple[Event, ...]
     wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    # answers built once for the batch (the shared long-poll response), by format
+    answers: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def first(self) -> Event:

@@ -129,15 +129,29 @@ def _parse_publish(obj: dict[str, Any], ref: Ref) -> Publish:
     )
 
 
+OPCODE_TEXT = 0x1
+OPCODE_CLOSE = 0x8
+
+
 def encode_text_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented text frame (RFC 6455 section 5.2)."""
+    return _encode_frame(OPCODE_TEXT, payload)
+
+
+def encode_close_frame(code: int, reason: str) -> bytes:
+    """A close frame: the code, then the reason in UTF-8 (at most 123 bytes)."""
+    return _encode_frame(OPCODE_CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
+
+
+def _encode_frame(opcode: int, payload: bytes) -> bytes:
+    first = 0x80 | opcode
     length = len(payload)
     if length < 126:
-        header = bytes((0x81, length))
+        header = bytes((first, length))
     elif length < 65536:
-        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+        header = bytes((first, 126)) + length.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+        header = bytes((first, 127)) + length.to_bytes(8, "big")
     return header + payload
 
 
@@ -195,3 +209,26 @@ def presence_change_frame(change: PresenceChange) -> bytes:
     """``{"op": "join" | "leave", "channel": ..., "client": {"sub": ..., "info": ...}}``."""
     entry = change.entry
     return _frame({"op": change.op, "channel": entry.channel, "client": entry.public()})
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a run of our own server frames (unmasked, unfragmented) into (opcode, payload).
+
+    An edge that cannot write frames (ASGI sends whole messages) uses this to turn the
+    frames the core built once into the messages they carry.
+    """
+    frames = []
+    index, end = 0, len(data)
+    while index < end:
+        opcode = data[index] & 0x0F
+        length = data[index + 1] & 0x7F
+        index += 2
+        if length == 126:
+            length = int.from_bytes(data[index : index + 2], "big")
+            index += 2
+        elif length == 127:
+            length = int.from_bytes(data[index : index + 8], "big")
+            index += 8
+        frames.append((opcode, data[index : index + length]))
+        index += length
+    return frames

@@ -7,7 +7,6 @@ by every such subscriber (``id:`` is the event's own cursor). A multi-channel st
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,21 +17,21 @@ from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.identity import Identity
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
-from tidings.server.auth import subscriber
-from tidings.server.http import HttpConnection
-from tidings.server.logs import stream_opened
-from tidings.server.request import Request
-from tidings.server.stream import StreamConnection
+from tidings.server.core.access import subscriber
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.logs import stream_opened
+from tidings.server.core.request import Request
+from tidings.server.core.response import Headers, Response
+from tidings.server.core.transports.stream import StreamConnection
 
 if TYPE_CHECKING:
-    from tidings.server.app import App
+    from tidings.server.core.node import Node
 
-SSE_HEADERS = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/event-stream\r\n"
-    b"Cache-Control: no-cache\r\n"
-    b"X-Accel-Buffering: no\r\n"
-)
+SSE_HEADERS: Headers = [
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+]
 PING = sse.encode_comment("ping")
 CLOSE_LINGER_SECONDS = 5.0
 
@@ -64,14 +63,17 @@ def body_bytes(event: Event, envelope: bool) -> bytes:
     return encoded
 
 
+def stream_head(node: Node, request: Request) -> Response:
+    """The status and headers an event stream opens with."""
+    return Response(200, headers=[*SSE_HEADERS, *node.cors_pairs(request)], content_type=None)
+
+
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
     kind = "sse"
 
-    def __init__(
-        self, app: App, transport: asyncio.Transport, envelope: bool, identity: Identity
-    ) -> None:
-        super().__init__(app, transport, identity)
+    def __init__(self, node: Node, envelope: bool, identity: Identity) -> None:
+        super().__init__(node, identity)
         self.envelope = envelope
         self.order: list[Tail] = []
 
@@ -105,7 +107,7 @@ class SSEStream(StreamConnection):
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         if not self.closed:
-            self.app.stats.resets += 1
+            self.node.stats.resets += 1
             self.transport.write(
                 sse.encode_reset(reset.channel, str(reset.cursor), reset.reason, self.cursor_list())
             )
@@ -145,29 +147,29 @@ class SSEStream(StreamConnection):
             self.transport.close()
 
 
-def handle_sse(app: App, connection: HttpConnection, request: Request) -> None:
-    app.check_origin(request)
+def handle_sse(node: Node, exchange: Exchange, request: Request) -> None:
+    node.check_origin(request)
     query = request.query()
     subscription = parse_subscription(
-        query, app.settings.server.max_channels_per_connection, request.header(b"last-event-id")
+        query, node.settings.server.max_channels_per_connection, request.header(b"last-event-id")
     )
     envelope = parse_flag(query, "envelope")
-    subscriber(app.tokens, app.settings, request, query.one("token"), subscription.channels)
+    subscriber(node.tokens, node.settings, request, query.one("token"), subscription.channels)
     if subscription.since is not None:
-        _open(app, connection, subscription, envelope, subscription.since)
+        _open(node, exchange, subscription, envelope, subscription.since)
         return
-    heads = _heads_nowait(app, subscription)
+    heads = _heads_nowait(node, subscription)
     if heads is None:
-        app.hub.spawn(_open_async(app, connection, subscription, envelope))
+        node.hub.spawn(_open_async(node, exchange, subscription, envelope))
     else:
-        _open(app, connection, subscription, envelope, heads)
+        _open(node, exchange, subscription, envelope, heads)
 
 
-def _heads_nowait(app: App, subscription: Subscription) -> list[Cursor] | None:
+def _heads_nowait(node: Node, subscription: Subscription) -> list[Cursor] | None:
     """Each channel's current cursor, where the broker holds it locally."""
     heads = []
     for channel in subscription.channels:
-        page = app.broker.history_nowait(channel, None, 0)
+        page = node.broker.history_nowait(channel, None, 0)
         if page is None:
             return None
         heads.append(page.cursor)
@@ -175,35 +177,34 @@ def _heads_nowait(app: App, subscription: Subscription) -> list[Cursor] | None:
 
 
 async def _open_async(
-    app: App, connection: HttpConnection, subscription: Subscription, envelope: bool
+    node: Node, exchange: Exchange, subscription: Subscription, envelope: bool
 ) -> None:
     try:
-        heads = [(await app.broker.history(c, None, 0)).cursor for c in subscription.channels]
+        heads = [(await node.broker.history(c, None, 0)).cursor for c in subscription.channels]
     except BrokerUnavailable as error:
-        app.answer_error(connection, error)
+        node.answer_error(exchange, error)
         return
-    if not connection.closed:
-        _open(app, connection, subscription, envelope, heads)
+    if not exchange.closed:
+        _open(node, exchange, subscription, envelope, heads)
 
 
 def _open(
-    app: App,
-    connection: HttpConnection,
+    node: Node,
+    exchange: Exchange,
     subscription: Subscription,
     envelope: bool,
     start: Sequence[Cursor],
 ) -> None:
     """Start the stream at the requested cursors (or now), then catch each channel up."""
-    opening = SSE_HEADERS + app.cors_headers(connection.current) + b"\r\n"
-    opening += sse.encode_stream_open(app.settings.server.sse_retry_ms, format_cursor_list(start))
-    transport = connection.transport
-    assert transport is not None
-    assert connection.current is not None
-    stream = SSEStream(app, transport, envelope, connection.current.identity)
-    connection.hand_over(stream)
-    transport.write(opening)
+    request = exchange.current
+    assert request is not None
+    stream = SSEStream(node, envelope, request.identity)
+    transport = exchange.start_stream(stream, stream_head(node, request))
+    transport.write(
+        sse.encode_stream_open(node.settings.server.sse_retry_ms, format_cursor_list(start))
+    )
     stream.watch_token()
-    app.stats.opened("sse")
+    node.stats.opened("sse")
     for index, (channel, cursor) in enumerate(zip(subscription.channels, start, strict=True)):
         tail = Tail(channel, cursor, index)
         stream.order.append(tail)

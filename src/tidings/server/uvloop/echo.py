@@ -1,20 +1,21 @@
-"""``server.test_echo``: ``/ws`` sends every message back, for the Autobahn suite.
+"""An echo ``/ws`` for the Autobahn suite: ``Server(settings, socket_class=EchoSocket)``.
 
-Testing only, and off unless configured: an echo speaks none of PROTOCOL.md. The Autobahn
-fuzzing client expects an echo server, and the point of running it is to test our WebSocket
-edge, so the echo is the real connection with one thing changed, what it does with a whole
-message. Handshake, the ``websockets`` protocol object and its size limit, fragment
-assembly, UTF-8 checks, ping and pong, and the closing handshake are the ones ``/ws`` uses.
+For testing only: an echo speaks none of the wire contract, so no setting turns it on. The
+Autobahn fuzzing client expects an echo server, and the point of running it is to test our
+WebSocket edge, so the echo is the real connection with one thing changed, what it does
+with a whole message. Handshake, the ``websockets`` protocol object and its size limit,
+fragment assembly, UTF-8 checks, ping and pong, and the closing handshake are the ones
+``/ws`` uses.
 """
 
 from __future__ import annotations
 
 from websockets.frames import Frame, Opcode
 
-from tidings.server.websocket import WebSocketConnection
+from tidings.server.uvloop.websocket import FrameSocket
 
 
-class EchoConnection(WebSocketConnection):
+class EchoSocket(FrameSocket):
     __slots__ = ()
 
     def _on_data(self, frame: Frame) -> None:
@@ -31,8 +32,8 @@ class EchoConnection(WebSocketConnection):
     def pause_writing(self) -> None:
         # An echo's output is its own input: a peer that reads slowly is held back by
         # reading less from it, not by the slow-consumer policy meant for fan-out.
-        self.transport.pause_reading()
+        self.transport.pause_reading()  # type: ignore[attr-defined]
 
     def resume_writing(self) -> None:
         if not self.closed:
-            self.transport.resume_reading()
+            self.transport.resume_reading()  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ hub stops counting arrivals per channel: the feed costs nothing.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import time
 from collections import deque
@@ -26,15 +25,15 @@ from tidings.protocol import sse
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Batch, Event
 from tidings.protocol.identity import ANONYMOUS
-from tidings.server.http import HttpConnection
-from tidings.server.metrics import open_connections
-from tidings.server.publish import authorize_api
-from tidings.server.request import Request
-from tidings.server.sse import SSE_HEADERS, SSEStream, event_bytes
-from tidings.server.static import serve_file
+from tidings.server.core.access import authorize_api
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.ops.metrics import open_connections
+from tidings.server.core.ops.static import StaticFiles
+from tidings.server.core.request import Request
+from tidings.server.core.transports.sse import SSEStream, event_bytes, stream_head
 
 if TYPE_CHECKING:
-    from tidings.server.app import App
+    from tidings.server.core.node import Node
 
 ADMIN_CHANNEL = LOCAL_PREFIX + "admin"  # no subscriber can name it: only /admin/stream
 SNAPSHOT_SECONDS = 1.0
@@ -75,8 +74,8 @@ class AdminStream(SSEStream):
 class AdminFeed:
     """Builds and delivers the snapshot every second while someone watches."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, node: Node) -> None:
+        self.node = node
         self.epoch = new_epoch()
         self.offset = 0
         self._previous: tuple[float, int, int] | None = None  # time, publishes, deliveries
@@ -87,7 +86,7 @@ class AdminFeed:
         return Cursor(self.epoch, self.offset)
 
     def tick(self) -> None:
-        hub = self.app.hub
+        hub = self.node.hub
         if not hub.subscriber_count(ADMIN_CHANNEL):
             if hub.arrivals is not None:  # the last page closed: stop counting
                 hub.arrivals = None
@@ -103,15 +102,15 @@ class AdminFeed:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        app = self.app
-        stats, tally = app.stats, app.hub.tally
-        now = app.loop.time()
+        node = self.node
+        stats, tally = node.stats, node.hub.tally
+        now = node.loop.time()
         deliveries = sum(tally.deliveries.values())
         elapsed = now - self._previous[0] if self._previous else 0.0
-        arrivals, app.hub.arrivals = app.hub.arrivals or {}, {}
+        arrivals, node.hub.arrivals = node.hub.arrivals or {}, {}
         snapshot = {
-            "connections": open_connections(app),
-            "subscriptions": app.hub.subscription_count(),
+            "connections": open_connections(node),
+            "subscriptions": node.hub.subscription_count(),
             "publishes": {"total": stats.published, "per_second": self._rate(1, stats.published)},
             "deliveries": {
                 "total": deliveries,
@@ -135,17 +134,17 @@ class AdminFeed:
     def _rate(self, index: int, total: int) -> float | None:
         if self._previous is None:
             return None
-        elapsed = self.app.loop.time() - self._previous[0]
+        elapsed = self.node.loop.time() - self._previous[0]
         return (total - self._previous[index]) / elapsed if elapsed > 0 else None
 
     def _lag(self) -> dict[str, Any]:
-        self._lag_window.append(self.app.hub.tally.lag.snapshot())
+        self._lag_window.append(self.node.hub.tally.lag.snapshot())
         newest, oldest = self._lag_window[-1], self._lag_window[0]
         recent = [a - b for a, b in zip(newest, oldest, strict=True)]
         return {"p50": quantile(recent, 0.5), "p99": quantile(recent, 0.99), "count": sum(recent)}
 
     def _channels(self, arrivals: dict[str, int], elapsed: float) -> dict[str, Any]:
-        followers = self.app.hub.followers()
+        followers = self.node.hub.followers()
         arrivals.pop(ADMIN_CHANNEL, None)
         busiest = heapq.nlargest(TOP_CHANNELS, followers.items(), key=lambda item: item[1])
         fastest = heapq.nlargest(TOP_CHANNELS, arrivals.items(), key=lambda item: item[1])
@@ -158,36 +157,25 @@ class AdminFeed:
         }
 
 
-def handle_admin(app: App, connection: HttpConnection, request: Request) -> None:
+def handle_admin(files: StaticFiles, node: Node, exchange: Exchange, request: Request) -> None:
     """The page itself carries no numbers: it asks for the key and opens the feed."""
-    _require_admin(app)
-    serve_file(connection, request, "admin.html")
+    _require_admin(node)
+    files.serve(exchange, request, "admin.html")
 
 
-def handle_admin_stream(app: App, connection: HttpConnection, request: Request) -> None:
-    _require_admin(app)
-    authorize_api(app, request)
-    transport = connection.transport
-    assert transport is not None
-    stream = AdminStream(app, transport, envelope=False, identity=ANONYMOUS)
-    connection.hand_over(stream)
-    _open(app, request, stream, transport)
-
-
-def _open(app: App, request: Request, stream: AdminStream, transport: asyncio.Transport) -> None:
-    cursor = app.admin_feed.cursor
-    transport.write(
-        SSE_HEADERS
-        + app.cors_headers(request)
-        + b"\r\n"
-        + sse.encode_stream_open(app.settings.server.sse_retry_ms, str(cursor))
-    )
-    app.stats.opened("admin")
+def handle_admin_stream(feed: AdminFeed, node: Node, exchange: Exchange, request: Request) -> None:
+    _require_admin(node)
+    authorize_api(node.settings.server.api_keys, request)
+    stream = AdminStream(node, envelope=False, identity=ANONYMOUS)
+    transport = exchange.start_stream(stream, stream_head(node, request))
+    cursor = feed.cursor
+    transport.write(sse.encode_stream_open(node.settings.server.sse_retry_ms, str(cursor)))
+    node.stats.opened("admin")
     tail = Tail(ADMIN_CHANNEL, cursor)
     stream.order.append(tail)
     stream.follow(tail)
 
 
-def _require_admin(app: App) -> None:
-    if not app.settings.server.admin:
+def _require_admin(node: Node) -> None:
+    if not node.settings.server.admin:
         raise NotFound("the admin page is off on this server (server.admin = false)")

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, ClassVar
 from tidings.hub.follow import Follower, Tail
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.identity import ANONYMOUS, Identity
-from tidings.server.logs import stream_closed
+from tidings.server.core.exchange import Sink
+from tidings.server.core.logs import stream_closed
 
 if TYPE_CHECKING:
-    from tidings.server.app import App
+    from tidings.server.core.node import Node
 
 log = logging.getLogger("tidings.stream")
 
@@ -29,32 +30,31 @@ log = logging.getLogger("tidings.stream")
 class StreamConnection(Follower, asyncio.Protocol):
     __slots__ = (
         "address",
-        "app",
         "closed",
         "ended",
         "hub",
         "identity",
         "lagging",
+        "node",
         "opened_at",
         "tails",
         "transport",
     )
     kind: ClassVar[str] = "stream"  # the transport's name in logs and metrics
 
-    def __init__(
-        self, app: App, transport: asyncio.Transport, identity: Identity = ANONYMOUS
-    ) -> None:
-        self.app = app
+    transport: Sink  # set by the edge as the stream starts
+
+    def __init__(self, node: Node, identity: Identity = ANONYMOUS) -> None:
+        self.node = node
         self.identity = identity
-        self.hub = app.hub
-        self.transport = transport
+        self.hub = node.hub
         self.tails: dict[str, Tail] = {}
         self.lagging = False
         self.closed = False
-        self.address = ""  # the client's; set by HttpConnection.hand_over
+        self.address = ""  # the client's; set by the edge as the stream starts
         self.opened_at = 0.0  # loop time, kept only while connection logs are on
         self.ended: str | None = None  # why the server ended it; None: the client did
-        app.connections.add(self)
+        node.connections.add(self)
         self.hub.beating.add(self)
 
     def watch_token(self) -> None:
@@ -84,7 +84,7 @@ class StreamConnection(Follower, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.app.limits.release(self.address)
+        self.node.limits.release(self.address)
         stream_closed(self, self.kind, exc)
         for channel in self.tails:
             self.hub.detach(channel, self)
@@ -92,14 +92,14 @@ class StreamConnection(Follower, asyncio.Protocol):
         self.tails.clear()
         self.hub.beating.discard(self)
         self.hub.timers.discard(self)
-        self.app.connections.discard(self)
+        self.node.connections.discard(self)
 
     def writable(self) -> bool:
         return not self.lagging and not self.closed
 
     def policy(self) -> str:
         """``drop-oldest`` only when every followed channel's namespace asks for it."""
-        settings = self.app.settings
+        settings = self.node.settings
         for channel in self.tails:
             if settings.namespace(namespace_of(channel)).slow_consumer != "drop-oldest":
                 return "disconnect"
@@ -107,7 +107,7 @@ class StreamConnection(Follower, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.policy() == "disconnect":
-            self.app.stats.slow_consumers += 1
+            self.node.stats.slow_consumers += 1
             self.ended = "slow consumer"
             self.too_slow()
             return

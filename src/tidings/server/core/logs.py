@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -24,8 +24,8 @@ from tidings.protocol import ws
 if TYPE_CHECKING:
     from websockets.server import ServerProtocol
 
-    from tidings.server.http import HttpConnection
-    from tidings.server.stream import StreamConnection
+    from tidings.hub.hub import Hub
+    from tidings.protocol.identity import Identity
 
 log = logging.getLogger("tidings.connections")
 
@@ -104,20 +104,29 @@ def configure(level: str, log_format: str) -> None:
         logging.getLogger("tidings.server").setLevel(logging.INFO)
 
 
-def http_opened(connection: HttpConnection) -> None:
+class HttpLogged(Protocol):
+    """An HTTP connection as its log lines see it."""
+
+    opened_at: float
+    address: str
+    peer: str
+    ended: str | None
+
+
+def http_opened(connection: HttpLogged, now: float) -> None:
     """Log an HTTP connection (polls, publishes, pages) that a client opened."""
     if not log.isEnabledFor(logging.INFO):
         return
-    connection.opened_at = connection.app.loop.time()
+    connection.opened_at = now
     fields = {"transport": "http", "address": connection.address or connection.peer}
     log.info("connection opened", extra={"fields": fields})
 
 
-def http_closed(connection: HttpConnection, exc: Exception | None) -> None:
+def http_closed(connection: HttpLogged, now: float, exc: Exception | None) -> None:
     """Log its end, once: at close, or when it becomes an SSE stream or a WebSocket."""
     if not connection.opened_at:
         return
-    seconds = connection.app.loop.time() - connection.opened_at
+    seconds = now - connection.opened_at
     connection.opened_at = 0.0
     reason = connection.ended or (CLIENT_CLOSED if exc is None else f"connection lost: {exc}")
     fields = {
@@ -129,7 +138,18 @@ def http_closed(connection: HttpConnection, exc: Exception | None) -> None:
     log.info("connection closed", extra={"fields": fields})
 
 
-def stream_opened(stream: StreamConnection, transport: str) -> None:
+class StreamLogged(Protocol):
+    """An SSE stream or WebSocket as its log lines see it."""
+
+    opened_at: float
+    address: str
+    ended: str | None
+    identity: Identity
+    hub: Hub
+    tails: dict[str, Any]
+
+
+def stream_opened(stream: StreamLogged, transport: str) -> None:
     """Log a stream that opened; start its clock (only when the line will be written)."""
     if not log.isEnabledFor(logging.INFO):
         return
@@ -143,7 +163,7 @@ def stream_opened(stream: StreamConnection, transport: str) -> None:
     log.info("stream opened", extra={"fields": fields})
 
 
-def stream_closed(stream: StreamConnection, transport: str, exc: Exception | None) -> None:
+def stream_closed(stream: StreamLogged, transport: str, exc: Exception | None) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     reason = stream.ended or (CLIENT_CLOSED if exc is None else f"connection lost: {exc}")

@@ -1,8 +1,8 @@
 """``GET /metrics``: the node's numbers in the Prometheus text format (PROTOCOL.md section 7).
 
 Nothing on the delivery path calls the metrics library. The node keeps plain integers
-(``App.stats``, the hub's ``Tally``) and a custom collector reads them, with the hub's channel
-map and the connection set, only when Prometheus scrapes. Each App has its own registry, so
+(``Node.stats``, the hub's ``Tally``) and a custom collector reads them, with the hub's channel
+map and the connection set, only when Prometheus scrapes. Each node has its own registry, so
 several servers in one process never share a number.
 
 The endpoint is protected like the publish API (an API key, or loopback when none is
@@ -26,35 +26,31 @@ from prometheus_client.metrics_core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from tidings.hub.tally import LAG_BUCKETS_MS, TRANSPORTS
-from tidings.server.http import HttpConnection
-from tidings.server.publish import authorize_api
-from tidings.server.request import Request
+from tidings.server.core.access import authorize_api
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.request import Request
 
 if TYPE_CHECKING:
-    from tidings.server.app import App
+    from tidings.server.core.node import Node
 
 OPEN_KINDS = ("websocket", "sse", "long_poll", "admin")
 
 
-def open_connections(app: App) -> dict[str, int]:
+def open_connections(node: Node) -> dict[str, int]:
     """Connections open now, by technique (a long poll counts while it is held)."""
     counts = dict.fromkeys(OPEN_KINDS, 0)
-    for connection in app.connections:
-        if isinstance(connection, HttpConnection):
-            if connection.held is not None:
-                counts["long_poll"] += 1
-        else:
-            kind = getattr(connection, "kind", None)
-            if kind in counts:
-                counts[kind] += 1
+    for connection in node.connections:
+        kind = connection.kind
+        if kind in counts:
+            counts[kind] += 1
     return counts
 
 
 class NodeCollector:
     """Reads the node's counters at scrape time and reports them as metric families."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
     def collect(self) -> Iterable[Metric]:
         yield from self._connections()
@@ -63,27 +59,27 @@ class NodeCollector:
         yield from self._refusals_and_broker()
 
     def _connections(self) -> Iterable[Metric]:
-        app = self.app
+        node = self.node
         open_now = GaugeMetricFamily(
             "tidings_connections", "Connections open now, by technique", labels=["transport"]
         )
-        for kind, count in open_connections(app).items():
+        for kind, count in open_connections(node).items():
             open_now.add_metric([kind], count)
         yield open_now
         opened = CounterMetricFamily(
             "tidings_connections_opened", "Streams opened, by technique", labels=["transport"]
         )
-        for kind, count in sorted(app.stats.opened_by_transport.items()):
+        for kind, count in sorted(node.stats.opened_by_transport.items()):
             opened.add_metric([kind], count)
         yield opened
         yield GaugeMetricFamily(
             "tidings_subscriptions",
             "Channel followers over every SSE stream and WebSocket",
-            value=app.hub.subscription_count(),
+            value=node.hub.subscription_count(),
         )
 
     def _traffic(self) -> Iterable[Metric]:
-        stats, tally = self.app.stats, self.app.hub.tally
+        stats, tally = self.node.stats, self.node.hub.tally
         yield CounterMetricFamily(
             "tidings_publishes", "Events published through this node", value=stats.published
         )
@@ -108,7 +104,7 @@ class NodeCollector:
         )
 
     def _lag(self) -> Metric:
-        lag = self.app.hub.tally.lag
+        lag = self.node.hub.tally.lag
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, count in zip((*LAG_BUCKETS_MS, float("inf")), lag.counts, strict=True):
@@ -122,7 +118,7 @@ class NodeCollector:
         )
 
     def _refusals_and_broker(self) -> Iterable[Metric]:
-        stats, tally = self.app.stats, self.app.hub.tally
+        stats, tally = self.node.stats, self.node.hub.tally
         refusals = CounterMetricFamily(
             "tidings_refusals", "Requests and connections refused, by reason", labels=["reason"]
         )
@@ -146,16 +142,18 @@ class NodeCollector:
             )
 
 
-def metrics_registry(app: App) -> CollectorRegistry:
+def metrics_registry(node: Node) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(app))
+    registry.register(NodeCollector(node))
     ProcessCollector(registry=registry)  # CPU, memory and open files of this process
     return registry
 
 
-def handle_metrics(app: App, connection: HttpConnection, request: Request) -> None:
-    authorize_api(app, request)
-    body = generate_latest(app.metrics)
+def handle_metrics(
+    registry: CollectorRegistry, node: Node, exchange: Exchange, request: Request
+) -> None:
+    authorize_api(node.settings.server.api_keys, request)
+    body = generate_latest(registry)
     # the classic text format (0.0.4) every Prometheus version reads; our names need no escaping
     content_type = CONTENT_TYPE_PLAIN_0_0_4.encode()
-    connection.respond(200, body, [(b"Cache-Control", b"no-store")], content_type)
+    exchange.respond(200, body, [(b"Cache-Control", b"no-store")], content_type)

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
-from tidings.protocol.http import build_response
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import PollRequest, parse_poll
-from tidings.server.auth import subscriber
-from tidings.server.http import HttpConnection
-from tidings.server.request import Request
+from tidings.server.core.access import subscriber
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.request import Request
+from tidings.server.core.response import Response
 
 if TYPE_CHECKING:
     from tidings.brokers.base import HistoryPage
-    from tidings.server.app import App
+    from tidings.server.core.node import Node
 
 
 @dataclass(slots=True)
@@ -38,16 +38,16 @@ class Gathered:
 PARSED_POLLS_KEPT = 4096
 
 
-def parsed_poll(app: App, request: Request) -> PollRequest:
+def parsed_poll(node: Node, request: Request) -> PollRequest:
     """Parse a poll's query once per distinct request line.
 
     Caught-up long pollers of a channel all ask for the same ``since``: under fan-out most
     requests repeat one of a few targets, and their parse is the request's largest cost.
     """
-    cache = app.parsed_polls
+    cache = node.parsed_polls
     poll = cache.get(request.target)
     if poll is None:
-        server = app.settings.server
+        server = node.settings.server
         poll = parse_poll(
             request.query(), server.max_channels_per_connection, server.max_poll_seconds
         )
@@ -57,30 +57,32 @@ def parsed_poll(app: App, request: Request) -> PollRequest:
     return poll
 
 
-def handle_poll(app: App, connection: HttpConnection, request: Request) -> None:
-    if app.limits.poll is not None:
-        app.limits.check_poll(request.peer, app.loop.time())
-    poll = parsed_poll(app, request)
-    subscriber(app.tokens, app.settings, request, poll.token, poll.subscription.channels)
+def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
+    if node.limits.poll is not None:
+        node.limits.check_poll(request.peer, node.loop.time())
+    poll = parsed_poll(node, request)
+    subscriber(node.tokens, node.settings, request, poll.token, poll.subscription.channels)
     since = poll.subscription.since
     if since is not None and poll.timeout > 0 and len(since) == 1:
         channel = poll.subscription.channels[0]
-        page = app.broker.history_nowait(channel, since[0], poll.limit)
+        page = node.broker.history_nowait(channel, since[0], poll.limit)
         if page is not None and not page.events and page.reset is None:
-            LongPoll(app, connection, poll, [page.cursor]).wait(poll.timeout)  # caught up
+            LongPoll(node, exchange, poll, [page.cursor]).wait(poll.timeout)  # caught up
             return
-    gathered = _gather_nowait(app, poll, since)
+    gathered = _gather_nowait(node, poll, since)
     if gathered is None:
-        app.hub.spawn(_poll_async(app, connection, request, poll, since))
+        node.hub.spawn(_poll_async(node, exchange, request, poll, since))
     else:
-        _answer_or_wait(app, connection, request, poll, since, gathered)
+        _answer_or_wait(node, exchange, request, poll, since, gathered)
 
 
-def _gather_nowait(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered | None:
+def _gather_nowait(
+    node: Node, poll: PollRequest, since: Sequence[Cursor] | None
+) -> Gathered | None:
     pages = []
     remaining = poll.limit
     for index, channel in enumerate(poll.subscription.channels):
-        page = app.broker.history_nowait(channel, since[index] if since else None, remaining)
+        page = node.broker.history_nowait(channel, since[index] if since else None, remaining)
         if page is None:
             return None
         remaining -= len(page.events)
@@ -88,17 +90,19 @@ def _gather_nowait(app: App, poll: PollRequest, since: Sequence[Cursor] | None) 
     return _combine(pages)
 
 
-async def _gather(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
+async def _gather(node: Node, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
     pages = []
     remaining = poll.limit
     for index, channel in enumerate(poll.subscription.channels):
-        page = await app.broker.history(channel, since[index] if since else None, remaining)
+        page = await node.broker.history(channel, since[index] if since else None, remaining)
         remaining -= len(page.events)
         pages.append(page)
     return _combine(pages)
 
 
-async def _gather_settled(app: App, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
+async def _gather_settled(
+    node: Node, poll: PollRequest, since: Sequence[Cursor] | None
+) -> Gathered:
     """Read history until no event reached this node during the read.
 
     An event delivered while the read was in flight woke no waiter (none was registered
@@ -106,10 +110,10 @@ async def _gather_settled(app: App, poll: PollRequest, since: Sequence[Cursor] |
     waits out its timeout with an event already here.
     """
     channels = poll.subscription.channels
-    heads = app.hub.heads
+    heads = node.hub.heads
     for _ in range(MAX_SETTLE_READS):
         before = [heads.get(channel) for channel in channels]
-        gathered = await _gather(app, poll, since)
+        gathered = await _gather(node, poll, since)
         if gathered.events or before == [heads.get(channel) for channel in channels]:
             break
     return gathered
@@ -129,97 +133,94 @@ def _combine(pages: list[HistoryPage]) -> Gathered:
 
 
 async def _poll_async(
-    app: App,
-    connection: HttpConnection,
+    node: Node,
+    exchange: Exchange,
     request: Request,
     poll: PollRequest,
     since: Sequence[Cursor] | None,
 ) -> None:
     try:
-        gathered = await _gather_settled(app, poll, since)
+        gathered = await _gather_settled(node, poll, since)
     except BrokerUnavailable as error:
-        app.answer_error(connection, error)
+        node.answer_error(exchange, error)
         return
-    if not connection.closed:
-        _answer_or_wait(app, connection, request, poll, since, gathered)
+    if not exchange.closed:
+        _answer_or_wait(node, exchange, request, poll, since, gathered)
 
 
 def _answer_or_wait(
-    app: App,
-    connection: HttpConnection,
+    node: Node,
+    exchange: Exchange,
     request: Request,
     poll: PollRequest,
     since: Sequence[Cursor] | None,
     gathered: Gathered,
 ) -> None:
     if gathered.resets:
-        app.stats.resets += len(gathered.resets)
+        node.stats.resets += len(gathered.resets)
     if gathered.events or gathered.resets:
-        _answer(app, connection, gathered, "long_poll" if poll.timeout > 0 else "poll")
+        _answer(node, exchange, gathered, "long_poll" if poll.timeout > 0 else "poll")
     elif poll.timeout <= 0:
-        _answer_nothing_new(app, connection, request, gathered.cursors, since is not None)
+        _answer_nothing_new(node, exchange, request, gathered.cursors, since is not None)
     else:
-        LongPoll(app, connection, poll, gathered.cursors).wait(poll.timeout)
+        LongPoll(node, exchange, poll, gathered.cursors).wait(poll.timeout)
 
 
-def _headers(app: App, request: Request | None, cursor_list: str) -> list[tuple[bytes, bytes]]:
+def _headers(node: Node, request: Request | None, cursor_list: str) -> list[tuple[bytes, bytes]]:
     encoded = cursor_list.encode("ascii")
     return [
         (b"Tidings-Cursor", encoded),
         (b"ETag", b'"' + encoded + b'"'),
-        *app.cors_pairs(request),
+        *node.cors_pairs(request),
     ]
 
 
-def _answer(app: App, connection: HttpConnection, gathered: Gathered, transport: str) -> None:
-    if connection.closed:
+def _answer(node: Node, exchange: Exchange, gathered: Gathered, transport: str) -> None:
+    if exchange.closed:
         return
     cursor_list = format_cursor_list(gathered.cursors)
     body = poll_body(gathered.events, cursor_list, gathered.resets)
-    request = connection.current
-    keep_alive = request is not None and request.keep_alive
-    headers = _headers(app, request, cursor_list)
-    response = build_response(200, body, b"application/json", headers, keep_alive)
-    connection.send(response, keep_alive)
-    app.hub.tally.wrote(transport, len(gathered.events), len(response))
+    headers = _headers(node, exchange.current, cursor_list)
+    written = exchange.respond(200, body, headers)
+    node.hub.tally.wrote(transport, len(gathered.events), written)
 
 
 def _answer_nothing_new(
-    app: App,
-    connection: HttpConnection,
+    node: Node,
+    exchange: Exchange,
     request: Request,
     cursors: list[Cursor],
     resumed: bool,
 ) -> None:
     cursor_list = format_cursor_list(cursors)
-    headers = _headers(app, request, cursor_list)
+    headers = _headers(node, request, cursor_list)
     if resumed and request.header(b"if-none-match") == f'"{cursor_list}"':
-        connection.respond(304, b"", headers)
+        exchange.respond(304, b"", headers)
     else:
-        connection.respond(200, poll_body((), cursor_list), headers)
+        exchange.respond(200, poll_body((), cursor_list), headers)
 
 
-def shared_response(app: App, batch: Batch) -> bytes:
+def shared_response(node: Node, batch: Batch) -> Response:
     """The answer to every caught-up single-channel long poll woken by ``batch``."""
-    encoded = batch.wire.get("poll")
-    if encoded is None:
+    response: Response | None = batch.answers.get("poll")
+    if response is None:
         cursor = batch.last.id
-        body = poll_body(batch.events, cursor)
-        encoded = build_response(200, body, headers=_headers(app, None, cursor))
-        batch.wire["poll"] = encoded
-    return encoded
+        response = Response(200, poll_body(batch.events, cursor), _headers(node, None, cursor))
+        batch.answers["poll"] = response
+        batch.wire["poll"] = response.http11(True)  # what each shared answer writes
+    return response
 
 
 class LongPoll:
     """One held poll: a waiter on each channel and one entry in the timer wheel."""
 
-    __slots__ = ("app", "connection", "cursors", "done", "poll")
+    __slots__ = ("cursors", "done", "exchange", "node", "poll")
 
     def __init__(
-        self, app: App, connection: HttpConnection, poll: PollRequest, cursors: list[Cursor]
+        self, node: Node, exchange: Exchange, poll: PollRequest, cursors: list[Cursor]
     ) -> None:
-        self.app = app
-        self.connection = connection
+        self.node = node
+        self.exchange = exchange
         self.poll = poll
         self.cursors = cursors
         self.done = False
@@ -230,31 +231,31 @@ class LongPoll:
         if expires_at is not None:
             timeout = min(timeout, expires_at - time.time())
         for channel in self.poll.subscription.channels:
-            self.app.hub.wait(channel, self)
-        self.connection.hold(self, timeout)
+            self.node.hub.wait(channel, self)
+        self.exchange.hold(self, timeout)
 
     def cancel(self) -> None:
         """The client went away, or the poll is answered: forget every registration."""
         self.done = True
-        self.connection.release()
+        self.exchange.release()
         for channel in self.poll.subscription.channels:
-            self.app.hub.unwait(channel, self)
+            self.node.hub.unwait(channel, self)
 
     def wake(self, batch: Batch) -> None:
         if self.done:
             return
         self.cancel()
-        connection = self.connection
+        exchange = self.exchange
         cursor, first = self.cursors[0], batch.first
         continues = first.epoch == cursor.epoch and first.offset == cursor.offset + 1
         if len(self.cursors) == 1 and continues and self._shareable(len(batch.events)):
-            connection.send(shared_response(self.app, batch))
-            self.app.hub.tally.poll += 1  # folded by the hub with the batch's bytes
+            exchange.answer(shared_response(self.node, batch))
+            self.node.hub.tally.poll += 1  # folded by the hub with the batch's bytes
             return
-        gathered = _gather_nowait(self.app, self.poll, self.cursors)
+        gathered = _gather_nowait(self.node, self.poll, self.cursors)
         if gathered is None:
-            self.app.hub.spawn(
-                _poll_async(self.app, connection, self._request(), self.poll, self.cursors)
+            self.node.hub.spawn(
+                _poll_async(self.node, exchange, self._request(), self.poll, self.cursors)
             )
         else:
             self._answer_or_wait_again(gathered)
@@ -263,33 +264,33 @@ class LongPoll:
         if self.done:
             return
         self.cancel()
-        gathered = _gather_nowait(self.app, self.poll, self.cursors)
+        gathered = _gather_nowait(self.node, self.poll, self.cursors)
         if gathered is None:
             request = self._request()
-            self.app.hub.spawn(
-                _poll_async(self.app, self.connection, request, self.poll, self.cursors)
+            self.node.hub.spawn(
+                _poll_async(self.node, self.exchange, request, self.poll, self.cursors)
             )
         else:
             self._answer_or_wait_again(gathered)
 
     def _request(self) -> Request:
-        assert self.connection.current is not None
-        return self.connection.current
+        assert self.exchange.current is not None
+        return self.exchange.current
 
     def _shareable(self, count: int) -> bool:
-        request = self.connection.current
+        request = self.exchange.current
         return (
             count <= self.poll.limit
             and request is not None
             and request.keep_alive
-            and not self.app.cors_varies
+            and not self.node.cors_varies
         )
 
     def _answer_or_wait_again(self, gathered: Gathered) -> None:
         if gathered.events or gathered.resets:
-            _answer(self.app, self.connection, gathered, "long_poll")
+            _answer(self.node, self.exchange, gathered, "long_poll")
         else:
-            LongPoll(self.app, self.connection, self.poll, gathered.cursors).wait(self.poll.timeout)
+            LongPoll(self.node, self.exchange, self.poll, gathered.cursors).wait(self.poll.timeout)
 
     def expire(self) -> None:
         """Time is up with nothing new: 204, with the cursor to poll from next."""
@@ -297,4 +298,4 @@ class LongPoll:
             return
         self.cancel()
         cursor_list = format_cursor_list(self.cursors)
-        self.connection.respond(204, b"", _headers(self.app, self.connection.current, cursor_list))
+        self.exchange.respond(204, b"", _headers(self.node, self.exchange.current, cursor_list))

@@ -39,7 +39,7 @@ from tidings.protocol.http import build_error
 
 if TYPE_CHECKING:
     from tidings.config import ServerSettings
-    from tidings.server.app import Stats
+    from tidings.server.core.stats import Stats
 
 CONNECTION_RETRY_SECONDS = 5  # Retry-After when a connection limit refuses
 MAX_RATE_ADDRESSES = 65536  # buckets kept per rate table

@@ -13,18 +13,22 @@ import logging
 import math
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import cast
 
 import httptools
 
-from tidings.protocol.http import build_error, build_response
-from tidings.server.limits import forwarded_for
-from tidings.server.logs import http_closed, http_opened
-from tidings.server.request import Request
-
-if TYPE_CHECKING:
-    from tidings.server.app import App
-    from tidings.server.stream import StreamConnection
+from tidings.protocol.http import build_error, build_response, status_line
+from tidings.protocol.identity import Identity
+from tidings.server.core.exchange import Held, Session, Sink
+from tidings.server.core.limits import forwarded_for
+from tidings.server.core.logs import http_closed, http_opened
+from tidings.server.core.node import Node
+from tidings.server.core.ops.static import StaticFiles
+from tidings.server.core.request import Request
+from tidings.server.core.response import Response
+from tidings.server.core.routes import Routes
+from tidings.server.core.transports.websocket import websocket_opened
+from tidings.server.uvloop.websocket import FrameSocket, handshake
 
 log = logging.getLogger("tidings.http")
 
@@ -45,12 +49,18 @@ class _Refuse(Exception):
         self.message = message
 
 
-class Held(Protocol):
-    """A request held open (a long poll): answered by itself, or expired by the deadline."""
+class Edge:
+    """What every connection of the standalone server shares."""
 
-    def cancel(self) -> None: ...
+    def __init__(
+        self, node: Node, files: StaticFiles, socket_class: type[FrameSocket] = FrameSocket
+    ) -> None:
+        self.node = node
+        self.routes = Routes(node, files)
+        self.socket_class = socket_class  # what /ws speaks: the protocol, or the test echo
 
-    def expire(self) -> None: ...
+    def protocol_factory(self) -> HttpConnection:
+        return HttpConnection(self)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -66,11 +76,12 @@ class HttpConnection(asyncio.Protocol):
         "_queue",
         "_url",
         "address",
-        "app",
         "closed",
         "current",
+        "edge",
         "ended",
         "held",
+        "node",
         "opened_at",
         "parser",
         "peer",
@@ -78,8 +89,9 @@ class HttpConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.node = edge.node
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.peer = ""
@@ -110,31 +122,31 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
-        limits = self.app.limits
+        limits = self.node.limits
         self.proxied = limits.is_proxy(self.peer)
-        refusal = limits.admit(self.peer, self.proxied, len(self.app.connections))
+        refusal = limits.admit(self.peer, self.proxied, len(self.node.connections))
         if refusal is not None:  # answered before any request: nothing is parsed or kept
             self.closed = True
             self.transport.write(refusal)
             self.transport.close()
             return
         self.address = "" if self.proxied else self.peer  # a proxy's clients: per request
-        self.transport.set_write_buffer_limits(high=self.app.settings.server.write_buffer_limit)
+        self.transport.set_write_buffer_limits(high=self.node.settings.server.write_buffer_limit)
         if TCP_USER_TIMEOUT is not None:
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.app.dead_peer_ms)
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.node.dead_peer_ms)
         self.parser = httptools.HttpRequestParser(self)
-        self.app.connections.add(self)
-        http_opened(self)
+        self.node.connections.add(self)
+        http_opened(self, self.node.loop.time())
         self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        http_closed(self, exc)
-        self.app.limits.release(self.address)
-        self.app.connections.discard(self)
-        self.app.hub.timers.discard(self)
+        http_closed(self, self.node.loop.time(), exc)
+        self.node.limits.release(self.address)
+        self.node.connections.discard(self)
+        self.node.hub.timers.discard(self)
         if self.held is not None:
             self.held.cancel()
 
@@ -150,7 +162,7 @@ class HttpConnection(asyncio.Protocol):
             refusal = error.__context__
             if isinstance(refusal, _Refuse):
                 if refusal.code == "too_large":
-                    self.app.stats.refused("too_large")
+                    self.node.stats.refused("too_large")
                 self.refuse(refusal.status, refusal.code, refusal.message)
             else:
                 log.error("error while parsing a request", exc_info=refusal)
@@ -164,20 +176,20 @@ class HttpConnection(asyncio.Protocol):
         The deadline is a number checked when the wheel fires, so answering a request and
         waiting for the next costs no timer operation; the wheel holds one entry at most.
         """
-        self._set_deadline(self.app.settings.server.read_timeout_seconds)
+        self._set_deadline(self.node.settings.server.read_timeout_seconds)
 
     def _set_deadline(self, timeout: float) -> None:
         """Move the deadline; touch the wheel only if its entry would fire too late."""
-        now = self.app.loop.time()
+        now = self.node.loop.time()
         self._deadline = now + timeout
         if self._deadline < self._alarm:
             self._alarm = self._deadline
-            self.app.hub.timers.add(self, timeout)
+            self.node.hub.timers.add(self, timeout)
 
     def expire(self) -> None:
         """The read deadline passed: an idle keep-alive closes, a half-sent request gets 408."""
         self._alarm = math.inf
-        remaining = self._deadline - self.app.loop.time()
+        remaining = self._deadline - self.node.loop.time()
         if remaining == math.inf or self.closed:
             return  # a request is being answered: no deadline until it is done
         if remaining > 0:
@@ -217,11 +229,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
-        if self._head_bytes > self.app.settings.server.max_header_bytes:
+        if self._head_bytes > self.node.settings.server.max_header_bytes:
             raise _Refuse(431, "too_large", "request line and headers are too large")
 
     def on_headers_complete(self) -> None:
-        self._body_limit = self.app.body_limit(self._url)
+        self._body_limit = self.edge.routes.body_limit(self._url.split(b"?", 1)[0])
         length = next((v for k, v in self._headers if k.lower() == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self._body_limit:
             raise _Refuse(413, "too_large", f"request body is over {self._body_limit} bytes")
@@ -253,12 +265,17 @@ class HttpConnection(asyncio.Protocol):
             self._next()
 
     def _forwarded_client(self) -> str:
-        return self.app.limits.proxies.client_address(self.peer, forwarded_for(self._headers))
+        return self.node.limits.proxies.client_address(self.peer, forwarded_for(self._headers))
 
-    def readdress(self, request: Request) -> None:
+    def admit(self, request: Request) -> None:
         """Count a trusted proxy's connection under the client of ``request``."""
-        counted, self.address = self.address, ""
-        self.address = self.app.limits.readdress(counted, request.peer)
+        if self.proxied:
+            counted, self.address = self.address, ""
+            self.address = self.node.limits.readdress(counted, request.peer)
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.held is None else "long_poll"
 
     def hold(self, held: Held, timeout: float) -> None:
         """Keep the current request open until ``held`` answers it or ``timeout`` passes.
@@ -267,7 +284,7 @@ class HttpConnection(asyncio.Protocol):
         timer operation.
         """
         self.held = held
-        if self.app.draining:
+        if self.node.draining:
             held.expire()  # nothing will come from this node: re-poll elsewhere now
             return
         self._set_deadline(timeout)
@@ -289,7 +306,7 @@ class HttpConnection(asyncio.Protocol):
         while self._queue and not self._busy and not self.closed:
             self._busy = True
             self.current = self._queue.popleft()
-            self.app.handle(self, self.current)
+            self.edge.routes.dispatch(self, self.current)
 
     def respond(
         self,
@@ -297,16 +314,24 @@ class HttpConnection(asyncio.Protocol):
         body: bytes = b"",
         headers: list[tuple[bytes, bytes]] | None = None,
         content_type: bytes | None = b"application/json",
-    ) -> None:
-        keep_alive = self.current is not None and self.current.keep_alive
-        if self.app.draining and not self._queue:
-            keep_alive = False  # "Connection: close": a proxy must not reuse this connection
-        self.send(build_response(status, body, content_type, headers or (), keep_alive), keep_alive)
+    ) -> int:
+        keep_alive = self._keep_alive()
+        response = build_response(status, body, content_type, headers or (), keep_alive)
+        return self.send(response, keep_alive)
 
-    def send(self, response: bytes, keep_alive: bool = True) -> None:
+    def answer(self, response: Response) -> int:
+        keep_alive = self._keep_alive()
+        return self.send(response.http11(keep_alive), keep_alive)
+
+    def _keep_alive(self) -> bool:
+        if self.node.draining and not self._queue:
+            return False  # "Connection: close": a proxy must not reuse this connection
+        return self.current is not None and self.current.keep_alive
+
+    def send(self, response: bytes, keep_alive: bool = True) -> int:
         """Write a complete response and go on to the next request."""
         if self.closed or self.transport is None:
-            return
+            return 0
         self.transport.write(response)
         self._busy = False
         self.current = None
@@ -314,14 +339,14 @@ class HttpConnection(asyncio.Protocol):
             self.ended = self.ended or "answered with Connection: close"
             self.transport.close()
             self.closed = True
-            return
-        if self._queue:
+        elif self._queue:
             self._next()
-        elif self.app.draining:
+        elif self.node.draining:
             self.drain(0)
         else:
             self.transport.resume_reading()
             self._await_request()
+        return len(response)
 
     def refuse(self, status: int, code: str, message: str) -> None:
         """Answer an error and close: the byte stream can no longer be trusted."""
@@ -344,21 +369,49 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
             self.closed = True
 
-    def hand_over(self, protocol: StreamConnection) -> asyncio.Transport:
+    def start_stream(self, session: Session, head: Response) -> Sink:
+        assert self.transport is not None
+        self.transport.write(_head(head))
+        return self.hand_over(session)
+
+    def accept_websocket(self, identity: Identity) -> None:
+        request = self.current
+        assert request is not None
+        answer, protocol = handshake(self.node, request)
+        if protocol is None:
+            self.send(answer, False)
+            return
+        session = self.edge.socket_class(self.node, protocol, identity)
+        transport = self.hand_over(session)
+        transport.write(answer)
+        websocket_opened(session)
+        if request.leftover:
+            session.data_received(request.leftover)
+
+    def hand_over(self, protocol: Session) -> asyncio.Transport:
         """Give the transport to a stream or WebSocket protocol; this object is done.
 
         The stream takes over the client's address and its place in the per-address count.
         """
         assert self.transport is not None
         self.ended = f"upgraded to {protocol.kind}"
-        http_closed(self, None)
+        http_closed(self, self.node.loop.time(), None)
         transport = self.transport
         protocol.address, self.address = self.address, ""
         self.closed = True
         self.parser = None
         self._queue.clear()
-        self.app.connections.discard(self)
-        self.app.hub.timers.discard(self)
-        transport.set_protocol(protocol)
+        self.node.connections.discard(self)
+        self.node.hub.timers.discard(self)
+        protocol.transport = transport
+        transport.set_protocol(protocol)  # type: ignore[arg-type]
         transport.resume_reading()
         return transport
+
+
+def _head(head: Response) -> bytes:
+    """A streamed response's status line and headers: no length, the body follows."""
+    lines = [status_line(head.status)]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in head.header_pairs())
+    lines.append(b"\r\n")
+    return b"".join(lines)

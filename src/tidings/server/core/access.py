@@ -12,6 +12,7 @@ Tokens are secrets: no message or log line here ever includes one.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from tidings.protocol.channel import namespace_of
 from tidings.protocol.identity import ANONYMOUS, Identity, identity_from_claims
 
 if TYPE_CHECKING:
-    from tidings.server.request import Request
+    from tidings.server.core.request import Request
 
 TOKENS_KEPT = 10_000
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
@@ -186,3 +187,46 @@ def check_publish(
         raise Unauthorized(f"publishing to {channel!r} needs a connection token: {HOW_TO_SEND}")
     if not identity.may_publish(channel):
         raise Forbidden(f"the token's publish claim does not allow {channel!r}")
+
+
+# --- who may use the API ---------------------------------------------------------------------
+
+
+def authorize_api(keys: tuple[str, ...], request: Request) -> None:
+    """API keys when configured (compared in constant time); otherwise loopback only."""
+    if not keys:
+        if not request.is_loopback():
+            raise Forbidden("no API keys are configured: only loopback clients may publish")
+        return
+    given = bearer(request)
+    if given is None:
+        raise Unauthorized("send the API key as Authorization: Bearer <key>")
+    if not _is_api_key(given, keys):
+        raise Unauthorized("the API key is not valid")
+
+
+def _is_api_key(given: str, keys: tuple[str, ...]) -> bool:
+    """Compare with every key, each in constant time, so timing tells nothing about a key."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    return matched
+
+
+def authorize_publisher(
+    tokens: TokenVerifier | None, keys: tuple[str, ...], request: Request
+) -> Identity | None:
+    """None for an API key (or loopback without keys): every channel. Otherwise the
+    connection token's Identity, which may publish only where ``check_publish`` allows."""
+    given = bearer(request)
+    if (
+        tokens is None
+        or given is None
+        or (keys and _is_api_key(given, keys))
+        or (not keys and request.is_loopback())
+    ):
+        authorize_api(keys, request)
+        return None
+    if given.count(".") != 2:
+        raise Unauthorized("the bearer value is neither a valid API key nor a connection token")
+    return tokens.verify(given)

@@ -1,0 +1,142 @@
+"""The ASGI edge for WebSockets: whole text messages in, the core's frames out as messages.
+
+ASGI exposes messages, not frames: the server under the mount does the framing, the
+pings and the closing handshake. A session writes the frames the core built once into a
+:class:`QueueSink`; the writer turns each into the message it carries (``websocket.send``
+for text, ``websocket.close`` for a close) and drops our pings, since the ASGI server
+keeps the connection alive with its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tidings.asgi.http import AsgiExchange, admission, request_from
+from tidings.asgi.sink import QueueSink
+from tidings.asgi.types import Receive, Scope, Send
+from tidings.protocol import ws
+from tidings.protocol.identity import Identity
+from tidings.server.core.node import Node
+from tidings.server.core.response import Response
+from tidings.server.core.routes import Routes
+from tidings.server.core.transports.websocket import WebSocketSession, websocket_opened
+
+MESSAGE_SLACK = 4096  # as on the standalone edge: the JSON envelope around max_message_bytes
+DENIAL = "websocket.http.response"  # the ASGI extension for an HTTP answer to a handshake
+
+
+class AsgiSocket(WebSocketSession):
+    __slots__ = ()
+
+    def send_close(self, code: int, reason: str) -> None:
+        self.transport.write(ws.encode_close_frame(code, reason))
+
+    def heartbeat(self, now: float) -> None:
+        """The ASGI server pings and finds dead peers itself."""
+
+    def receive_text(self, text: str) -> None:
+        payload = text.encode()
+        limit = self.node.settings.server.max_message_bytes + MESSAGE_SLACK
+        if len(payload) > limit:
+            self.node.stats.refused("too_large")
+            self.close(ws.CLOSE_TOO_BIG, f"message over {limit} bytes")
+            return
+        self.on_message(payload)
+
+
+class HandshakeExchange(AsgiExchange):
+    """The handshake: the routes either refuse it (an HTTP answer) or accept a session."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, node: Node, request_scope: Scope, address: str) -> None:
+        super().__init__(node, request_from(request_scope, b""), address)
+        self.session: AsgiSocket | None = None
+
+    def accept_websocket(self, identity: Identity) -> None:
+        self.session = AsgiSocket(self.node, identity)
+        self.session.address, self.address = self.address, ""
+        limit = self.node.settings.server.write_buffer_limit
+        self.session.transport = QueueSink(self.session, limit)
+
+
+async def serve_websocket(
+    node: Node, routes: Routes, scope: Scope, receive: Receive, send: Send
+) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    peer = request_from(scope, b"").peer
+    refusal = admission(node, peer)
+    if refusal is not None:
+        await _deny(scope, send, refusal)
+        return
+    exchange = HandshakeExchange(node, scope, peer if node.limits.max_per_address else "")
+    request = exchange.current
+    assert request is not None
+    routes.dispatch(exchange, request)
+    session = exchange.session
+    if session is None:
+        node.limits.release(exchange.address)
+        await _deny(scope, send, exchange.response or Response(500))
+        return
+    await send({"type": "websocket.accept"})
+    websocket_opened(session)
+    await _run(session, receive, send)
+
+
+async def _deny(scope: Scope, send: Send, response: Response) -> None:
+    """Answer the handshake with an HTTP status where the server can, else close it."""
+    if DENIAL in scope.get("extensions", {}):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": response.status,
+                "headers": response.header_pairs(),
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        await send({"type": "websocket.close", "code": ws.CLOSE_POLICY})
+
+
+async def _run(session: AsgiSocket, receive: Receive, send: Send) -> None:
+    sink = session.transport
+    assert isinstance(sink, QueueSink)
+    writer = asyncio.ensure_future(_write(sink, send))
+    error: Exception | None = None
+    try:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                break
+            if kind != "websocket.receive" or session.closed:
+                continue
+            if message.get("text") is not None:
+                session.receive_text(message["text"])
+            elif message.get("bytes") is not None:
+                session.refuse_binary()
+    except OSError as lost:
+        error = lost
+    finally:
+        sink.lost()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await writer
+        session.connection_lost(error)
+
+
+async def _write(sink: QueueSink, send: Send) -> None:
+    """Send the session's frames as messages; a close frame ends the conversation."""
+    while (chunk := await sink.next_chunk()) is not None:
+        for opcode, payload in ws.server_frames(chunk):
+            if opcode == ws.OPCODE_TEXT:
+                await send({"type": "websocket.send", "text": payload.decode()})
+            elif opcode == ws.OPCODE_CLOSE:
+                code, reason = int.from_bytes(payload[:2], "big"), payload[2:].decode()
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return
+        sink.sent()
+    if not sink.gone:  # ended without a close frame (aborted): end the connection too
+        with contextlib.suppress(OSError):
+            await send({"type": "websocket.close", "code": ws.CLOSE_GOING_AWAY})

@@ -1,0 +1,96 @@
+"""One node's capabilities, built from its settings: what handlers and edges share.
+
+The node knows nothing of routes, edges or sockets: handlers receive it with the request,
+and the edges build it. Only the few things several handlers need live here; each handler
+module keeps its own rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from tidings.brokers.base import Broker, broker_for
+from tidings.config import Settings
+from tidings.exceptions import BrokerUnavailable, Forbidden
+from tidings.hub.hub import Hub
+from tidings.protocol.http import error_body
+from tidings.protocol.query import PollRequest
+from tidings.server.core.access import TokenVerifier
+from tidings.server.core.connections import Connections
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.limits import Limits
+from tidings.server.core.request import Request
+from tidings.server.core.response import Headers
+from tidings.server.core.stats import Stats
+
+EXPOSED = b"Tidings-Cursor, ETag"
+
+
+class Draining(Protocol):
+    """A drain under way, as requests see it."""
+
+    def retry_after(self) -> bytes:
+        """``Retry-After`` for what is refused while draining."""
+
+    def retry_ms(self) -> int:
+        """A delay inside the drain window, for a client asked to come back."""
+
+
+class Node:
+    """One node: its settings, broker, hub, limits, counters and open connections."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.tokens = TokenVerifier.from_settings(settings.auth)  # a bad key stops start-up
+        self.broker: Broker = broker_for(settings.server.broker, settings)
+        self.hub = Hub(self.broker, settings, loop)
+        self.connections = Connections()
+        self.drain: Draining | None = None  # set once the node drains
+        self.stats = Stats()
+        self.limits = Limits(settings.server, self.stats)
+        # a peer whose TCP stops acknowledging is gone after the WebSocket's dead-peer window
+        server = settings.server
+        self.dead_peer_ms = int((server.heartbeat_seconds + server.ws_ping_timeout_seconds) * 1000)
+        self.parsed_polls: dict[bytes, PollRequest] = {}
+        origins = settings.server.allowed_origins
+        self.cors_varies = "*" not in origins
+        self._allowed_origins = frozenset(origins)
+
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None
+
+    def answer_draining(self, exchange: Exchange) -> None:
+        assert self.drain is not None
+        body = error_body("unavailable", "this node is restarting: connect again, to another node")
+        exchange.respond(503, body, [(b"Retry-After", self.drain.retry_after())])
+
+    def answer_error(self, exchange: Exchange, error: BrokerUnavailable) -> None:
+        """The broker could not be reached: 503 with ``Retry-After``, counted."""
+        self.hub.tally.broker_errors += 1
+        retry = str(error.retry_after).encode()
+        exchange.respond(503, error_body(error.code, error.message), [(b"Retry-After", retry)])
+
+    def check_origin(self, request: Request) -> None:
+        """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""
+        origin = request.header(b"origin")
+        if self.cors_varies and origin is not None and origin not in self._allowed_origins:
+            raise Forbidden(f"origin {origin[:200]!r} is not allowed")
+
+    def cors_pairs(self, request: Request | None) -> Headers:
+        """CORS headers for browser callers; ``*`` unless origins are restricted."""
+        if not self.cors_varies:
+            return [
+                (b"Access-Control-Allow-Origin", b"*"),
+                (b"Access-Control-Expose-Headers", EXPOSED),
+            ]
+        origin = request.header(b"origin") if request is not None else None
+        if origin is None or origin not in self._allowed_origins:
+            return []
+        return [
+            (b"Access-Control-Allow-Origin", origin.encode("latin-1")),
+            (b"Vary", b"Origin"),
+            (b"Access-Control-Expose-Headers", EXPOSED),
+        ]

@@ -1,0 +1,277 @@
+"""``GET /ws``: the WebSocket transport's messages (PROTOCOL.md section 6).
+
+A session reads whole text messages and answers with frames built by
+:mod:`tidings.protocol.ws`: event frames are server frames (never masked), built once per
+event and written to every subscriber as they are. Reading frames, the handshake and the
+closing handshake belong to the edge, which subclasses :class:`WebSocketSession` and
+provides :meth:`WebSocketSession.send_close`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tidings.brokers.base import HistoryPage
+from tidings.exceptions import (
+    BrokerUnavailable,
+    InvalidField,
+    RequestError,
+    TooLarge,
+    TooManyChannels,
+    WebSocketOnlyError,
+)
+from tidings.hub.follow import PAGE_SIZE, Tail
+from tidings.protocol import ws
+from tidings.protocol.cursor import Cursor
+from tidings.protocol.event import Batch, Event, Reset
+from tidings.protocol.identity import ANONYMOUS, Identity
+from tidings.server.core.access import check_publish, check_subscribe, subscriber
+from tidings.server.core.exchange import Exchange
+from tidings.server.core.limits import count_refusal
+from tidings.server.core.logs import stream_opened
+from tidings.server.core.request import Request
+from tidings.server.core.transports.stream import StreamConnection
+
+if TYPE_CHECKING:
+    from tidings.server.core.node import Node
+
+log = logging.getLogger("tidings.ws")
+
+PING_FRAME = b"\x89\x00"
+CLOSE_LINGER_SECONDS = 5.0
+TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
+
+
+class WebSocketSession(StreamConnection):
+    """One WebSocket's subscriptions, requests and answers, whatever carries its frames."""
+
+    __slots__ = ("accepting", "last_seen", "publishing", "restarting")
+    kind = "websocket"
+
+    def __init__(self, node: Node, identity: Identity = ANONYMOUS) -> None:
+        super().__init__(node, identity)
+        self.accepting = True  # open: neither side has started the closing handshake
+        self.publishing = 0  # publishes awaiting the broker: a drain waits for their answers
+        self.restarting = False
+        self.last_seen = node.hub.loop.time()
+
+    def send_close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code`` (the edge's framing)."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; drop the connection if the peer never finishes it."""
+        if self.accepting:
+            self.accepting = False
+            self.send_close(code, reason)
+        self.hub.timers.add(self, CLOSE_LINGER_SECONDS)
+        for channel in list(self.tails):
+            self.unfollow(channel)
+
+    def refuse_binary(self) -> None:
+        self.node.stats.refused("ws_binary")
+        self.close(ws.CLOSE_UNSUPPORTED, "binary frames are not supported: send JSON text")
+
+    def on_message(self, payload: bytes) -> None:
+        """A whole text message from the client (UTF-8 already checked)."""
+        self.last_seen = self.hub.loop.time()
+        self._on_text(payload)
+
+    def _on_text(self, payload: bytes) -> None:
+        try:
+            message = ws.parse_client_message(payload)
+        except ws.MessageError as error:
+            self._error(error.ref, error.error)
+            return
+        try:
+            self._dispatch(message)
+        except RequestError as error:
+            self._error(getattr(message, "ref", None), error)
+
+    def _dispatch(self, message: ws.ClientMessage) -> None:
+        if isinstance(message, ws.Subscribe):
+            self._subscribe(message)
+        elif isinstance(message, ws.Unsubscribe):
+            self._unsubscribe(message)
+        elif isinstance(message, ws.Publish):
+            self._publish(message)
+        elif isinstance(message, ws.PresenceQuery):
+            self._presence(message)
+        else:
+            self.send(ws.pong_frame(message.ref))
+
+    def _error(self, ref: ws.Ref, error: RequestError) -> None:
+        count_refusal(self.node.stats, error)
+        self.send(ws.error_frame(ref, error.code, error.message))
+
+    # requests
+
+    def _subscribe(self, message: ws.Subscribe) -> None:
+        if self.node.tokens is not None:
+            check_subscribe(self.node.settings, self.identity, message.channel)
+        if message.channel in self.tails:
+            raise WebSocketOnlyError(
+                "already_subscribed", f"already subscribed to {message.channel!r}"
+            )
+        if len(self.tails) >= self.node.settings.server.max_channels_per_connection:
+            raise TooManyChannels(
+                f"at most {self.node.settings.server.max_channels_per_connection} channels"
+                " per connection"
+            )
+        tail = Tail(message.channel, message.since or Cursor("", 0))
+        tail.backlog = []
+        self.follow(tail)
+        page = self.node.broker.history_nowait(message.channel, message.since, PAGE_SIZE)
+        if page is None:
+            self.hub.spawn(self._subscribe_async(message, tail))
+        else:
+            self._start(message, tail, page)
+
+    async def _subscribe_async(self, message: ws.Subscribe, tail: Tail) -> None:
+        try:
+            page = await self.node.broker.history(message.channel, message.since, PAGE_SIZE)
+        except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
+            self.unfollow(message.channel)
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+            return
+        if self.tails.get(message.channel) is tail:
+            self._start(message, tail, page)
+
+    def _start(self, message: ws.Subscribe, tail: Tail, page: HistoryPage) -> None:
+        if message.since is None:
+            tail.move_to(page.cursor)
+            self.send(ws.subscribed_frame(message.ref, message.channel, page.cursor, None))
+        else:
+            recovered = page.reset is None
+            self.send(ws.subscribed_frame(message.ref, message.channel, message.since, recovered))
+        self.catch_up(tail, page if message.since is not None else None)
+        self.present(message.channel)
+
+    def _unsubscribe(self, message: ws.Unsubscribe) -> None:
+        if message.channel not in self.tails:
+            raise WebSocketOnlyError("not_subscribed", f"not subscribed to {message.channel!r}")
+        self.unfollow(message.channel)
+        self.send(ws.unsubscribed_frame(message.ref, message.channel))
+
+    def _publish(self, message: ws.Publish) -> None:
+        check_publish(self.node.tokens, self.node.settings, self.identity, message.channel)
+        self.node.limits.check_publish(self.address, self.hub.loop.time())
+        limit = self.node.settings.server.max_message_bytes
+        if len(message.data) > limit:
+            raise TooLarge(f"data is {len(message.data)} bytes; at most {limit} allowed")
+        if self.restarting:
+            message_text = "the server is restarting: publish again once reconnected"
+            self.send(ws.error_frame(message.ref, "unavailable", message_text))
+            return
+        self.publishing += 1
+        self.hub.spawn(self._publish_async(message))
+
+    async def _publish_async(self, message: ws.Publish) -> None:
+        try:
+            event = await self.node.broker.publish(
+                message.channel, message.event, message.data, message.idempotency_key
+            )
+        except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+        else:
+            self.node.stats.published += 1
+            self.send(ws.published_frame(message.ref, message.channel, event.id))
+        finally:
+            self.publishing -= 1
+            if self.restarting and not self.publishing:
+                self._restart()
+
+    def _presence(self, message: ws.PresenceQuery) -> None:
+        channel = message.channel
+        if not self.hub.presence.enabled(channel):
+            self.node.stats.refused("presence_disabled")
+            raise WebSocketOnlyError(
+                "presence_disabled", f"presence is not enabled for channel {channel!r}"
+            )
+        check_subscribe(self.node.settings, self.identity, channel)  # private presence too
+        self.hub.spawn(self._presence_async(message))
+
+    async def _presence_async(self, message: ws.PresenceQuery) -> None:
+        try:
+            entries = await self.hub.presence.clients(message.channel)
+        except BrokerUnavailable as error:
+            self.send(ws.error_frame(message.ref, error.code, error.message))
+            return
+        self.send(ws.presence_frame(message.ref, message.channel, entries))
+
+    def present(self, channel: str) -> None:
+        """Present, and told of others' joins and leaves (PROTOCOL.md section 6)."""
+        self.hub.presence.join(channel, self, self.identity, self)
+
+    # writing
+
+    def send(self, frame: bytes) -> None:
+        if self.accepting and not self.closed:
+            self.transport.write(frame)
+
+    def write_event(self, tail: Tail, event: Event) -> None:
+        if self.accepting and not self.closed:
+            frame = ws.event_frame(event)
+            self.transport.write(frame)
+            self.hub.tally.wrote("websocket", 1, len(frame))
+
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        # the hot path of WebSocket fan-out: one shared frame run, one write, one count
+        if self.accepting and not self.closed:
+            self.transport.write(batch.joined("ws", ws.event_frame))
+            self.hub.tally.ws += 1
+
+    def write_reset(self, tail: Tail, reset: Reset) -> None:
+        self.node.stats.resets += 1
+        self.send(ws.reset_frame(reset))
+
+    def heartbeat(self, now: float) -> None:
+        """Ping; a peer silent for a heartbeat plus the ping timeout is dead."""
+        server = self.node.settings.server
+        if now - self.last_seen > server.heartbeat_seconds + server.ws_ping_timeout_seconds:
+            self.ended = "heartbeat timeout"
+            self.transport.abort()
+        elif self.accepting:
+            self.transport.write(PING_FRAME)
+
+    def expire(self) -> None:
+        """An open connection's token ran out (4001); a closing one lingered too long."""
+        if self.accepting:
+            self.close(ws.CLOSE_TOKEN, TOKEN_EXPIRED)
+        else:
+            self.transport.abort()
+
+    def too_slow(self) -> None:
+        self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
+
+    def drain(self, retry_ms: int) -> None:
+        """Close with 1012, once every publish in flight has its answer (an event stored
+        whose ``published`` was lost would make the client publish it again)."""
+        self.restarting = True
+        if not self.publishing:
+            self._restart()
+
+    def _restart(self) -> None:
+        self.close(ws.CLOSE_RESTART, "server restarting: reconnect after a short delay")
+
+
+def handle_websocket(node: Node, exchange: Exchange, request: Request) -> None:
+    if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
+        raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
+    node.check_origin(request)
+    identity = ANONYMOUS
+    if node.tokens is not None:  # a bad or expired token is a 401 here, before the upgrade
+        identity = subscriber(
+            node.tokens, node.settings, request, request.query().one("token"), ()
+        )
+    exchange.accept_websocket(identity)
+
+
+def websocket_opened(session: WebSocketSession) -> None:
+    """The handshake is done and the session reads: count it, watch its token, log it."""
+    session.watch_token()
+    session.node.stats.opened("websocket")
+    stream_opened(session, session.kind)

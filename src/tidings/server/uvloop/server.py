@@ -1,0 +1,94 @@
+"""The standalone server: a node listening on a socket, and the process's signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from tidings.config import Settings
+from tidings.server.core.limits import exposure_warning
+from tidings.server.core.node import Node
+from tidings.server.core.ops.static import StaticFiles
+from tidings.server.drain import Drain
+from tidings.server.uvloop.http import Edge
+from tidings.server.uvloop.websocket import FrameSocket
+
+log = logging.getLogger("tidings.server")
+BACKLOG = 4096
+
+
+class Server:
+    """A node listening on a socket: ``start`` it, read ``port``, ``stop`` it.
+
+    ``socket_class`` is what ``/ws`` speaks; the Autobahn suite passes the echo.
+    """
+
+    def __init__(self, settings: Settings, socket_class: type[FrameSocket] = FrameSocket) -> None:
+        self.settings = settings
+        self.port = 0
+        self.node: Node | None = None
+        self.edge: Edge | None = None
+        self._socket_class = socket_class
+        self._server: asyncio.Server | None = None
+        self._drain: Drain | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        files = await StaticFiles.load()
+        self.node = Node(self.settings, loop)
+        self.edge = Edge(self.node, files, self._socket_class)
+        self.node.hub.start()
+        server = self.settings.server
+        self._server = await loop.create_server(
+            self.edge.protocol_factory, server.host, server.port, backlog=BACKLOG
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "tidings listening on http://%s:%d (broker %s)", server.host, self.port, server.broker
+        )
+        warning = exposure_warning(server)
+        if warning is not None:
+            log.warning(warning)
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain: stop accepting at once, ask every client back, then close the broker.
+
+        Returns when every connection is gone, or ``drain_seconds`` and a short grace after
+        the start (what is left is dropped); ``hurry`` cuts the wait short.
+        """
+        if self._server is None or self.node is None:
+            return
+        self._server.close()  # new connections are refused: they go to another node
+        self._drain = Drain(self.node)
+        self.node.drain = self._drain
+        await self._drain.run()
+        await self.node.hub.close()  # the broker last: in-flight publishes have finished
+        await self._server.wait_closed()
+        self._server = None
+
+    def hurry(self) -> None:
+        """Stop waiting for the clients that are slow to leave (a second signal)."""
+        if self._drain is not None:
+            self._drain.hurry.set()
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then drain; a second signal ends the drain at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    server = Server(settings)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            server.hurry()
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)  # before "listening" is announced
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -362,13 +362,21 @@ def test_every_key_is_documented_once_and_printed_as_valid_toml() -> None:
     import dataclasses
     import tomllib
 
-    from tidings.config import DOCS, AuthSettings, NamespaceSettings, ServerSettings, describe
+    from tidings.config import (
+        DOCS,
+        AuthSettings,
+        HooksSettings,
+        NamespaceSettings,
+        ServerSettings,
+        describe,
+    )
 
     keys = {
         f"{section}.{item.name}"
         for section, cls in (
             ("server", ServerSettings),
             ("auth", AuthSettings),
+            ("hooks", HooksSettings),
             ("namespaces", NamespaceSettings),
         )
         for item in dataclasses.fields(cls)
@@ -377,6 +385,7 @@ def test_every_key_is_documented_once_and_printed_as_valid_toml() -> None:
     printed = tomllib.loads(describe())
     assert printed["server"]["port"] == 8000
     assert printed["namespaces"]["default"]["slow_consumer"] == "disconnect"
+    assert printed["hooks"]["forward_headers"] == ["Cookie", "Authorization"]
 
 
 @pytest.mark.parametrize(

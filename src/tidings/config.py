@@ -60,9 +60,18 @@ DOCS = {
     "auth.token_secret": "HS256 secret for connection tokens, at least 32 bytes",
     "auth.token_public_key_file": "PEM public key for connection tokens: RSA (2048 bits or "
     "more) for RS256, EC P-256 for ES256",
+    "hooks.subscribe_url": "POSTed before a client follows a channel of a namespace with "
+    "hooks on (SSE, polls, WebSocket subscribe); 200 allows, 403 denies",
+    "hooks.publish_url": "POSTed before a client publishes to a namespace with hooks on",
+    "hooks.connect_url": "POSTed before a WebSocket is accepted (the connection's sub and info)",
+    "hooks.timeout_seconds": "longest wait for a hook's answer, queueing included (then 503)",
+    "hooks.forward_headers": "request headers the node forwards to the hooks",
+    "hooks.max_concurrent": "hook calls in flight at once; the rest wait their turn",
     "namespaces.history_size": "events kept per channel for resume",
     "namespaces.history_ttl_seconds": "oldest event kept, in seconds",
     "namespaces.public": "subscribe without a token",
+    "namespaces.hooks": "the application's hooks decide who may subscribe and publish where "
+    "no token allows it ([hooks])",
     "namespaces.client_publish": "clients may publish (WebSocket, or POST /api/publish with a "
     "token); once tokens are configured, only with a publish claim that allows the channel",
     "namespaces.presence": "join and leave events and presence queries for the channels",
@@ -107,6 +116,16 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksSettings:
+    subscribe_url: str = ""
+    publish_url: str = ""
+    connect_url: str = ""
+    timeout_seconds: float = 3.0
+    forward_headers: tuple[str, ...] = ("Cookie", "Authorization")
+    max_concurrent: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceSettings:
     history_size: int = 100
     history_ttl_seconds: float = 300.0
@@ -114,12 +133,14 @@ class NamespaceSettings:
     client_publish: bool = False
     presence: bool = False
     slow_consumer: str = "disconnect"
+    hooks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     namespaces: Mapping[str, NamespaceSettings] = field(
         default_factory=lambda: {"default": NamespaceSettings()}
     )
@@ -136,7 +157,7 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge the four layers and validate the result."""
-    raw: dict[str, Any] = {"server": {}, "auth": {}, "namespaces": {}}
+    raw: dict[str, Any] = {"server": {}, "auth": {}, "hooks": {}, "namespaces": {}}
     if path is not None:
         _merge(raw, _check_tables(_read_toml(Path(path))))
     _merge(raw, _from_environ(os.environ if environ is None else environ))
@@ -157,7 +178,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _check_tables(layer: dict[str, Any]) -> dict[str, Any]:
     """Sections, and each namespace, must be tables: ``server = 5`` names its key."""
-    for section in ("server", "auth", "namespaces"):
+    for section in ("server", "auth", "hooks", "namespaces"):
         if section in layer and not isinstance(layer[section], Mapping):
             raise ConfigError(section, "must be a table ([section] with key = value lines)")
     for name, values in layer.get("namespaces", {}).items():
@@ -176,13 +197,13 @@ def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     """``TIDINGS_SERVER_PORT=9000``; ``TIDINGS_NAMESPACES_CHAT_PRESENCE=true``."""
-    layer: dict[str, Any] = {"server": {}, "auth": {}, "namespaces": {}}
+    layer: dict[str, Any] = {"server": {}, "auth": {}, "hooks": {}, "namespaces": {}}
     namespace_keys = sorted((f.name for f in fields(NamespaceSettings)), key=len, reverse=True)
     for name, value in environ.items():
         if not name.startswith("TIDINGS_"):
             continue
         rest = name[len("TIDINGS_") :].lower()
-        for section in ("server", "auth"):
+        for section in ("server", "auth", "hooks"):
             if rest.startswith(section + "_"):
                 layer[section][rest[len(section) + 1 :]] = value
         if rest.startswith("namespaces_"):
@@ -199,11 +220,14 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any]) -> Settings:
-    unknown = set(raw) - {"server", "auth", "namespaces"}
+    unknown = set(raw) - {"server", "auth", "hooks", "namespaces"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown section: use server, auth or namespaces")
+        raise ConfigError(
+            sorted(unknown)[0], "unknown section: use server, auth, hooks or namespaces"
+        )
     server = _section(ServerSettings, raw["server"], "server")
     auth = _section(AuthSettings, raw["auth"], "auth")
+    hooks = _section(HooksSettings, raw["hooks"], "hooks")
     default = _section(
         NamespaceSettings, raw["namespaces"].get("default", {}), "namespaces.default"
     )
@@ -213,7 +237,7 @@ def _build(raw: dict[str, Any]) -> Settings:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"namespaces.{name}", "must be a table of namespace options")
             namespaces[name] = _section(NamespaceSettings, values, f"namespaces.{name}", default)
-    settings = Settings(server, auth, namespaces)
+    settings = Settings(server, auth, hooks, namespaces)
     _validate(settings)
     return settings
 
@@ -331,10 +355,20 @@ def _validate(settings: Settings) -> None:
             f"must be one of {', '.join(SLOW_CONSUMER_POLICIES)}",
         )
         _require(
-            namespace.public or tokens,
+            namespace.public or tokens or namespace.hooks,
             f"{prefix}.public",
-            "a namespace that is not public needs connection tokens: set auth.token_secret "
-            "or auth.token_public_key_file",
+            "a namespace that is not public needs connection tokens (auth.token_secret or "
+            "auth.token_public_key_file) or the application's hooks (hooks = true)",
+        )
+    hooks = settings.hooks
+    _require(hooks.timeout_seconds > 0, "hooks.timeout_seconds", "must be more than 0")
+    _require(hooks.max_concurrent >= 1, "hooks.max_concurrent", "must be at least 1")
+    for key in ("subscribe_url", "publish_url", "connect_url"):
+        url = getattr(hooks, key)
+        _require(
+            not url or url.startswith(("http://", "https://")),
+            f"hooks.{key}",
+            "must be an http:// or https:// URL",
         )
 
 
@@ -349,6 +383,7 @@ def describe() -> str:
     for section, cls in (
         ("server", ServerSettings),
         ("auth", AuthSettings),
+        ("hooks", HooksSettings),
         ("namespaces.default", NamespaceSettings),
     ):
         lines.append(f"[{section}]")

@@ -19,7 +19,9 @@
     │   ├── RateLimited          429 rate_limited (with the seconds to wait)
     │   └── WebSocketOnlyError   WebSocket-only codes: unknown_op, already_subscribed,
     │                            not_subscribed, presence_disabled (no HTTP status of their own)
-    ├── BrokerUnavailable        503 unavailable: the broker could not store the event
+    ├── Unavailable              503 unavailable, with the seconds to wait
+    │   ├── BrokerUnavailable    the broker could not store or read: nothing was done
+    │   └── HookUnavailable      the application's hook did not answer in time, or wrongly
     └── ClientError              raised by the Python client (tidings.client)
         └── ServerRejected       the server answered with an error body
 
@@ -35,6 +37,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "Forbidden",
+    "HookUnavailable",
     "InvalidChannel",
     "InvalidCursor",
     "InvalidField",
@@ -48,6 +51,7 @@ __all__ = [
     "TooLarge",
     "TooManyChannels",
     "Unauthorized",
+    "Unavailable",
     "WebSocketOnlyError",
 ]
 
@@ -143,8 +147,8 @@ class WebSocketOnlyError(RequestError):
         self.code = code
 
 
-class BrokerUnavailable(TidingsError):
-    """The broker did not answer: nothing was stored. Answered as 503 ``unavailable``."""
+class Unavailable(TidingsError):
+    """Something the node depends on did not answer: 503 ``unavailable`` with Retry-After."""
 
     status = 503
     code = "unavailable"
@@ -153,6 +157,17 @@ class BrokerUnavailable(TidingsError):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker did not answer: nothing was stored."""
+
+
+class HookUnavailable(Unavailable):
+    """The application's hook timed out, failed, or answered what a hook may not answer.
+
+    Hooks fail closed: the client is refused with 503, never let through.
+    """
 
 
 class ClientError(TidingsError):

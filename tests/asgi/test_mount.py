@@ -89,3 +89,38 @@ def test_first_request_starts_the_node_when_no_lifespan_comes(
         polled = client.get("/poll", params={"channel": "jobs", "since": cursor, "timeout": 0})
         assert polled.json()["events"] == [] and polled.headers["Tidings-Cursor"] == cursor
         assert client.get("/nowhere").status_code == 404
+
+
+async def test_the_host_app_decides_with_python_functions_instead_of_urls() -> None:
+    from tidings.asgi import Allow, HookCall, HookFunctions
+
+    asked: list[HookCall] = []
+
+    async def subscribe(call: HookCall) -> Allow | None:
+        asked.append(call)
+        if dict(call.headers).get("cookie") == "sid=alice":
+            return Allow("alice", {"name": "Alice"}, None)
+        return None
+
+    settings = settings_with(namespaces__room__public=False, namespaces__room__hooks=True)
+    tidings = TidingsApp(settings, hooks=HookFunctions(subscribe=subscribe))
+    transport = httpx.ASGITransport(app=tidings)
+    async with tidings, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        allowed = await client.get("/poll?channel=room:1", headers={"Cookie": "sid=alice"})
+        denied = await client.get("/poll?channel=room:1", headers={"Cookie": "sid=eve"})
+    assert allowed.status_code == 200 and denied.status_code == 403
+    assert [call.channels for call in asked] == [("room:1",), ("room:1",)]
+    assert asked[0].transport == "poll"
+
+
+def test_a_namespace_with_hooks_but_no_subscribe_hook_stops_start_up() -> None:
+    from tidings.exceptions import ConfigError
+    from tidings.server.core.node import Node
+
+    settings = settings_with(namespaces__room__public=False, namespaces__room__hooks=True)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ConfigError, match=r"hooks\.subscribe_url"):
+            Node(settings, loop)
+    finally:
+        loop.close()

@@ -1,5 +1,6 @@
 """Tidings inside an ASGI application: ``tidings.asgi.app()`` (see :mod:`tidings.asgi.mount`)."""
 
 from tidings.asgi.mount import TidingsApp, app
+from tidings.server.core.hooks import Allow, HookCall, HookFunctions
 
-__all__ = ["TidingsApp", "app"]
+__all__ = ["Allow", "HookCall", "HookFunctions", "TidingsApp", "app"]

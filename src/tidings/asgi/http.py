@@ -95,9 +95,10 @@ class AsgiExchange:
         self._done.set()
         return sink
 
-    def accept_websocket(self, identity: Identity) -> None:
+    def accept_websocket(self, identity: Identity) -> Session | None:
         body = error_body("invalid_field", "GET /ws needs a WebSocket upgrade")
         self.respond(400, body)
+        return None
 
     def client_left(self) -> None:
         self.closed = True

@@ -23,6 +23,7 @@ from tidings.asgi.types import Receive, Scope, Send
 from tidings.asgi.websocket import serve_websocket
 from tidings.config import Settings, load_settings
 from tidings.server.core.api.publish import publish_in_process
+from tidings.server.core.hooks import HookFunctions
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.core.routes import Routes
@@ -43,8 +44,9 @@ def settings_from(config: Config) -> Settings:
 class TidingsApp:
     """The mount: an ASGI app, and the in-process publisher of the host application."""
 
-    def __init__(self, config: Config = None) -> None:
+    def __init__(self, config: Config = None, hooks: HookFunctions | None = None) -> None:
         self.settings = settings_from(config)  # a bad setting fails here, at import time
+        self.hook_functions = hooks
         self.node: Node | None = None
         self.routes: Routes | None = None
         self._starting: asyncio.Lock | None = None
@@ -71,7 +73,7 @@ class TidingsApp:
         async with self._starting:
             if self.routes is None:
                 files = await StaticFiles.load()
-                node = Node(self.settings, asyncio.get_running_loop())
+                node = Node(self.settings, asyncio.get_running_loop(), self.hook_functions)
                 routes = Routes(node, files)
                 node.hub.start()
                 self.node, self.routes = node, routes
@@ -87,7 +89,7 @@ class TidingsApp:
         self._drain = Drain(node)
         node.drain = self._drain
         await self._drain.run()
-        await node.hub.close()
+        await node.close()
 
     async def publish(
         self,
@@ -142,7 +144,9 @@ class TidingsApp:
                 return
 
 
-def app(config: Config = None) -> TidingsApp:
+def app(config: Config = None, hooks: HookFunctions | None = None) -> TidingsApp:
     """The Tidings ASGI application: ``config`` is a ``tidings.toml`` path, a
-    :class:`~tidings.config.Settings`, or None (the defaults plus ``TIDINGS_*``)."""
-    return TidingsApp(config)
+    :class:`~tidings.config.Settings`, or None (the defaults plus ``TIDINGS_*``); ``hooks``
+    are the host application's functions deciding who may connect, subscribe and publish,
+    in place of the ``[hooks]`` URLs."""
+    return TidingsApp(config, hooks)

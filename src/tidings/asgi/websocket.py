@@ -54,11 +54,13 @@ class HandshakeExchange(AsgiExchange):
         super().__init__(node, request_from(request_scope, b""), address)
         self.session: AsgiSocket | None = None
 
-    def accept_websocket(self, identity: Identity) -> None:
+    def accept_websocket(self, identity: Identity) -> AsgiSocket:
         self.session = AsgiSocket(self.node, identity)
         self.session.address, self.address = self.address, ""
         limit = self.node.settings.server.write_buffer_limit
         self.session.transport = QueueSink(self.session, limit)
+        self._done.set()
+        return self.session
 
 
 async def serve_websocket(
@@ -75,6 +77,8 @@ async def serve_websocket(
     request = exchange.current
     assert request is not None
     routes.dispatch(exchange, request)
+    if exchange.session is None and exchange.response is None:
+        await exchange.answered()  # a hook decides first (it has its own timeout)
     session = exchange.session
     if session is None:
         node.limits.release(exchange.address)

@@ -149,20 +149,38 @@ def subscriber(
     request: Request,
     query_token: str | None,
     channels: Sequence[str],
-) -> Identity:
-    """Verify the request's token, if any, and check it may follow every one of ``channels``.
+    hooks_on: bool = False,
+) -> tuple[str, ...]:
+    """Check the request may follow every one of ``channels``; the ones its application
+    hooks must decide (namespaces with ``hooks = true`` that no token allows).
 
-    Without tokens configured every namespace is public (the configuration insists), and a
-    token sent anyway cannot be checked, so it is not looked at.
+    ``hooks_on``: some namespace has hooks. Without tokens or hooks every namespace is
+    public (the configuration insists), so nothing is checked.
+
+    The request's identity is its token's, verified here (or the hook's, once a hook
+    allowed it). Without tokens configured a token sent anyway cannot be checked, so it
+    is not looked at.
     """
-    if tokens is None:
-        return ANONYMOUS
-    token = bearer(request) or query_token
-    identity = tokens.verify(token) if token else ANONYMOUS
+    if tokens is None and not hooks_on:
+        return ()
+    identity = request.identity
+    if tokens is not None and not request.hooked:
+        token = bearer(request) or query_token
+        identity = tokens.verify(token) if token else ANONYMOUS
+        request.identity = identity
+    hooked = []
     for channel in channels:
-        check_subscribe(settings, identity, channel)
-    request.identity = identity
-    return identity
+        if needs_hook(settings, identity, channel):
+            hooked.append(channel)
+        else:
+            check_subscribe(settings, identity, channel)
+    return tuple(hooked)
+
+
+def needs_hook(settings: Settings, identity: Identity, channel: str) -> bool:
+    """Whether the application's subscribe hook must decide ``channel`` for ``identity``."""
+    namespace = settings.namespace(namespace_of(channel))
+    return namespace.hooks and not namespace.public and not identity.may_subscribe(channel)
 
 
 def check_subscribe(settings: Settings, identity: Identity, channel: str) -> None:

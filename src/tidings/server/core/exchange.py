@@ -89,9 +89,9 @@ class Exchange(Protocol):
 
     def release(self) -> None: ...
 
-    def accept_websocket(self, identity: Identity) -> None:
-        """Complete the WebSocket handshake (or refuse it with 400) and start the session
-        that speaks for ``identity``."""
+    def accept_websocket(self, identity: Identity) -> Session | None:
+        """Complete the WebSocket handshake and start the session that speaks for
+        ``identity``; None if the handshake was refused (400)."""
 
     def start_stream(self, session: Session, head: Response) -> Sink:
         """Answer with ``head`` (status and headers, no length) and hand the connection to

@@ -12,14 +12,22 @@ from typing import Protocol
 
 from tidings.brokers.base import Broker, broker_for
 from tidings.config import Settings
-from tidings.exceptions import BrokerUnavailable, Forbidden
+from tidings.exceptions import (
+    BrokerUnavailable,
+    Forbidden,
+    MethodNotAllowed,
+    RateLimited,
+    RequestError,
+    Unavailable,
+)
 from tidings.hub.hub import Hub
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
 from tidings.server.core.access import TokenVerifier
 from tidings.server.core.connections import Connections
 from tidings.server.core.exchange import Exchange
-from tidings.server.core.limits import Limits
+from tidings.server.core.hooks import HookFunctions, Hooks
+from tidings.server.core.limits import Limits, count_refusal
 from tidings.server.core.request import Request
 from tidings.server.core.response import Headers
 from tidings.server.core.stats import Stats
@@ -40,10 +48,21 @@ class Draining(Protocol):
 class Node:
     """One node: its settings, broker, hub, limits, counters and open connections."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        hook_functions: HookFunctions | None = None,
+    ) -> None:
         self.settings = settings
         self.loop = loop
         self.tokens = TokenVerifier.from_settings(settings.auth)  # a bad key stops start-up
+        self.hooks = Hooks(settings.hooks, hook_functions)
+        self.hooks_on = False  # some namespace asks the application's hooks
+        for name, namespace in settings.namespaces.items():
+            if namespace.hooks and not namespace.public:
+                self.hooks.require("subscribe", name)
+                self.hooks_on = True
         self.broker: Broker = broker_for(settings.server.broker, settings)
         self.hub = Hub(self.broker, settings, loop)
         self.connections = Connections()
@@ -67,11 +86,29 @@ class Node:
         body = error_body("unavailable", "this node is restarting: connect again, to another node")
         exchange.respond(503, body, [(b"Retry-After", self.drain.retry_after())])
 
-    def answer_error(self, exchange: Exchange, error: BrokerUnavailable) -> None:
-        """The broker could not be reached: 503 with ``Retry-After``, counted."""
-        self.hub.tally.broker_errors += 1
+    async def close(self) -> None:
+        """The broker last: in-flight publishes have finished."""
+        await self.hooks.close()
+        await self.hub.close()
+
+    def answer_error(self, exchange: Exchange, error: Unavailable) -> None:
+        """The broker or a hook could not answer: 503 with ``Retry-After``, counted."""
+        if isinstance(error, BrokerUnavailable):
+            self.hub.tally.broker_errors += 1
+        else:
+            self.stats.refused("hook_unavailable")
         retry = str(error.retry_after).encode()
         exchange.respond(503, error_body(error.code, error.message), [(b"Retry-After", retry)])
+
+    def refuse(self, exchange: Exchange, error: RequestError) -> None:
+        """Answer a refusal with its status and error body, counted by its code."""
+        count_refusal(self.stats, error)
+        headers = list(self.cors_pairs(None))
+        if isinstance(error, MethodNotAllowed):
+            headers.append((b"Allow", ", ".join(error.allowed).encode()))
+        elif isinstance(error, RateLimited):
+            headers.append((b"Retry-After", str(error.retry_after).encode()))
+        exchange.respond(error.status, error_body(error.code, error.message), headers)
 
     def check_origin(self, request: Request) -> None:
         """Browsers send Origin: refuse streams from origins not in ``allowed_origins``."""

@@ -21,6 +21,7 @@ class Request:
     upgrade: bool = False
     leftover: bytes = b""
     identity: Identity = ANONYMOUS  # whose token came with it, once verified
+    hooked: bool = False  # the identity is the application hook's decision
 
     def __post_init__(self) -> None:
         path, _, query = self.target.decode("latin-1").partition("?")

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
-from tidings.exceptions import MethodNotAllowed, NotFound, RateLimited, RequestError
+from tidings.exceptions import MethodNotAllowed, NotFound, RequestError
 from tidings.protocol.http import error_body
 from tidings.server.core.api.health import handle_health, handle_ready
 from tidings.server.core.api.publish import (
@@ -20,7 +20,6 @@ from tidings.server.core.api.publish import (
     handle_publish,
 )
 from tidings.server.core.exchange import Exchange
-from tidings.server.core.limits import count_refusal
 from tidings.server.core.node import Node
 from tidings.server.core.ops.admin import (
     SNAPSHOT_SECONDS,
@@ -86,10 +85,7 @@ class Routes:
             exchange.admit(request)
             self._route(exchange, request)
         except RequestError as error:
-            count_refusal(node.stats, error)
-            exchange.respond(
-                error.status, error_body(error.code, error.message), self._error_headers(error)
-            )
+            node.refuse(exchange, error)
         except Exception:
             log.exception("request %s %s failed", request.method, request.path)
             exchange.respond(500, error_body("internal", "the server failed; see its log"))
@@ -117,11 +113,3 @@ class Routes:
             (b"Access-Control-Allow-Headers", ALLOW_HEADERS),
             (b"Access-Control-Max-Age", b"600"),
         ]
-
-    def _error_headers(self, error: RequestError) -> Headers:
-        headers = list(self.node.cors_pairs(None))
-        if isinstance(error, MethodNotAllowed):
-            headers.append((b"Allow", ", ".join(error.allowed).encode()))
-        elif isinstance(error, RateLimited):
-            headers.append((b"Retry-After", str(error.retry_after).encode()))
-        return headers

@@ -374,19 +374,20 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(_head(head))
         return self.hand_over(session)
 
-    def accept_websocket(self, identity: Identity) -> None:
+    def accept_websocket(self, identity: Identity) -> FrameSocket | None:
         request = self.current
         assert request is not None
         answer, protocol = handshake(self.node, request)
         if protocol is None:
             self.send(answer, False)
-            return
+            return None
         session = self.edge.socket_class(self.node, protocol, identity)
         transport = self.hand_over(session)
         transport.write(answer)
         websocket_opened(session)
         if request.leftover:
             session.data_received(request.leftover)
+        return session
 
     def hand_over(self, protocol: Session) -> asyncio.Transport:
         """Give the transport to a stream or WebSocket protocol; this object is done.

@@ -64,7 +64,7 @@ class Server:
         self._drain = Drain(self.node)
         self.node.drain = self._drain
         await self._drain.run()
-        await self.node.hub.close()  # the broker last: in-flight publishes have finished
+        await self.node.close()  # the broker last: in-flight publishes have finished
         await self._server.wait_closed()
         self._server = None
 

@@ -20,6 +20,7 @@ from tidings.protocol.poll import poll_body
 from tidings.protocol.query import PollRequest, parse_poll
 from tidings.server.core.access import subscriber
 from tidings.server.core.exchange import Exchange
+from tidings.server.core.hooked import ask_then, call_for
 from tidings.server.core.request import Request
 from tidings.server.core.response import Response
 
@@ -58,10 +59,16 @@ def parsed_poll(node: Node, request: Request) -> PollRequest:
 
 
 def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
-    if node.limits.poll is not None:
+    if node.limits.poll is not None and not request.hooked:  # counted once, before a hook
         node.limits.check_poll(request.peer, node.loop.time())
     poll = parsed_poll(node, request)
-    subscriber(node.tokens, node.settings, request, poll.token, poll.subscription.channels)
+    channels = poll.subscription.channels
+    hooked = subscriber(node.tokens, node.settings, request, poll.token, channels, node.hooks_on)
+    if hooked:
+        transport = "long_poll" if poll.timeout > 0 else "poll"
+        call = call_for(node, request, "subscribe", hooked, transport)
+        ask_then(node, exchange, request, call, handle_poll)
+        return
     since = poll.subscription.since
     if since is not None and poll.timeout > 0 and len(since) == 1:
         channel = poll.subscription.channels[0]

@@ -19,6 +19,7 @@ from tidings.protocol.identity import Identity
 from tidings.protocol.query import Subscription, parse_flag, parse_subscription
 from tidings.server.core.access import subscriber
 from tidings.server.core.exchange import Exchange
+from tidings.server.core.hooked import ask_then, call_for
 from tidings.server.core.logs import stream_opened
 from tidings.server.core.request import Request
 from tidings.server.core.response import Headers, Response
@@ -154,7 +155,18 @@ def handle_sse(node: Node, exchange: Exchange, request: Request) -> None:
         query, node.settings.server.max_channels_per_connection, request.header(b"last-event-id")
     )
     envelope = parse_flag(query, "envelope")
-    subscriber(node.tokens, node.settings, request, query.one("token"), subscription.channels)
+    hooked = subscriber(
+        node.tokens,
+        node.settings,
+        request,
+        query.one("token"),
+        subscription.channels,
+        node.hooks_on,
+    )
+    if hooked:
+        call = call_for(node, request, "subscribe", hooked, "sse")
+        ask_then(node, exchange, request, call, handle_sse)
+        return
     if subscription.since is not None:
         _open(node, exchange, subscription, envelope, subscription.since)
         return

@@ -10,7 +10,8 @@ provides :meth:`WebSocketSession.send_close`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import (
@@ -19,6 +20,7 @@ from tidings.exceptions import (
     RequestError,
     TooLarge,
     TooManyChannels,
+    Unavailable,
     WebSocketOnlyError,
 )
 from tidings.hub.follow import PAGE_SIZE, Tail
@@ -26,8 +28,15 @@ from tidings.protocol import ws
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.identity import ANONYMOUS, Identity
-from tidings.server.core.access import check_publish, check_subscribe, subscriber
+from tidings.server.core.access import (
+    check_publish,
+    check_subscribe,
+    needs_hook,
+    subscriber,
+)
 from tidings.server.core.exchange import Exchange
+from tidings.server.core.hooked import ask_then, call_for
+from tidings.server.core.hooks import HookCall, identity_of
 from tidings.server.core.limits import count_refusal
 from tidings.server.core.logs import stream_opened
 from tidings.server.core.request import Request
@@ -46,7 +55,7 @@ TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 class WebSocketSession(StreamConnection):
     """One WebSocket's subscriptions, requests and answers, whatever carries its frames."""
 
-    __slots__ = ("accepting", "last_seen", "publishing", "restarting")
+    __slots__ = ("accepting", "forwarded", "last_seen", "publishing", "restarting")
     kind = "websocket"
 
     def __init__(self, node: Node, identity: Identity = ANONYMOUS) -> None:
@@ -55,6 +64,7 @@ class WebSocketSession(StreamConnection):
         self.publishing = 0  # publishes awaiting the broker: a drain waits for their answers
         self.restarting = False
         self.last_seen = node.hub.loop.time()
+        self.forwarded: tuple[tuple[str, str], ...] = ()  # the headers the hooks see
 
     def send_close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` (the edge's framing)."""
@@ -108,6 +118,9 @@ class WebSocketSession(StreamConnection):
     # requests
 
     def _subscribe(self, message: ws.Subscribe) -> None:
+        if needs_hook(self.node.settings, self.identity, message.channel):
+            self._ask("subscribe", message, self._subscribe)
+            return
         if self.node.tokens is not None:
             check_subscribe(self.node.settings, self.identity, message.channel)
         if message.channel in self.tails:
@@ -156,6 +169,9 @@ class WebSocketSession(StreamConnection):
         self.send(ws.unsubscribed_frame(message.ref, message.channel))
 
     def _publish(self, message: ws.Publish) -> None:
+        if self.node.hooks.needs_publish(self.node.settings, self.identity, message.channel):
+            self._ask("publish", message, self._publish)
+            return
         check_publish(self.node.tokens, self.node.settings, self.identity, message.channel)
         self.node.limits.check_publish(self.address, self.hub.loop.time())
         limit = self.node.settings.server.max_message_bytes
@@ -183,6 +199,25 @@ class WebSocketSession(StreamConnection):
             self.publishing -= 1
             if self.restarting and not self.publishing:
                 self._restart()
+
+    def _ask(self, action: str, message: Any, then: Callable[[Any], None]) -> None:
+        """Ask the application's hook about ``message``'s channel, then go on with ``then``."""
+        channels = (message.channel,)
+        call = HookCall(action, channels, self.kind, self.address, self.forwarded)
+        self.hub.spawn(self._asked(call, message, then))
+
+    async def _asked(self, call: HookCall, message: Any, then: Callable[[Any], None]) -> None:
+        try:
+            allow = await self.node.hooks.ask(call)
+            if self.closed:
+                return
+            self.identity = identity_of(allow, call.channels, self.identity, call.action)
+            then(message)
+        except RequestError as error:
+            self._error(message.ref, error)
+        except Unavailable as error:
+            self.node.stats.refused("hook_unavailable")
+            self.send(ws.error_frame(message.ref, error.code, error.message))
 
     def _presence(self, message: ws.PresenceQuery) -> None:
         channel = message.channel
@@ -262,12 +297,15 @@ def handle_websocket(node: Node, exchange: Exchange, request: Request) -> None:
     if not request.upgrade or (request.header(b"upgrade") or "").lower() != "websocket":
         raise InvalidField("GET /ws needs a WebSocket upgrade (Upgrade: websocket)")
     node.check_origin(request)
-    identity = ANONYMOUS
-    if node.tokens is not None:  # a bad or expired token is a 401 here, before the upgrade
-        identity = subscriber(
-            node.tokens, node.settings, request, request.query().one("token"), ()
-        )
-    exchange.accept_websocket(identity)
+    if not request.hooked:  # a bad or expired token is a 401 here, before the upgrade
+        subscriber(node.tokens, node.settings, request, request.query().one("token"), ())
+        if node.hooks.has("connect"):
+            call = call_for(node, request, "connect", (), "websocket")
+            ask_then(node, exchange, request, call, handle_websocket)
+            return
+    session = exchange.accept_websocket(request.identity)
+    if isinstance(session, WebSocketSession) and node.hooks_on:
+        session.forwarded = node.hooks.forwarded_of(request.headers)
 
 
 def websocket_opened(session: WebSocketSession) -> None:

@@ -110,6 +110,13 @@ class AsgiExchange:
         await self._done.wait()
 
 
+CLOSE = (b"Connection", b"close")
+
+
+def scope_http11(request: Request) -> bool:
+    return request.http_version == "1.1"
+
+
 def request_from(scope: Scope, body: bytes) -> Request:
     """The core's request for an ASGI scope, its path relative to where the app is mounted."""
     path: str = scope["path"]
@@ -122,7 +129,16 @@ def request_from(scope: Scope, body: bytes) -> Request:
     peer = str(client[0]) if client else "unknown"
     headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", [])]
     method = scope.get("method", "GET")
-    return Request(method, target, headers, body, False, peer, upgrade=scope["type"] == "websocket")
+    return Request(
+        method,
+        target,
+        headers,
+        body,
+        False,
+        peer,
+        upgrade=scope["type"] == "websocket",
+        http_version=scope.get("http_version", "1.1"),
+    )
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
@@ -220,7 +236,12 @@ async def _exchange(
         if exchange.closed:
             return
     if exchange.stream is not None:
-        await run_stream(*exchange.stream, receive, send)
+        session, head, sink = exchange.stream
+        if scope_http11(request):
+            # a stream's end is the end of its connection, as on the standalone edge: a
+            # client (and a proxy) must not reuse it, and sees the server close it
+            head = Response(head.status, head.body, [*head.headers, CLOSE], head.content_type)
+        await run_stream(session, head, sink, receive, send)
     elif exchange.response is not None:
         exchange.closed = True
         await send_response(send, exchange.response)

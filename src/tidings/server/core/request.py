@@ -22,6 +22,7 @@ class Request:
     leftover: bytes = b""
     identity: Identity = ANONYMOUS  # whose token came with it, once verified
     hooked: bool = False  # the identity is the application hook's decision
+    http_version: str = "1.1"
 
     def __post_init__(self) -> None:
         path, _, query = self.target.decode("latin-1").partition("?")

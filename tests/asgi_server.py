@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from tests.conftest import RunningServer
 from tidings.asgi import TidingsApp
 from tidings.config import Settings
 from tidings.server.core.node import Node
@@ -54,41 +53,8 @@ class MountedServer:
         self.uvicorn.should_exit = True
 
 
-class RunningMount:
-    def __init__(
-        self, server: MountedServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread
-    ) -> None:
-        self.server = server
-        self.loop = loop
-        self.thread = thread
-
-    @property
-    def node(self) -> Node | None:
-        return self.server.node
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PREFIX}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{PREFIX}/ws"
-
-    def call(self, function: Callable[[], Any]) -> Any:
-        result: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                result.set_result(function())
-            except BaseException as error:  # handed back to the test thread
-                result.set_exception(error)
-
-        self.loop.call_soon_threadsafe(run)
-        return result.result(timeout=10)
+class RunningMount(RunningServer):
+    """The handle of ``tests.conftest``, for the mount: uvicorn stops its own loop."""
 
     def stop(self) -> None:
         if not self.loop.is_closed():
@@ -153,4 +119,4 @@ def start_mounted(settings: Settings) -> RunningMount:
     thread = threading.Thread(target=main, name="tidings-mount", daemon=True)
     thread.start()
     loop = started.result(timeout=20)
-    return RunningMount(mounted, loop, thread)
+    return RunningMount(mounted, loop, thread, PREFIX)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ class RunningServer:
     server: Server
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
+    prefix: str = ""  # where the node is mounted in its host application
 
     @property
     def node(self) -> Node | None:
@@ -36,11 +37,11 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://127.0.0.1:{self.port}{self.prefix}/ws"
 
     def call(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on the server's loop and return its result (to inspect state)."""

@@ -208,8 +208,7 @@ class RawConnection:
         reader, writer = await within(
             asyncio.open_connection("127.0.0.1", server.port), "connecting"
         )
-        prefix = server.url.split(str(server.port), 1)[1].encode()
-        return cls(reader, writer, prefix)
+        return cls(reader, writer, server.prefix.encode())
 
     async def send(self, data: bytes) -> None:
         if self.prefix:

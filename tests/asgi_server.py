@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -78,8 +79,15 @@ def host_app(tidings_app: TidingsApp) -> FastAPI:
 def start_mounted(settings: Settings) -> RunningMount:
     """Serve the host app with uvicorn on 127.0.0.1:0 in a thread; return once it listens."""
     tidings_app = TidingsApp(settings)
+    return serve_in_thread(host_app(tidings_app), tidings_app)
+
+
+def serve_in_thread(host: Any, tidings_app: TidingsApp) -> RunningMount:
+    """Serve ``host`` (with ``tidings_app`` mounted at the prefix) with uvicorn on
+    127.0.0.1:0 in a thread; return once it listens."""
+    settings = tidings_app.settings
     config = uvicorn.Config(
-        host_app(tidings_app),
+        host,
         host="127.0.0.1",
         port=0,
         loop="uvloop",

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from tidings.asgi.http import serve_http
@@ -50,7 +52,7 @@ class TidingsApp:
         self.node: Node | None = None
         self.routes: Routes | None = None
         self._starting: asyncio.Lock | None = None
-        self._drain: Drain | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,19 +79,52 @@ class TidingsApp:
                 routes = Routes(node, files)
                 node.hub.start()
                 self.node, self.routes = node, routes
+                self._drain_on_signals(node.loop)
                 log.info("tidings mounted (broker %s)", self.settings.server.broker)
         return self.routes
 
     async def stop(self) -> None:
         """Drain: ask every client back, wait for them (at most ``drain_seconds`` and a
-        grace), then close the broker."""
-        node = self.node
-        if node is None or self._drain is not None:
+        grace), then close the broker. Later calls wait for the first one."""
+        if self.node is None:
             return
-        self._drain = Drain(node)
-        node.drain = self._drain
-        await self._drain.run()
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_close(self.node))
+        await asyncio.shield(self._stopping)
+
+    async def _drain_and_close(self, node: Node) -> None:
+        drain = Drain(node)
+        node.drain = drain
+        await drain.run()
         await node.close()
+
+    def _drain_on_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the drain on SIGTERM or SIGINT, then hand the signal on to the server.
+
+        An ASGI server runs the lifespan shutdown only after its open connections end, and
+        a stream never ends by itself: without this, SSE streams would hold the server until
+        its graceful timeout and be cut, never asked back. The server's own handler still
+        runs, so it stops accepting and shuts down as it always does; a signal no server
+        handles keeps its default. Signals can only be handled in the main thread: elsewhere
+        (an app served from a thread) nothing is done.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue  # no server handles it: its default (exit) stays as it is
+
+            def on_signal(number: int, frame: FrameType | None, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self._begin_stopping)
+                previous(number, frame)
+
+            signal.signal(signum, on_signal)
+
+    def _begin_stopping(self) -> None:
+        if self._stopping is None and self.node is not None:
+            log.info("signal received: draining")
+            self._stopping = asyncio.ensure_future(self._drain_and_close(self.node))
 
     async def publish(
         self,

@@ -3,9 +3,9 @@
 - ``/?streams=N`` is a page that opens ``N`` ``EventSource`` streams on the channels
   ``stream-0`` ... ``stream-N-1`` and keeps in ``window`` how many opened and what each
   received, so that a browser test can wait on them.
-- ``/streams`` says, for every SSE request that reached the mount, the HTTP version and the
-  client's port as the ASGI server put them in the scope: one port for every stream means
-  one connection, its streams multiplexed.
+- ``/streams`` says, for every SSE request and WebSocket that reached the mount, its scope's
+  type, HTTP version and client port as the ASGI server put them there: one port for every
+  stream means one connection, its streams multiplexed.
 
 It runs as ``hypercorn tests.asgi.hypercorn_host:app``; Tidings reads its settings from
 ``TIDINGS_*`` as ``tidings.asgi.app()`` does in any host.
@@ -41,17 +41,18 @@ PAGE = """<!doctype html>
 
 
 class StreamLog:
-    """In front of the mount: notes the HTTP version and client port of each SSE request."""
+    """In front of the mount: notes the HTTP version and client port of each stream."""
 
     def __init__(self, app: tidings.asgi.TidingsApp) -> None:
         self.app = app
         self.seen: list[dict[str, object]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == f"{PREFIX}/sse":
+        if scope.get("path") in (f"{PREFIX}/sse", f"{PREFIX}/ws"):
             client = scope.get("client")
             port = client[1] if client else None
-            self.seen.append({"http_version": scope["http_version"], "client_port": port})
+            seen = {"type": scope["type"], "http_version": scope["http_version"]}
+            self.seen.append({**seen, "client_port": port})
         await self.app(scope, receive, send)
 
 

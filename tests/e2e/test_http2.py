@@ -31,6 +31,13 @@ START_POLL = """() => {
   window.poll = new AbortController();
   fetch("/rt/poll?channel=stream-1&timeout=20", { signal: window.poll.signal }).catch(() => {});
 }"""  # a function that returns nothing: evaluate() would wait for a returned promise
+OPEN_SOCKET = """() => {
+  const ws = new WebSocket(`wss://${location.host}/rt/ws`);
+  window.socket = { ws, seen: [], closed: null };
+  ws.onopen = () => ws.send(JSON.stringify({ op: "subscribe", channel: "socket", ref: 1 }));
+  ws.onmessage = (message) => window.socket.seen.push(JSON.parse(message.data));
+  ws.onclose = (closed) => { window.socket.closed = closed.code; };
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +92,12 @@ def publish_to_every_stream(server: HypercornProcess) -> None:
             assert answer.status_code == 200, answer.text
 
 
-def streams_seen(server: HypercornProcess) -> list[dict[str, object]]:
+def streams_seen(server: HypercornProcess, kind: str = "http") -> list[dict[str, object]]:
+    """What the host app saw of each SSE request (``http``) or WebSocket (``websocket``)."""
     with server.client() as http:
         answer = http.get(f"{server.origin}/streams")
     answer.raise_for_status()
-    seen: list[dict[str, object]] = answer.json()
-    return seen
+    return [stream for stream in answer.json() if stream["type"] == kind]
 
 
 def test_ten_streams_of_one_page_share_one_http2_connection(
@@ -108,6 +115,28 @@ def test_ten_streams_of_one_page_share_one_http2_connection(
     assert [stream["http_version"] for stream in seen] == ["2"] * STREAMS
     assert len({stream["client_port"] for stream in seen}) == 1  # one connection
     over_tls.wait_for_connections("sse", STREAMS)
+
+    # A WebSocket of the page goes over the same connection too (RFC 8441's CONNECT).
+    tab.evaluate(OPEN_SOCKET)
+    tab.wait_for_function("window.socket.seen.length === 1", timeout=WAIT_MS)
+    with over_tls.client() as http:
+        cursor = http.post("/api/publish", json={"channel": "socket", "data": "hi"}).json()["id"]
+    tab.wait_for_function("window.socket.seen.length === 2", timeout=WAIT_MS)
+    subscribed, event = tab.evaluate("window.socket.seen")
+    assert (subscribed["op"], event["op"], event["id"], event["data"]) == (
+        "subscribed",
+        "event",
+        cursor,
+        "hi",
+    )
+    [socket] = streams_seen(over_tls, "websocket")
+    assert (socket["http_version"], socket["client_port"]) == ("2", seen[0]["client_port"])
+    # The server ends it (binary frames are refused): the close reaches the page, and the
+    # node lets go of the socket.
+    tab.evaluate("window.socket.ws.send(new Uint8Array([1]))")
+    tab.wait_for_function("window.socket.closed !== null", timeout=WAIT_MS)
+    assert tab.evaluate("window.socket.closed") == 1003
+    over_tls.wait_for_connections("websocket", 0)
 
     # One stream ends (RST_STREAM), the connection stays: the node lets go of that stream.
     tab.evaluate("window.sources[0].close()")

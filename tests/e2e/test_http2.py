@@ -3,9 +3,10 @@ connection, so one page holds ten of them; over HTTP/1.1 the same page gets six.
 
 Chromium opens at most six connections per host over HTTP/1.1, and an SSE stream holds its
 connection for as long as it lasts: a seventh stream waits until one of the six ends. Over
-HTTP/2 every stream of the page is a stream of one connection. The page
-(``tests.asgi.hypercorn_host``) opens plain ``EventSource`` streams on its own origin; the
-host app tells which HTTP version and client port each stream reached the mount with.
+HTTP/2 every stream of the page is a stream of one connection, its WebSockets too (RFC
+8441). The page (``tests.asgi.hypercorn_host``) opens plain ``EventSource`` streams on its
+own origin; the host app tells which HTTP version and client port each stream reached the
+mount with, and the node's ``/metrics`` gauges show it let go of every stream that ended.
 """
 
 from __future__ import annotations
@@ -116,7 +117,24 @@ def test_ten_streams_of_one_page_share_one_http2_connection(
     assert len({stream["client_port"] for stream in seen}) == 1  # one connection
     over_tls.wait_for_connections("sse", STREAMS)
 
-    # A WebSocket of the page goes over the same connection too (RFC 8441's CONNECT).
+    # One stream ends (RST_STREAM), the connection stays: the node lets go of that stream.
+    tab.evaluate("window.sources[0].close()")
+    over_tls.wait_for_connections("sse", STREAMS - 1)
+    # A long poll aborted on the same connection is let go as well.
+    tab.evaluate(START_POLL)
+    over_tls.wait_for_connections("long_poll", 1)
+    tab.evaluate("window.poll.abort()")
+    over_tls.wait_for_connections("long_poll", 0)
+    assert tab.evaluate("window.sources.filter((s) => s.readyState === 1).length") == STREAMS - 1
+
+
+def test_a_websocket_of_an_http2_page_shares_its_connection(
+    over_tls: HypercornProcess, tab: Page
+) -> None:
+    """Chromium opens it with RFC 8441's CONNECT, which carries no ``Upgrade`` header."""
+    tab.goto(f"{over_tls.origin}/?streams=1")
+    tab.wait_for_function("window.opened === 1", timeout=WAIT_MS)
+    [stream] = streams_seen(over_tls)
     tab.evaluate(OPEN_SOCKET)
     tab.wait_for_function("window.socket.seen.length === 1", timeout=WAIT_MS)
     with over_tls.client() as http:
@@ -130,23 +148,13 @@ def test_ten_streams_of_one_page_share_one_http2_connection(
         "hi",
     )
     [socket] = streams_seen(over_tls, "websocket")
-    assert (socket["http_version"], socket["client_port"]) == ("2", seen[0]["client_port"])
+    assert (socket["http_version"], socket["client_port"]) == ("2", stream["client_port"])
     # The server ends it (binary frames are refused): the close reaches the page, and the
     # node lets go of the socket.
     tab.evaluate("window.socket.ws.send(new Uint8Array([1]))")
     tab.wait_for_function("window.socket.closed !== null", timeout=WAIT_MS)
     assert tab.evaluate("window.socket.closed") == 1003
     over_tls.wait_for_connections("websocket", 0)
-
-    # One stream ends (RST_STREAM), the connection stays: the node lets go of that stream.
-    tab.evaluate("window.sources[0].close()")
-    over_tls.wait_for_connections("sse", STREAMS - 1)
-    # A long poll aborted on the same connection is let go as well.
-    tab.evaluate(START_POLL)
-    over_tls.wait_for_connections("long_poll", 1)
-    tab.evaluate("window.poll.abort()")
-    over_tls.wait_for_connections("long_poll", 0)
-    assert tab.evaluate("window.sources.filter((s) => s.readyState === 1).length") == STREAMS - 1
 
 
 def test_over_http1_the_seventh_stream_waits_for_a_free_connection(

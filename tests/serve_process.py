@@ -23,14 +23,17 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 class ServeProcess:
     """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``.
 
-    ``command`` is how to run ``tidings`` (this interpreter's package by default).
+    ``command`` is how to run ``tidings`` (this interpreter's package by default). Another
+    server is run the same way by a subclass with its own ``argv`` and ``listening`` line.
     """
+
+    listening = LISTENING  # the log line that gives the port
 
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, command: list[str] = TIDINGS
     ) -> None:
         self.process = subprocess.Popen(
-            [*command, "serve", "--port", "0", *flags],
+            self.argv(command, flags),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -42,6 +45,9 @@ class ServeProcess:
         self.port = 0
         self._reader: threading.Thread | None = None
 
+    def argv(self, command: list[str], flags: tuple[str, ...]) -> list[str]:
+        return [*command, "serve", "--port", "0", *flags]
+
     def wait_listening(self, timeout: float = 20.0) -> ServeProcess:
         """Read stderr until the port is known, then keep draining it in a thread."""
         assert self.process.stderr is not None
@@ -50,7 +56,7 @@ class ServeProcess:
         try:
             for line in self.process.stderr:
                 self.log.append(line)
-                match = LISTENING.search(line)
+                match = self.listening.search(line)
                 if match:
                     self.port = int(match[1])
                     break

@@ -18,6 +18,7 @@ from tidings.asgi.types import Receive, Scope, Send
 from tidings.protocol import ws
 from tidings.protocol.identity import Identity
 from tidings.server.core.node import Node
+from tidings.server.core.request import Request
 from tidings.server.core.response import Response
 from tidings.server.core.routes import Routes
 from tidings.server.core.transports.websocket import WebSocketSession, websocket_opened
@@ -45,13 +46,27 @@ class AsgiSocket(WebSocketSession):
         self.on_message(payload)
 
 
+def handshake_request(scope: Scope) -> Request:
+    """The handshake as the core's request, which looks for ``Upgrade: websocket``.
+
+    Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441), which has no
+    ``Upgrade`` header: hypercorn passes it on as a ``websocket`` scope without one, and
+    Chromium opens a WebSocket so when it holds an HTTP/2 connection to the server. The ASGI
+    server checked the handshake either way.
+    """
+    request = request_from(scope, b"")
+    if request.header(b"upgrade") is None:
+        request.headers.append((b"upgrade", b"websocket"))
+    return request
+
+
 class HandshakeExchange(AsgiExchange):
     """The handshake: the routes either refuse it (an HTTP answer) or accept a session."""
 
     __slots__ = ("session",)
 
     def __init__(self, node: Node, request_scope: Scope, address: str) -> None:
-        super().__init__(node, request_from(request_scope, b""), address)
+        super().__init__(node, handshake_request(request_scope), address)
         self.session: AsgiSocket | None = None
 
     def accept_websocket(self, identity: Identity) -> AsgiSocket:

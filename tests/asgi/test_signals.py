@@ -76,3 +76,4 @@ async def test_sigterm_asks_an_sse_stream_back_and_the_process_exits() -> None:
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
+

@@ -15,6 +15,9 @@ import uvloop
 from tidings.config import Settings, load_settings
 from tidings.server.app import Server
 
+# Broker deployments beyond one server (Redis Cluster, Sentinel, a NATS cluster), as fixtures.
+pytest_plugins = ["tests.deployments"]
+
 
 @dataclass
 class RunningServer:

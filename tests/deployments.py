@@ -7,8 +7,8 @@
 
 Each waits for what it needs with a deadline (a log line, or a condition polled), keeps every
 process's log for failure reports, and stops its processes by PID. The binaries missing is a
-loud skip, and a failure under ``CI=true``. The classes are synchronous so that module-scoped
-fixtures can hold them whatever the tests' event loops are.
+loud skip, and a failure under ``CI=true``. The classes are synchronous so that session fixtures can
+hold them whatever the tests' event loops are.
 """
 
 from __future__ import annotations
@@ -187,6 +187,8 @@ def _redis_argv(port: int, directory: Path, *extra: str) -> list[str]:
         REDIS_SERVER,
         *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
         *("--dir", str(directory), "--logfile", ""),
+        # A replica's first sync starts at once, not after the default 5 s wait for others.
+        *("--repl-diskless-sync-delay", "0"),
         *extra,
     ]
 
@@ -324,7 +326,7 @@ class RedisSentinel(Deployment):
                 f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
                 f"sentinel monitor {self.MASTER} 127.0.0.1 {primary} 2\n"
                 f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel failover-timeout {self.MASTER} 2000\n"
                 f"sentinel parallel-syncs {self.MASTER} 1\n"
             )
             argv = [REDIS_SERVER, str(config), "--sentinel"]
@@ -481,25 +483,26 @@ def with_prefix(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}prefix=t{uuid.uuid4().hex[:12]}"
 
 
-# Module-scoped fixtures: one deployment per test module that asks for it. Import them into
-# a conftest (or the module) to use them.
+# Session fixtures (tests/conftest.py loads this module as a plugin): each deployment starts
+# when a test first asks for it and serves every test after. A test that kills a process
+# brings it back before it ends, so the deployment stays whole for the next.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     require_binaries(REDIS_SERVER, REDIS_CLI)
     with running(RedisCluster(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
         yield cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     require_binaries(REDIS_SERVER, REDIS_CLI)
     with running(RedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))) as sentinel:
         yield sentinel
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     require_binaries(NATS_SERVER)
     with running(NatsCluster(tmp_path_factory.mktemp("nats-cluster"))) as cluster:

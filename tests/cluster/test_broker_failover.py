@@ -30,7 +30,7 @@ import pytest
 import tidings
 from tests.client.support import FAST, collect
 from tests.cluster.support import Node, offset, publish, wait_until
-from tests.deployments import nats_cluster, redis_cluster, redis_sentinel, with_prefix
+from tests.deployments import with_prefix
 from tidings.brokers import Broker, broker_for
 from tidings.config import load_settings
 from tidings.exceptions import BrokerUnavailable
@@ -38,8 +38,6 @@ from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event
 
 pytestmark = pytest.mark.timeout(120)
-
-__all__ = ["nats_cluster", "redis_cluster", "redis_sentinel"]  # fixtures, used by name
 
 DEPLOYMENTS = {"redis+cluster": "redis_cluster", "redis+sentinel": "redis_sentinel"}
 DEPLOYMENTS["nats-cluster"] = "nats_cluster"
@@ -300,6 +298,7 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             await wait_until(
                 lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
             )
+            promoted_at = time.monotonic()
             if not wait_replicas:
                 await wait_until(lambda: load.acked_since(killed_at) >= 50, "acks on the new")
             await asyncio.to_thread(target.rejoin, killed)
@@ -318,8 +317,10 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             f"[{deployment}] redis_wait_replicas={wait_replicas}: publish p50 "
             f"{statistics.median(cost):.2f} ms, p99 {cost[int(len(cost) * 0.99)]:.2f} ms "
             f"(healthy, one at a time); {len(load.acked)} acknowledged by {CONCURRENT} "
-            f"concurrent publishers, {len(lost)} of them lost in the failover; publishes "
-            f"succeed again {back - killed_at:.1f} s after the kill",
+            f"concurrent publishers, {len(lost)} of them lost in the failover; promoted "
+            f"{promoted_at - killed_at:.1f} s after the kill, the killed process back as a "
+            f"replica {rejoined_at - killed_at:.1f} s after; publishes succeed again "
+            f"{back - killed_at:.1f} s after the kill",
         )
         if wait_replicas:
             assert lost == [], "a write a replica confirmed was lost"

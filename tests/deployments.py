@@ -42,7 +42,8 @@ def require_binaries(*paths: str) -> None:
     missing = [path for path in paths if not os.access(path, os.X_OK)]
     if not missing:
         return
-    message = f"{', '.join(missing).upper()} NOT INSTALLED: broker deployment tests did not run"
+    names = ", ".join(f"{Path(path).name.upper()} ({path})" for path in missing)
+    message = f"NOT INSTALLED: {names}: broker deployment tests did not run"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -17,6 +17,9 @@ from tidings.server.core.node import Node
 from tidings.server.uvloop.server import Server
 from tidings.server.uvloop.websocket import FrameSocket
 
+# Broker deployments beyond one server (Redis Cluster, Sentinel, a NATS cluster), as fixtures.
+pytest_plugins = ["tests.deployments"]
+
 
 @dataclass
 class RunningServer:

@@ -7,13 +7,14 @@
 
 Each waits for what it needs with a deadline (a log line, or a condition polled), keeps every
 process's log for failure reports, and stops its processes by PID. The binaries missing is a
-loud skip, and a failure under ``CI=true``. The classes are synchronous so that module-scoped
-fixtures can hold them whatever the tests' event loops are.
+loud skip, and a failure under ``CI=true``. The classes are synchronous so that session fixtures can
+hold them whatever the tests' event loops are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,7 +42,8 @@ def require_binaries(*paths: str) -> None:
     missing = [path for path in paths if not os.access(path, os.X_OK)]
     if not missing:
         return
-    message = f"{', '.join(missing).upper()} NOT INSTALLED: broker deployment tests did not run"
+    names = ", ".join(f"{Path(path).name.upper()} ({path})" for path in missing)
+    message = f"NOT INSTALLED: {names}: broker deployment tests did not run"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -185,6 +188,8 @@ def _redis_argv(port: int, directory: Path, *extra: str) -> list[str]:
         REDIS_SERVER,
         *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
         *("--dir", str(directory), "--logfile", ""),
+        # A replica's first sync starts at once, not after the default 5 s wait for others.
+        *("--repl-diskless-sync-delay", "0"),
         *extra,
     ]
 
@@ -233,6 +238,9 @@ class RedisCluster(Deployment):
         for port in self.ports:
             wait_until(lambda p=port: self.healthy(p), f"cluster_state:ok on {port}")
         wait_until(lambda: len(self.primaries()) == 3, "three primaries with slots")
+        wait_until(
+            lambda: sum(_replicating(port) for port in self.ports) == 3, "three replicas in sync"
+        )
 
     def healthy(self, port: int) -> bool:
         info = redis_call(port, "CLUSTER", "INFO")
@@ -252,10 +260,10 @@ class RedisCluster(Deployment):
     def live_ports(self) -> list[int]:
         return [port for port, s in zip(self.ports, self.services, strict=True) if s.alive]
 
-    def primary_of(self, key: str) -> int:
-        """The port of the primary that serves ``key`` now."""
+    def primary_of(self, key: str) -> int | None:
+        """The port of the live primary that serves ``key`` now, as a live node sees it."""
         for port in self.live_ports():
-            slot = int(redis_call(port, "CLUSTER", "KEYSLOT", key).strip())
+            slot = int(redis_call(port, "CLUSTER", "KEYSLOT", key).strip() or -1)
             for line in redis_call(port, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
                 if "master" not in fields[2] or "fail" in fields[2]:
@@ -264,7 +272,31 @@ class RedisCluster(Deployment):
                     low, _, high = span.partition("-")
                     if low.isdigit() and int(low) <= slot <= int(high or low):
                         return int(fields[1].split(":")[1].split("@")[0])
-        raise AssertionError(f"no live primary serves {key!r}")
+            return None
+        return None
+
+    # Failover: what the failover tests do to every deployment.
+
+    def kill_primary(self, channel: str, prefix: str) -> Service:
+        """SIGKILL the primary of the shard that holds ``channel``."""
+        port = self.primary_of("{" + channel + "}")
+        assert port is not None, self.logs()
+        service = self.service_on(port)
+        service.kill()
+        return service
+
+    def failed_over(self, killed: Service, channel: str, prefix: str) -> bool:
+        port = self.primary_of("{" + channel + "}")
+        return port is not None and self.service_on(port) is not killed
+
+    def rejoin(self, killed: Service) -> None:
+        """Start the killed node again: it comes back as a replica of the promoted one."""
+        killed.start()
+        killed.wait_ready()
+        port = self.ports[self.services.index(killed)]
+        wait_until(lambda: _replicating(port), f"{port} to replicate again")
+        for live in self.ports:
+            wait_until(lambda p=live: self.healthy(p), f"cluster_state:ok on {live}")
 
     def service_on(self, port: int) -> Service:
         return self.services[self.ports.index(port)]
@@ -295,7 +327,7 @@ class RedisSentinel(Deployment):
                 f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
                 f"sentinel monitor {self.MASTER} 127.0.0.1 {primary} 2\n"
                 f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel failover-timeout {self.MASTER} 2000\n"
                 f"sentinel parallel-syncs {self.MASTER} 1\n"
             )
             argv = [REDIS_SERVER, str(config), "--sentinel"]
@@ -311,6 +343,7 @@ class RedisSentinel(Deployment):
             service.start()
         for service in self.services:
             service.wait_ready()
+        wait_until(lambda: _replicating(self.redis_ports[1]), "the replica in sync")
         for port in self.sentinel_ports:
             wait_until(lambda p=port: self._knows_everyone(p), f"sentinel {port} to see all")
 
@@ -330,6 +363,25 @@ class RedisSentinel(Deployment):
     def service_on(self, port: int) -> Service:
         return self.services[self.redis_ports.index(port)]
 
+    def kill_primary(self, channel: str, prefix: str) -> Service:
+        service = self.service_on(self.primary_port())
+        service.kill()
+        return service
+
+    def failed_over(self, killed: Service, channel: str, prefix: str) -> bool:
+        return self.service_on(self.primary_port()) is not killed
+
+    def rejoin(self, killed: Service) -> None:
+        """Start the old primary again as a replica of the one the sentinels name (as an
+        orchestrator would; the sentinels would convert it too, but only after a while)."""
+        port = self.redis_ports[self.services.index(killed)]
+        primary = self.primary_port()
+        base = _redis_argv(port, self.directory / f"rejoined-{port}")
+        killed.argv = [*base, "--replicaof", "127.0.0.1", str(primary)]
+        killed.start()
+        killed.wait_ready()
+        wait_until(lambda: _replicating(port), f"{port} to replicate the new primary")
+
 
 class NatsCluster(Deployment):
     """Three JetStream servers joined by routes; streams are replicated on all three."""
@@ -338,13 +390,14 @@ class NatsCluster(Deployment):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
-        ports = free_ports(6)
-        self.ports, routes = ports[:3], ports[3:]
+        ports = free_ports(9)
+        self.ports, routes, self.monitors = ports[:3], ports[3:6], ports[6:]
         route_urls = ",".join(f"nats://127.0.0.1:{port}" for port in routes)
         for n, (port, route) in enumerate(zip(self.ports, routes, strict=True)):
             argv = [
                 NATS_SERVER,
                 *("-a", "127.0.0.1", "-p", str(port), "-n", f"n{n}"),
+                *("-m", str(self.monitors[n])),
                 *("-js", "-sd", str(directory / f"n{n}")),
                 *("--cluster_name", self.NAME, "--cluster", f"nats://127.0.0.1:{route}"),
                 *("--routes", route_urls),
@@ -368,6 +421,52 @@ class NatsCluster(Deployment):
     def service_named(self, name: str) -> Service:
         return self.services[int(name.removeprefix("n"))]
 
+    def stream_leader(self, stream: str) -> str | None:
+        """The server name (``n0``...) that leads ``stream`` now, as a live server says."""
+        for service, monitor in zip(self.services, self.monitors, strict=True):
+            if not service.alive:
+                continue
+            address = f"http://127.0.0.1:{monitor}/jsz?accounts=true&streams=true"
+            try:
+                with urllib.request.urlopen(address, timeout=5) as answer:
+                    state = json.load(answer)
+            except OSError:
+                continue
+            for account in state.get("account_details", []):
+                for detail in account.get("stream_detail", []):
+                    if detail["name"] == stream:
+                        leader: str | None = detail.get("cluster", {}).get("leader")
+                        return leader
+        return None
+
+    def kill_primary(self, channel: str, prefix: str) -> Service:
+        """SIGKILL the server that leads the channel's stream."""
+        leader = self.stream_leader(_nats_stream(channel, prefix))
+        assert leader is not None, self.logs()
+        service = self.service_named(leader)
+        service.kill()
+        return service
+
+    def failed_over(self, killed: Service, channel: str, prefix: str) -> bool:
+        leader = self.stream_leader(_nats_stream(channel, prefix))
+        return leader is not None and self.service_named(leader) is not killed
+
+    def rejoin(self, killed: Service) -> None:
+        """Start the killed server again on its store: it catches the stream up as a peer."""
+        killed.start()
+        killed.wait_ready()
+
+
+def _nats_stream(channel: str, prefix: str) -> str:
+    from tidings.brokers.nats_layout import Layout
+
+    return Layout(prefix).stream_name(channel)
+
+
+def _replicating(port: int) -> bool:
+    info = redis_call(port, "INFO", "replication")
+    return "role:slave" in info and "master_link_status:up" in info
+
 
 @contextlib.contextmanager
 def running(deployment: Deployment) -> Iterator[Any]:
@@ -385,25 +484,26 @@ def with_prefix(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}prefix=t{uuid.uuid4().hex[:12]}"
 
 
-# Module-scoped fixtures: one deployment per test module that asks for it. Import them into
-# a conftest (or the module) to use them.
+# Session fixtures (tests/conftest.py loads this module as a plugin): each deployment starts
+# when a test first asks for it and serves every test after. A test that kills a process
+# brings it back before it ends, so the deployment stays whole for the next.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     require_binaries(REDIS_SERVER, REDIS_CLI)
     with running(RedisCluster(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
         yield cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     require_binaries(REDIS_SERVER, REDIS_CLI)
     with running(RedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))) as sentinel:
         yield sentinel
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     require_binaries(NATS_SERVER)
     with running(NatsCluster(tmp_path_factory.mktemp("nats-cluster"))) as cluster:

@@ -7,13 +7,15 @@ skipping it when its service is not running, and teach ``Clock`` how to age its 
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from tests.deployments import nats_cluster, redis_cluster, redis_sentinel, with_prefix
+from tests.deployments import NATS_SERVER, with_prefix
 from tests.nats.support import NATS_URL, isolated_nats_url
 from tests.redis.support import REDIS_URL, isolated_redis_url
 from tidings.brokers import Broker, broker_for
@@ -23,14 +25,41 @@ from tidings.protocol.event import Event
 BROKER_URLS = ["memory://"]
 BROKER_URLS.append(NATS_URL)  # skipped loudly when NATS is not running (failed under CI=true)
 BROKER_URLS.append(REDIS_URL)  # the same for Redis
-# Deployments beyond one server, started for this module by the fixture named (skipped loudly
-# when redis-server or nats-server is missing, failed under CI=true).
+# Deployments beyond one server, started once by the fixture named (tests/deployments.py;
+# skipped loudly when redis-server or nats-server is missing, failed under CI=true).
 STARTED = {"redis+cluster": "redis_cluster", "redis+sentinel": "redis_sentinel"}
 STARTED["nats-cluster"] = "nats_cluster"
 BROKER_URLS += STARTED
 # Brokers that hold history in this process answer history_nowait with a page, never None.
 LOCAL_BROKERS = {"memory"}
-__all__ = ["nats_cluster", "redis_cluster", "redis_sentinel"]  # fixtures, used by name
+
+
+# A limit of the nats-server installed, not of Tidings: its tests are marked, never hidden.
+# Before 2.9.21 a clustered stream checks an expected last subject sequence before the Raft
+# proposal, not in it (nats-io/nats-server#4320), so two concurrent conditional deletes can
+# both succeed: two nodes sweeping one entry at once may both announce its leave.
+CONDITIONAL_WRITE_RACE = {"test_every_node_hears_every_change_and_concurrent_sweeps_leave_once"}
+CONDITIONAL_WRITES_SERIALISED = (2, 9, 21)
+
+
+def nats_server_version() -> tuple[int, ...]:
+    done = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True, check=False)
+    found = re.search(r"v(\d+)\.(\d+)\.(\d+)", done.stdout)
+    return tuple(int(part) for part in found.groups()) if found else (0,)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    racing = [
+        item
+        for item in items
+        if isinstance(item, pytest.Function)
+        and item.originalname in CONDITIONAL_WRITE_RACE
+        and item.callspec.params.get("broker_url") == "nats-cluster"
+    ]
+    if racing and nats_server_version() < CONDITIONAL_WRITES_SERIALISED:
+        reason = "nats-server < 2.9.21 on a cluster: a concurrent sweep may announce twice"
+        for item in racing:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
 
 
 # Per scheme: the URL a test gets, isolated from other tests' data and cleaned up afterwards.

@@ -183,7 +183,7 @@ async def test_check_is_a_round_trip_through_pub_sub(make_node: MakeNode) -> Non
 
 
 def test_redis_is_registered() -> None:
-    assert {"redis", "rediss"} <= set(REGISTRY)
+    assert {"redis", "rediss", "redis+cluster", "redis+sentinel"} <= set(REGISTRY)
 
 
 def test_the_prefix_comes_from_the_url() -> None:
@@ -203,6 +203,17 @@ def test_the_prefix_comes_from_the_url() -> None:
         "redis://h:port/0",
         "redis://[::1",
         "redis://h/0?db=zero",
+        "redis+cluster://h",
+        "redis+cluster://h:0",
+        "redis+cluster://h:1,h2",
+        "redis+cluster://h:1/0",
+        "redis+cluster://h:1?prefix={x}",
+        "redis+cluster://h:1?db=1",
+        "redis+sentinel://h:1",
+        "redis+sentinel://h:1/",
+        "redis+sentinel://h:1/a/b",
+        "redis+sentinel://h:1/m?db=zero",
+        "redis+sentinel://h:1/m?timeout=1",
     ],
 )
 def test_a_bad_url_is_a_config_error(url: str) -> None:
@@ -216,7 +227,8 @@ def test_without_the_redis_extra_the_url_is_a_config_error(monkeypatch: pytest.M
         if name.partition(".")[0] == "redis" or name.startswith("tidings.brokers.redis"):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "redis", None)
-    with pytest.raises(ConfigError) as caught:
-        broker_for("redis://127.0.0.1:6379/0", Settings())
-    assert caught.value.key == "server.broker"
-    assert "pip install tidings[redis]" in str(caught.value)
+    for url in ("redis://127.0.0.1:6379/0", "redis+cluster://h:1", "redis+sentinel://h:1/m"):
+        with pytest.raises(ConfigError) as caught:
+            broker_for(url, Settings())
+        assert caught.value.key == "server.broker"
+        assert "pip install tidings[redis]" in str(caught.value)

@@ -22,6 +22,7 @@ cluster's nodes (the others are discovered). What changes from redis.py:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from tidings.brokers.redis import (
@@ -49,7 +50,7 @@ from tidings.brokers.redis import (
 from tidings.brokers.redis_addresses import parse_addresses
 from tidings.brokers.redis_link import PubSubLink
 from tidings.brokers.redis_scripts import SHARDED_APPEND
-from tidings.brokers.redis_shards import ShardedLinks
+from tidings.brokers.redis_shards import CLUSTER_ERRORS, ShardedLinks
 from tidings.exceptions import BrokerUnavailable, ConfigError
 
 
@@ -130,11 +131,21 @@ class ClusterBroker(RedisBroker):
         if not self._wait_replicas:
             return await self._append(keys=keys, args=args)
         primary = await self._primary_of(keys[0])
-        async with primary.client() as connection:
-            reply = await self._append(keys=keys, args=args, client=connection)
-            replicas = await connection.wait(self._wait_replicas, WAIT_TIMEOUT_MS)
+        try:
+            async with primary.client() as connection:
+                reply = await self._append(keys=keys, args=args, client=connection)
+                replicas = await connection.wait(self._wait_replicas, WAIT_TIMEOUT_MS)
+        except (RedisError, OSError):
+            await self._relearn(keys[1])
+            raise
         confirm(replicas, self._wait_replicas)
         return reply
+
+    async def _relearn(self, key: str) -> None:
+        """The primary failed or answered MOVED: a read of the same slot through the cluster
+        client makes it refresh its slot table, so the next publish finds the new primary."""
+        with contextlib.suppress(*CLUSTER_ERRORS):
+            await self._cluster.exists(key)
 
     async def _primary_of(self, key: str) -> Redis:
         """A client of the primary that holds ``key`` as the slot table says (a stale table

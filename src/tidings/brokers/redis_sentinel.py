@@ -61,10 +61,14 @@ class SentinelBroker(RedisBroker):
             client_name=self.client_name("commands", prefix),
         )
         self._pool = client.connection_pool
-        self._sentinels = sentinels
+        # Kept apart: redis-py reorders Sentinel.sentinels as it asks them, and concurrent
+        # lookups during a failover can drop one from that list, which then never closes.
+        self._sentinel_clients = list(sentinels.sentinels)
         return prefix, client
 
     async def _release(self) -> None:
-        await super()._release()
-        for sentinel in self._sentinels.sentinels:
-            await sentinel.aclose()
+        try:
+            await super()._release()
+        finally:
+            for sentinel in self._sentinel_clients:
+                await sentinel.aclose()

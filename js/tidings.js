@@ -926,9 +926,11 @@ function shared(client) {
       .request(name, { signal }, () => new Promise((resolve) => lead(client, name, signal, resolve)))
       .catch(() => {});
   }
-  // Hold this tab's lock before saying anything, so the owner never takes it for gone.
+  // Hold this tab's lock before saying anything, so the owner never takes it for gone. (A lock
+  // granted just before the client closed still calls back: it is then given back at once.)
   locks
     .request(name + " tab " + tab, { signal }, () => {
+      if (signal.aborted) return;
       ready = true;
       hello();
       sync();
@@ -951,6 +953,7 @@ function shared(client) {
 
 // The tab holding the lock owns the connection until it goes away or its client closes.
 function lead(client, name, signal, resign) {
+  if (signal.aborted) return resign();
   const w = client._w;
   const up = new w.BroadcastChannel(name + " up"), down = new w.BroadcastChannel(name + " down");
   const hub = owner(

@@ -908,11 +908,20 @@ function shared(client) {
       );
   };
 
-  let port;
-  // A worker script must be of the page's origin: where it is not, the tabs elect a leader.
+  let worker, port;
+  // A worker script must be of the page's origin and load as one: where it does not (another
+  // origin, a bundle that moved this module), the tabs elect a leader instead.
   if (client._share === "worker")
-    try { ({ port } = new w.SharedWorker(o.worker || import.meta.url, { type: "module", name })); } catch {}
-  if (port) {
+    try { worker = new w.SharedWorker(o.worker || import.meta.url, { type: "module", name }); } catch {}
+  if ((port = worker?.port)) {
+    worker.onerror = () => {
+      if (client._conn?.stop !== stop) return;
+      client._share = "locks";
+      client._conn = null;
+      stop();
+      client._rejectPending("the shared worker failed");
+      client._connect();
+    };
     port.onmessage = ({ data }) => receive(data);
     post = (message) => port.postMessage({ ...message, tab });
     stopLink = () => port.close();
@@ -926,9 +935,11 @@ function shared(client) {
       .request(name, { signal }, () => new Promise((resolve) => lead(client, name, signal, resolve)))
       .catch(() => {});
   }
-  // Hold this tab's lock before saying anything, so the owner never takes it for gone.
+  // Hold this tab's lock before saying anything, so the owner never takes it for gone. (A lock
+  // granted just before the client closed still calls back: it is then given back at once.)
   locks
     .request(name + " tab " + tab, { signal }, () => {
+      if (signal.aborted) return;
       ready = true;
       hello();
       sync();
@@ -936,21 +947,18 @@ function shared(client) {
     })
     .catch(() => {});
 
-  return {
-    name: null,
-    sync,
-    send: (message) => ready && (post(message), true),
-    stop() {
-      if (ready) post({ op: "bye" });
-      abort.abort();
-      release?.();
-      stopLink();
-    },
-  };
+  function stop() {
+    if (ready) post({ op: "bye" });
+    abort.abort();
+    release?.();
+    stopLink();
+  }
+  return { name: null, sync, stop, send: (message) => ready && (post(message), true) };
 }
 
 // The tab holding the lock owns the connection until it goes away or its client closes.
 function lead(client, name, signal, resign) {
+  if (signal.aborted) return resign();
   const w = client._w;
   const up = new w.BroadcastChannel(name + " up"), down = new w.BroadcastChannel(name + " down");
   const hub = owner(

@@ -180,3 +180,76 @@ export async function until(condition, what = "condition") {
   }
   throw new Error(`timed out waiting for ${what}`);
 }
+
+/**
+ * Web Locks for several fake tabs of one browser: `manager(tab)` is a tab's navigator.locks;
+ * `kill(tab)` is the tab going away, which releases its locks and forgets its requests.
+ */
+export class Locks {
+  held = new Map(); // name -> the request holding it
+  queue = [];
+
+  manager(tab) {
+    return {
+      request: (name, options, callback) =>
+        this.#request(tab, name, callback ? options : {}, callback || options),
+    };
+  }
+
+  #request(tab, name, { signal }, callback) {
+    return new Promise((resolve, reject) => {
+      const request = { tab, name, callback, resolve, reject };
+      const aborted = () => new DOMException("aborted", "AbortError");
+      if (signal?.aborted) return reject(aborted());
+      signal?.addEventListener("abort", () => {
+        const index = this.queue.indexOf(request);
+        if (index >= 0) this.queue.splice(index, 1), reject(aborted());
+      });
+      this.queue.push(request);
+      this.#grant();
+    });
+  }
+
+  #grant() {
+    for (const request of [...this.queue]) {
+      if (this.held.has(request.name)) continue;
+      this.queue.splice(this.queue.indexOf(request), 1);
+      this.held.set(request.name, request);
+      setImmediate(async () => {
+        if (this.held.get(request.name) !== request) return; // its tab went away meanwhile
+        let result, error;
+        try { result = await request.callback({ name: request.name }); } catch (e) { error = e; }
+        if (this.held.get(request.name) !== request) return; // its tab is gone
+        this.held.delete(request.name);
+        this.#grant();
+        if (error) request.reject(error);
+        else request.resolve(result);
+      });
+    }
+  }
+
+  kill(tab) {
+    this.queue = this.queue.filter((request) => request.tab !== tab);
+    for (const [name, request] of this.held) if (request.tab === tab) this.held.delete(name);
+    this.#grant();
+  }
+}
+
+/** A fake window of one tab sharing `locks` (and Node's BroadcastChannel) with other tabs. */
+export function tabWindow(locks) {
+  const window = fakeWindow();
+  const channels = [];
+  window.navigator = { locks: locks.manager(window) };
+  window.BroadcastChannel = class extends BroadcastChannel {
+    constructor(name) {
+      super(name);
+      channels.push(this);
+    }
+  };
+  /** The tab goes away: it hears nothing more and its locks pass on. */
+  window.kill = () => {
+    for (const channel of channels) channel.close();
+    locks.kill(window);
+  };
+  return window;
+}

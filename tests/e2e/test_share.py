@@ -299,3 +299,19 @@ def test_a_page_without_share_resumes_a_reload_from_the_session(
     publish(tidings_server, 7, 7)
     tab.wait_offset(7)
     assert [event["offset"] for event in tab.seen["events"]] == [7]
+
+
+def test_a_worker_script_that_does_not_load_falls_back_to_a_leading_tab(
+    open_tab: Callable[[], Tab], tidings_server: ServerProcess
+) -> None:
+    # as when a bundler has moved the module away from the URL the worker is started with
+    tabs = [open_tab().start(share=True, worker="/no-such-worker.js") for _ in range(2)]
+    publish(tidings_server, 1, 3)
+    for tab in tabs:
+        assert_exactly(tab, 3)
+        assert tab.seen["connected"] == ["websocket"]
+    assert websockets_open(tidings_server) == 1
+    tabs[0].page.close()
+    publish(tidings_server, 4, 5)
+    assert_exactly(tabs[1], 5)
+    assert websockets_opened(tidings_server) == 2

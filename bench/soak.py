@@ -33,12 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from fanout import (
+    CLK_TCK,
     REPO_DIR,
     ManagedProcess,
+    cpu_busy_ticks,
     cpu_seconds,
+    find_redis_pid,
     free_port,
     git_rev,
     log,
+    pinned,
     raise_nofile,
     redis_delete_prefix,
     rss_kb,
@@ -51,6 +55,7 @@ SOAKGEN = BENCH_DIR / "soakgen.js"
 TECHNIQUES = ("websocket", "sse", "long_poll", "short_poll")
 SHORT = {"websocket": "ws", "sse": "sse", "long_poll": "lp", "short_poll": "sp"}
 RSS_FLAT = 0.05  # after warm-up, RSS stays within 5 % (max over min)
+CORES = list(range(os.cpu_count() or 1))
 REDIS_PORT = 6379
 # The Redis broker's command pool (brokers/redis.py POOL_SIZE) plus its pub/sub link: it opens
 # connections as concurrency needs them and keeps them, up to this many.
@@ -123,6 +128,20 @@ class SoakGen:
             self.mp.proc.wait(timeout=5)
         self._sel.close()
         self.mp.stop(grace=3)
+
+
+def renice_group(mp: ManagedProcess, nice: int) -> None:
+    """Give the process's own scheduling group the nice value too.
+
+    Every process we start leads a new session, and with ``sched_autogroup`` each session is a
+    group that the scheduler shares the CPU with as a whole: a process's own nice value then
+    only weighs against the rest of its session, not against the other work on the machine.
+    """
+    if nice:
+        try:
+            Path(f"/proc/{mp.pid}/autogroup").write_text(str(nice))
+        except OSError as exc:
+            log(f"could not set the scheduling group's nice value of {mp.name}: {exc}")
 
 
 def open_files(pid: int) -> int:
@@ -228,6 +247,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="minutes left out of the RSS check (default 5, or a third of a shorter run)",
     )
     p.add_argument("--server-log-level", default="warning", help="info logs every connection")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="nice value of the server and the load generator (negative needs root)",
+    )
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--tidings", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
@@ -275,6 +300,7 @@ def row(m: dict[str, Any]) -> list[str]:
         f"{t['outOfOrder']}",
         f"{t['resets']} ({t['resetsUnjustified']})",
         f"{m['cpu_pct']:.0f}",
+        f"{m['other_pct']:.0f}",
     ]
 
 
@@ -294,6 +320,7 @@ HEADER = [
     "order",
     "resets (unjustified)",
     "server CPU %",
+    "other load %",
 ]
 
 
@@ -422,9 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server = ManagedProcess(
         "tidings",
         [
-            "taskset",
-            "-c",
-            args.server_cpu,
+            *pinned(args, args.server_cpu),
             args.tidings,
             "serve",
             "--config",
@@ -442,6 +467,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stdin=subprocess.DEVNULL,
         cwd=workdir,
     )
+    renice_group(server, args.nice)
     gen: SoakGen | None = None
     try:
         if not wait_healthy(server, port, 30):
@@ -464,9 +490,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "maxLifetimeS": args.minutes * 60 + 900,
         }
         gen = SoakGen(
-            ["taskset", "-c", args.loadgen_cpu, args.node, str(SOAKGEN), json.dumps(gen_config)],
+            [*pinned(args, args.loadgen_cpu), args.node, str(SOAKGEN), json.dumps(gen_config)],
             workdir / "soakgen.log",
         )
+        renice_group(gen.mp, args.nice)
         cursors = gen.cmd(30, cmd="probe")["cursors"]
         log(f"channels start at {cursors}")
         files_idle = wait_files(server.pid, 0, 1.0)  # settle: the probe's connection closes
@@ -488,21 +515,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gen.cmd(10, cmd="start", rate=args.rate, churn=args.churn)
         minutes: list[dict[str, Any]] = []
         cpu_last, t_last = cpu0, t0
+        # Redis serves this run too: its CPU is not "other load" (it is not pinned, not ours)
+        redis_pid = find_redis_pid() if broker.startswith("redis://") else None
+        helpers = [gen.mp.pid] + ([redis_pid] if redis_pid else [])
+        ours_last = cpu0 + cpu_seconds(helpers)
+        busy_last = sum(cpu_busy_ticks(CORES).values()) / CLK_TCK
         log(" | ".join(HEADER))
         for minute in range(1, args.minutes + 1):
             time.sleep(max(0.0, t0 + minute * 60 - time.monotonic()))
             if not server.alive():
                 raise RuntimeError(f"the server exited:\n{server.log_tail()}")
             cpu_now, t_now = cpu_seconds([server.pid]), time.monotonic()
+            ours = cpu_now + cpu_seconds(helpers)
+            busy = sum(cpu_busy_ticks(CORES).values()) / CLK_TCK
             m = {
                 "minute": minute,
                 "rss_kb": rss_kb([server.pid]),
                 "files": open_files(server.pid),
                 "broker_files": broker_sockets(server.pid, REDIS_PORT),
                 "cpu_pct": 100 * (cpu_now - cpu_last) / (t_now - t_last),
+                # CPU of other processes on the machine (not the server, the load generator
+                # or Redis), in % of a core
+                "other_pct": 100 * (busy - busy_last - (ours - ours_last)) / (t_now - t_last),
                 "gen": gen.cmd(30, cmd="minute"),
             }
-            cpu_last, t_last = cpu_now, t_now
+            cpu_last, t_last, ours_last, busy_last = cpu_now, t_now, ours, busy
             minutes.append(m)
             log(" | ".join(row(m)))
         cpu_run = cpu_seconds([server.pid]) - cpu0

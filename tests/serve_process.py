@@ -23,14 +23,21 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 class ServeProcess:
     """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``.
 
-    ``command`` is how to run ``tidings`` (this interpreter's package by default).
+    ``command`` is how to run ``tidings`` (this interpreter's package by default). A subclass
+    that runs another server calls ``_spawn`` with its own command line and sets
+    ``listening`` to the pattern of the line that tells its port.
     """
+
+    listening = LISTENING
 
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, command: list[str] = TIDINGS
     ) -> None:
+        self._spawn([*command, "serve", "--port", "0", *flags], env)
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None) -> None:
         self.process = subprocess.Popen(
-            [*command, "serve", "--port", "0", *flags],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -50,7 +57,7 @@ class ServeProcess:
         try:
             for line in self.process.stderr:
                 self.log.append(line)
-                match = LISTENING.search(line)
+                match = self.listening.search(line)
                 if match:
                     self.port = int(match[1])
                     break
@@ -58,7 +65,7 @@ class ServeProcess:
             timer.cancel()
         if not self.port:
             self.stop()
-            raise AssertionError("tidings serve never said where it listens:\n" + self.logs())
+            raise AssertionError(f"{self.process.args} never said where it listens:\n{self.logs()}")
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
         return self

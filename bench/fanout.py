@@ -42,8 +42,13 @@ LOADGEN = BENCH_DIR / "loadgen.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL = "bench"
 TRANSPORTS = ("ws", "sse", "longpoll")
-TARGETS = ("tidings", "nchan", "tidings-redis2")
+TARGETS = ("tidings", "nchan", "tidings-redis2", "mount", "sse-starlette")
 REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
+MOUNT = "mount"  # Tidings mounted at /rt in a FastAPI app (bench/mount_app.py) under uvicorn
+SSE_STARLETTE = "sse-starlette"  # sse-starlette + broadcaster (bench/sse_starlette_app.py)
+UVICORN_APPS = {MOUNT: ("mount_app:app", "/rt"), SSE_STARLETTE: ("sse_starlette_app:app", "")}
+# What each target can serve; the cells it cannot are skipped (sse-starlette streams only).
+TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",)}
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
 NOFILE = 65536
@@ -395,6 +400,7 @@ class Server:
     redis_prefix: str = ""
     redis_keys_deleted: int | None = None
     redis_pid: int | None = None  # the local redis-server, for its CPU time (read-only)
+    prefix: str = ""  # where the endpoints are: "/rt" for the mount
 
     @property
     def ports(self) -> list[int]:
@@ -440,12 +446,12 @@ def http_get_status(port: int, path: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-def wait_healthy(mp: ManagedProcess, port: int, timeout: float) -> bool:
+def wait_healthy(mp: ManagedProcess, port: int, timeout: float, prefix: str = "") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not mp.alive():
             return False
-        if http_get_status(port, "/healthz") == 200:
+        if http_get_status(port, prefix + "/healthz") == 200:
             return True
         time.sleep(0.1)
     return False
@@ -488,6 +494,8 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
         version = subprocess.run([args.nginx, "-v"], capture_output=True, text=True).stderr.strip()
     elif target == REDIS2:
         return start_redis2(args, port, tmp)
+    elif target in UVICORN_APPS:
+        return start_uvicorn(target, args, port, tmp)
     else:
         argv = [
             *pinned(args, args.server_cpu),
@@ -508,6 +516,47 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
         mp.stop(grace=5)
         raise RuntimeError(f"{target} did not become healthy on port {port}:\n{tail}")
     return Server(target, port, tmp, mp, version)
+
+
+def start_uvicorn(target: str, args: argparse.Namespace, port: int, tmp: Path) -> Server:
+    """A bench app under uvicorn (uvloop, httptools, one process), pinned to the server core."""
+    module, prefix = UVICORN_APPS[target]
+    argv = [
+        *pinned(args, args.server_cpu),
+        *args.uvicorn_cmd.split(),
+        module,
+        "--app-dir",
+        str(BENCH_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--ws",
+        args.uvicorn_ws,
+        "--lifespan",
+        "on",
+        "--backlog",
+        str(args.backlog),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "2",
+    ]
+    # The mount reads TIDINGS_* like `tidings serve`: keep the defaults (memory://) for both.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    mp = ManagedProcess(
+        f"{target} server", argv, tmp / "server.log", stdin=subprocess.DEVNULL, env=env, cwd=tmp
+    )
+    if not wait_healthy(mp, port, args.start_timeout, prefix):
+        tail = mp.log_tail()
+        mp.stop(grace=5)
+        raise RuntimeError(f"{target} did not become healthy on port {port}:\n{tail}")
+    return Server(target, port, tmp, mp, f"{target} under uvicorn", prefix=prefix)
 
 
 def start_redis2(args: argparse.Namespace, port: int, tmp: Path) -> Server:
@@ -590,6 +639,7 @@ class LoadGen:
             "payloadBytes": args.payload_bytes,
             "pollTimeout": 30,
             "maxLifetimeS": 3600,
+            "prefix": server.prefix,
         }
         if len(server.ports) > 1:  # subscribers round-robin over the nodes, publisher on node A
             config["ports"] = server.ports
@@ -784,9 +834,7 @@ def run_cell(
         cell["rssBeforeKb"], cell["rssAfterKb"] = rss0, rss1
         cell["memKbPerConn"] = (rss1 - rss0) / opened
         if not server.alive():
-            raise RuntimeError(
-                f"{target} exited while subscribers connected:\n{server.log_tail()}"
-            )
+            raise RuntimeError(f"{target} exited while subscribers connected:\n{server.log_tail()}")
 
         w = lg.cmd(60, cmd="warmup", count=3, timeoutMs=15000)
         if not w["ok"]:
@@ -992,6 +1040,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
 
     if "tidings" in args.targets and REDIS2 in args.targets:
         out.extend(render_redis2(by_key, cells))
+    if "tidings" in args.targets and ({MOUNT, SSE_STARLETTE} & set(args.targets)):
+        out.extend(render_uvicorn(by_key, cells, args.targets))
 
     notes = [(c, note) for c in results for note in c.get("notes", [])]
     notes += [(c, c["error"]) for c in results if "error" in c]
@@ -1044,6 +1094,61 @@ def render_redis2(
             f"| {fmt(rr.get('redisUsPerMsg'), 3)} / {fmt(rs.get('redisUsPerMsg'), 3)} "
             f"| {' / '.join(f'{k} {fmt(int(v))}' for k, v in sorted(per_node.items())) or '-'} |"
         )
+    out.append("")
+    return out
+
+
+MOUNT_CPU_TARGET = 3.0  # the mount's CPU per SSE delivery at 1,000 subscribers, x tidings serve
+
+
+def render_uvicorn(
+    by_key: dict[tuple[str, str, int], dict[str, Any]],
+    cells: list[tuple[str, int]],
+    targets: list[str],
+) -> list[str]:
+    """The targets under uvicorn against `tidings serve` of the same run."""
+    out = ["### Under uvicorn / `tidings serve`\n"]
+    out.append(
+        "Each target under uvicorn divided by `tidings serve` (the `tidings` target) of the same "
+        "run; below 1.0x is better except `msg/s`. Target: the mount's CPU per SSE delivery at "
+        f"1,000 subscribers at most {MOUNT_CPU_TARGET:.0f}x `tidings serve`'s.\n"
+    )
+    out.append(
+        "| target | transport | subs | idle KB/conn | rate: us/msg | sat: us/msg | sat: msg/s "
+        "| rate: p50 | rate: p99 | sat: p99 | CPU target | at fixed rate | at saturation |"
+    )
+    out.append("|" + " --- |" * 13)
+    for target in (t for t in (MOUNT, SSE_STARLETTE) if t in targets):
+        for transport, n in cells:
+            if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
+                continue
+            t = by_key.get(("tidings", transport, n))
+            u = by_key.get((target, transport, n))
+            if t is None or u is None:
+                out.append(
+                    f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 9
+                )
+                continue
+            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
+            judged = target == MOUNT and transport == "sse" and n == 1000
+            goal = f"<= {MOUNT_CPU_TARGET:.0f}x" if judged else "-"
+
+            def check(a: Any, b: Any, judged: bool = judged) -> str:
+                return verdict(ratio(a, b), MOUNT_CPU_TARGET) if judged else "-"
+
+            out.append(
+                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} "
+                f"| {rx(u['memKbPerConn'], t['memKbPerConn'])} "
+                f"| {rx(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
+                f"| {rx(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} "
+                f"| {rx(u['sat']['msgsPerS'], t['sat']['msgsPerS'])} "
+                f"| {rx(u['rate']['p50ms'], t['rate']['p50ms'])} "
+                f"| {rx(u['rate']['p99ms'], t['rate']['p99ms'])} "
+                f"| {rx(u['sat']['p99ms'], t['sat']['p99ms'])} "
+                f"| {goal} "
+                f"| {check(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
+                f"| {check(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} |"
+            )
     out.append("")
     return out
 
@@ -1107,7 +1212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default="tidings,nchan",
-        help="comma list of tidings, nchan, tidings-redis2 (two nodes through Redis)",
+        help="comma list of tidings, nchan, tidings-redis2 (two nodes through Redis), mount "
+        "(Tidings inside a FastAPI app under uvicorn), sse-starlette (sse-starlette + "
+        "broadcaster under uvicorn, SSE only)",
     )
     p.add_argument(
         "--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll"
@@ -1191,6 +1298,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--tidings-cmd", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
     p.add_argument("--tidings-args", default="", help="extra arguments for `tidings serve`")
+    p.add_argument(
+        "--uvicorn-cmd",
+        default=f"{REPO_DIR / '.venv' / 'bin' / 'python'} -m uvicorn",
+        help="how to run uvicorn, for the mount and sse-starlette targets",
+    )
+    p.add_argument("--uvicorn-ws", default="websockets-sansio", help="uvicorn's --ws")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--nchan-module", default=None, help="default: from dpkg -L libnginx-mod-nchan")
     p.add_argument("--node", default=shutil.which("node") or "/usr/bin/node")
@@ -1216,6 +1329,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "nchan" in args.targets and args.nchan_module is None:
         args.nchan_module = nchan_module_path()
     return args
+
+
+def python_versions(args: argparse.Namespace, targets: list[str]) -> dict[str, str]:
+    """Versions of the Python packages the uvicorn targets run on, from the interpreter that
+    runs uvicorn."""
+    names = ["uvicorn", "uvloop", "httptools", "websockets"]
+    if MOUNT in targets:
+        names.append("fastapi")
+    if SSE_STARLETTE in targets:
+        names += ["starlette", "sse-starlette", "broadcaster"]
+    python = args.uvicorn_cmd.split()[0]
+    script = (
+        "import importlib.metadata as m, json, sys\n"
+        "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    )
+    try:
+        out = subprocess.run(
+            [python, "-c", script, *names], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"{python}: the uvicorn targets need {names}: run bench/setup.sh") from exc
+    found: dict[str, str] = json.loads(out)
+    return found
 
 
 def log_cell(cell: dict[str, Any]) -> None:
@@ -1291,6 +1427,9 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
         ).stdout.strip()
         versions["nchan"] = pkg or "?"
+    uvicorn_targets = [t for t in args.targets if t in UVICORN_APPS]
+    if uvicorn_targets:
+        versions.update(python_versions(args, uvicorn_targets))
     meta = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "command": "python3 bench/fanout.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -1309,6 +1448,8 @@ def main(argv: list[str] | None = None) -> int:
         for transport in args.transports:
             for n in args.subs:
                 for target in args.targets:
+                    if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
+                        continue
                     runs = []
                     for k in range(args.repeat):
                         log(f"{target} {transport} {n} subscribers (run {k + 1}/{args.repeat})")

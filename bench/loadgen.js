@@ -37,8 +37,16 @@ if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'longpoll'
 const HOSTHDR = `${HOST}:${PORT}`;
 const hostHdr = (port) => `${HOST}:${port}`;
 const CH = encodeURIComponent(CHANNEL);
+// Where a Tidings-speaking server has its endpoints: '' for `tidings serve`, the mount's prefix
+// ('/rt') for Tidings inside an application.
+const PREFIX = cfg.prefix || '';
 const PATHS = TARGET === 'tidings'
-  ? { ws: '/ws', sse: `/sse?channel=${CH}`, longpoll: `/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`, pub: '/api/publish' }
+  ? {
+    ws: `${PREFIX}/ws`,
+    sse: `${PREFIX}/sse?channel=${CH}`,
+    longpoll: `${PREFIX}/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`,
+    pub: `${PREFIX}/api/publish`,
+  }
   : { ws: `/sub?channel=${CH}`, sse: `/sub?channel=${CH}`, longpoll: `/sub?channel=${CH}`, pub: `/pub?channel=${CH}` };
 
 // Every published payload carries this key once; counting it counts delivered messages in any
@@ -431,7 +439,8 @@ class SseSub extends Sub {
     }
   }
   // Count marks only in complete events (up to the last blank line), so that a mark split
-  // across two reads is never missed nor counted twice.
+  // across two reads is never missed nor counted twice. Lines end in LF (Tidings) or CRLF
+  // (sse-starlette), so a blank line is LF LF or LF CR LF.
   ssePiece(buf, s, e) {
     if (this.carry) {
       buf = Buffer.concat([this.carry, buf.subarray(s, e)]);
@@ -440,15 +449,17 @@ class SseSub extends Sub {
       this.carry = null;
     }
     let upto;
-    if (e - s >= 2 && buf[e - 1] === 10 && buf[e - 2] === 10) upto = e;
+    if (e - s >= 2 && buf[e - 1] === 10 && (buf[e - 2] === 10 || (e - s >= 3 && buf[e - 2] === 13 && buf[e - 3] === 10))) upto = e;
     else {
-      const last = e - s >= 2 ? buf.lastIndexOf('\n\n', e - 2) : -1;
-      if (last === -1 || last < s) {
+      const lf = e - s >= 2 ? buf.lastIndexOf('\n\n', e - 2) : -1;
+      const crlf = e - s >= 3 ? buf.lastIndexOf('\n\r\n', e - 3) : -1;
+      const end = Math.max(lf >= s ? lf + 2 : -1, crlf >= s ? crlf + 3 : -1);
+      if (end === -1) {
         this.carry = Buffer.from(buf.subarray(s, e));
         if (this.carry.length > 1 << 20) throw new Error('SSE event larger than 1 MB');
         return;
       }
-      upto = last + 2;
+      upto = end;
       this.carry = Buffer.from(buf.subarray(upto, e));
     }
     const n = countMarks(buf, s, upto, this.sampled);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the fan-out benchmark needs besides Python 3.11 and Node.js 18+: nginx with the
-# Nchan module (the peer we compare against). The load generator (loadgen.js) has no npm
-# dependencies. Run as root (apt-get).
+# Nchan module (the peer we compare against), and for the uvicorn targets the project's .venv
+# (scripts/env.sh: the package, uvicorn, FastAPI) plus bench/requirements.txt (sse-starlette and
+# broadcaster, the reference; not dependencies of Tidings). The load generator (loadgen.js)
+# has no npm dependencies. Run as root (apt-get).
 set -euo pipefail
 if ! dpkg -s nginx-light libnginx-mod-nchan >/dev/null 2>&1; then
     apt-get update
@@ -12,8 +14,14 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
     systemctl disable --now nginx || true
 fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../scripts/env.sh
+source "$ROOT/scripts/env.sh"
+"$ROOT/.venv/bin/python" -m pip install --quiet -r "$ROOT/bench/requirements.txt"
 command -v node >/dev/null || { echo "Node.js 18+ is required (node not found)" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
 echo "nginx: $(nginx -v 2>&1)"
 echo "nchan module: $(dpkg -L libnginx-mod-nchan | grep -E 'ngx_nchan_module\.so$' | head -1)"
 echo "node: $(node --version)"
+echo "bench Python packages: $("$ROOT/.venv/bin/python" -m pip list 2>/dev/null \
+    | grep -iE '^(uvicorn|fastapi|sse-starlette|broadcaster) ' | tr -s ' ' | paste -sd, -)"

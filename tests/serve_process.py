@@ -24,7 +24,8 @@ class ServeProcess:
     """``tidings serve --port 0 <flags>``; call ``wait_listening`` before using ``port``.
 
     ``command`` is how to run ``tidings`` (this interpreter's package by default). Another
-    server is run the same way by a subclass with its own ``argv`` and ``listening`` line.
+    server is run the same way by a subclass with its own ``argv`` (or one that calls
+    ``_spawn`` with its own command line) and ``listening`` line.
     """
 
     listening = LISTENING  # the log line that gives the port
@@ -32,8 +33,11 @@ class ServeProcess:
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, command: list[str] = TIDINGS
     ) -> None:
+        self._spawn(self.argv(command, flags), env)
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None) -> None:
         self.process = subprocess.Popen(
-            self.argv(command, flags),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -64,7 +68,7 @@ class ServeProcess:
             timer.cancel()
         if not self.port:
             self.stop()
-            raise AssertionError("tidings serve never said where it listens:\n" + self.logs())
+            raise AssertionError(f"{self.process.args} never said where it listens:\n{self.logs()}")
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
         return self

@@ -1,5 +1,6 @@
-"""Helpers for the cluster tests: real ``tidings serve`` nodes sharing one broker, and a lean
-SSE subscriber that reconnects to a list of nodes with ``Last-Event-ID``.
+"""Helpers for the cluster tests: real ``tidings serve`` nodes sharing one broker, the mount
+(``tidings.asgi.app()`` inside a FastAPI app under uvicorn) as a node of the same cluster,
+and a lean SSE subscriber that reconnects to a list of nodes with ``Last-Event-ID``.
 
 Every wait polls its condition with a deadline; traffic goes only to 127.0.0.1.
 """
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from tests.cluster.mounted_app import PREFIX
 from tests.serve_process import ServeProcess
 
 FAST_ENV = {"TIDINGS_SERVER_SSE_RETRY_MS": "100", "TIDINGS_SERVER_DRAIN_SECONDS": "0.2"}
@@ -24,12 +30,56 @@ def offset(cursor: str) -> int:
     return int(cursor.rpartition(".")[2])
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
 class Node(ServeProcess):
     """``tidings serve --port 0 --broker URL`` in a subprocess; stderr is drained in a thread."""
 
     def __init__(self, broker: str, env: dict[str, str] | None = None) -> None:
         super().__init__("--no-lab", "--broker", broker, env={**FAST_ENV, **(env or {})})
         self.broker = broker
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+class MountedNode(ServeProcess):
+    """``tests/cluster/mounted_app.py`` under uvicorn in a subprocess, on a port of its own,
+    with ``TIDINGS_SERVER_BROKER`` set: a node of the same cluster as the ``tidings serve``
+    nodes on that broker. ``url`` and ``ws_url`` are under the mount's prefix; ``host_url``
+    is the host application's root.
+
+    uvicorn waits for open streams (at most ``--timeout-graceful-shutdown``) before the
+    lifespan shutdown drains the node, so ``stop`` (SIGTERM) takes up to 2 s with streams open.
+    """
+
+    listening = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+    def __init__(self, broker: str, env: dict[str, str] | None = None) -> None:
+        uvicorn = [sys.executable, "-m", "uvicorn", "tests.cluster.mounted_app:app"]
+        flags = ["--app-dir", str(REPOSITORY), "--host", "127.0.0.1", "--port", "0"]
+        flags += ["--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio"]
+        flags += ["--lifespan", "on", "--timeout-graceful-shutdown", "2"]
+        flags += ["--log-level", "info", "--no-access-log"]
+        self._spawn(
+            [*uvicorn, *flags],
+            {**FAST_ENV, **(env or {}), "TIDINGS_SERVER_BROKER": broker},
+        )
+        self.broker = broker
+
+    @property
+    def host_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.host_url}{PREFIX}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{PREFIX}/ws"
 
 
 async def start_nodes(broker: str, count: int, started: list[Node]) -> list[Node]:
@@ -62,7 +112,9 @@ async def wait_until_async(
     return value
 
 
-async def publish(http: httpx.AsyncClient, node: Node, channel: str, data: Any) -> str:
+async def publish(
+    http: httpx.AsyncClient, node: Node | MountedNode, channel: str, data: Any
+) -> str:
     answer = await http.post(f"{node.url}/api/publish", json={"channel": channel, "data": data})
     assert answer.status_code == 200, answer.text
     return str(answer.json()["id"])
@@ -112,12 +164,13 @@ class LeanSSE:
             await asyncio.sleep(0.02 + 0.05 * (index % 4))
 
     async def _follow(self, url: str) -> None:
-        port = int(url.rpartition(":")[2])
+        parts = urlsplit(url)  # a node's root, or the mount's prefix
+        port = parts.port
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         try:
             writer.write(
                 (
-                    f"GET /sse?channel={self.channel} HTTP/1.1\r\n"
+                    f"GET {parts.path}/sse?channel={self.channel} HTTP/1.1\r\n"
                     f"Host: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
                     f"Last-Event-ID: {self.cursor}\r\n\r\n"
                 ).encode()

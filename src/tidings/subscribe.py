@@ -1,6 +1,6 @@
 """``tidings subscribe``: follow channels with the Python client and print their events.
 
-stdout carries events only, one JSON object per line (the event object of PROTOCOL.md section
+stdout carries events only, one JSON object per line (the event object of docs/protocol.md section
 1: ``channel``, ``id``, ``event``, ``data``, ``ts``), flushed as each arrives so that a pipe
 (``| jq``) sees it at once; everything else goes to stderr. Reconnecting and resuming after a
 drop is the client's work (:mod:`tidings.client.subscription`): an event is printed once,

@@ -1,4 +1,4 @@
-"""Draining a node for a deploy or a restart (PROTOCOL.md sections 4 and 6).
+"""Draining a node for a deploy or a restart (docs/protocol.md sections 4 and 6).
 
 The listening socket is closed first, so a load balancer or a restarted process takes new
 connections at once. Then every client is asked back, each its own way: a WebSocket is

@@ -1,4 +1,4 @@
-"""Connection tokens (PROTOCOL.md section 3): who is asking, and what they may follow.
+"""Connection tokens (docs/protocol.md section 3): who is asking, and what they may follow.
 
 One algorithm is accepted, fixed by the configuration: HS256 with ``auth.token_secret``, or
 RS256/ES256 following the type of the PEM public key in ``auth.token_public_key_file``. A

@@ -1,4 +1,4 @@
-"""``POST /api/publish``, ``GET /api/history`` and ``GET /api/presence`` (PROTOCOL.md 2, 7)."""
+"""``POST /api/publish``, ``GET /api/history`` and ``GET /api/presence`` (docs/protocol.md 2, 7)."""
 
 from __future__ import annotations
 

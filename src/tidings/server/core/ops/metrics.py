@@ -1,4 +1,4 @@
-"""``GET /metrics``: the node's numbers in the Prometheus text format (PROTOCOL.md section 7).
+"""``GET /metrics``: the node's numbers in the Prometheus text format (docs/protocol.md section 7).
 
 Nothing on the delivery path calls the metrics library. The node keeps plain integers
 (``Node.stats``, the hub's ``Tally``) and a custom collector reads them, with the hub's channel

@@ -1,4 +1,4 @@
-"""``GET /poll``: short and long polling (PROTOCOL.md section 5).
+"""``GET /poll``: short and long polling (docs/protocol.md section 5).
 
 A long poll that finds nothing new registers one waiter on its channels and a deadline in
 the hub's timer wheel; no task is created. When an event continues a caught-up

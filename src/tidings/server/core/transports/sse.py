@@ -1,4 +1,4 @@
-"""``GET /sse``: Server-Sent Events (PROTOCOL.md section 4).
+"""``GET /sse``: Server-Sent Events (docs/protocol.md section 4).
 
 A single-channel stream without envelope writes, for each event, bytes built once and shared
 by every such subscriber (``id:`` is the event's own cursor). A multi-channel stream's

@@ -1,4 +1,4 @@
-"""``GET /ws``: the WebSocket transport's messages (PROTOCOL.md section 6).
+"""``GET /ws``: the WebSocket transport's messages (docs/protocol.md section 6).
 
 A session reads whole text messages and answers with frames built by
 :mod:`tidings.protocol.ws`: event frames are server frames (never masked), built once per
@@ -238,7 +238,7 @@ class WebSocketSession(StreamConnection):
         self.send(ws.presence_frame(message.ref, message.channel, entries))
 
     def present(self, channel: str) -> None:
-        """Present, and told of others' joins and leaves (PROTOCOL.md section 6)."""
+        """Present, and told of others' joins and leaves (docs/protocol.md section 6)."""
         self.hub.presence.join(channel, self, self.identity, self)
 
     # writing

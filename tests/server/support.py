@@ -193,6 +193,12 @@ class Response:
 REQUEST_LINE = re.compile(rb"(?m)^(GET|POST|OPTIONS|PUT|DELETE|HEAD|PATCH) /")
 
 
+def under_prefix(prefix: bytes, data: bytes) -> bytes:
+    """``data``'s request lines, their targets moved under ``prefix`` (where the node is
+    mounted in its host application)."""
+    return REQUEST_LINE.sub(rb"\1 " + prefix + rb"/", data) if prefix else data
+
+
 class RawConnection:
     """One TCP connection written and read by hand, with a deadline on every read."""
 
@@ -211,9 +217,7 @@ class RawConnection:
         return cls(reader, writer, server.prefix.encode())
 
     async def send(self, data: bytes) -> None:
-        if self.prefix:
-            data = REQUEST_LINE.sub(rb"\1 " + self.prefix + rb"/", data)
-        self.writer.write(data)
+        self.writer.write(under_prefix(self.prefix, data))
         await self.writer.drain()
 
     async def head(self) -> Response:
@@ -457,5 +461,5 @@ def stalled_socket(server: RunningServer, request: bytes) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(TIMEOUT)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(request)
+    sock.sendall(under_prefix(server.prefix.encode(), request))
     return sock

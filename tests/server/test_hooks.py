@@ -36,7 +36,7 @@ def hooked_server(
         "hooks__subscribe_url": app.url("/hooks/subscribe"),
         "hooks__publish_url": app.url("/hooks/publish"),
         "hooks__connect_url": app.url("/hooks/connect"),
-        "hooks__timeout_seconds": 0.5,
+        "hooks__timeout_seconds": 2.0,  # generous: a loaded machine answers slowly
     }
     settings.update(overrides)
     return make_server(**settings)

@@ -9,7 +9,6 @@ leaves releases its poll at once. An SSE stream's bytes go through a :class:`Que
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from tidings.asgi.sink import QueueSink
@@ -30,10 +29,23 @@ log = logging.getLogger("tidings.asgi")
 class AsgiExchange:
     """One HTTP request over ASGI, answered through the core's :class:`Exchange` calls."""
 
-    __slots__ = ("_done", "_held", "address", "closed", "current", "node", "response", "stream")
+    __slots__ = (
+        "_done",
+        "_held",
+        "address",
+        "client",
+        "closed",
+        "current",
+        "node",
+        "response",
+        "stream",
+    )
 
-    def __init__(self, node: Node, request: Request, address: str) -> None:
+    def __init__(
+        self, node: Node, request: Request, address: str, client: tuple[str, int] | None = None
+    ) -> None:
         self.node = node
+        self.client = client  # the ASGI scope's (host, port)
         self.current: Request | None = request
         self.address = address  # counted by the per-address limit while the request lasts
         self.closed = False
@@ -87,7 +99,7 @@ class AsgiExchange:
             self._held.expire()
 
     def start_stream(self, session: Session, head: Response) -> Sink:
-        sink = QueueSink(session, self.node.settings.server.write_buffer_limit)
+        sink = QueueSink(session, self.node.settings.server.write_buffer_limit, self.client)
         session.address, self.address = self.address, ""
         session.transport = sink
         self.stream = (session, head, sink)
@@ -158,6 +170,11 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+def client_of(scope: Scope) -> tuple[str, int] | None:
+    client = scope.get("client")
+    return (str(client[0]), int(client[1])) if client else None
+
+
 def admission(node: Node, peer: str) -> Response | None:
     """Connection limits, as the standalone edge applies them at accept."""
     limits = node.limits
@@ -208,7 +225,8 @@ async def serve_http(
     if refusal is not None:
         await send_response(send, refusal)
         return
-    exchange = AsgiExchange(node, request, request.peer if node.limits.max_per_address else "")
+    address = request.peer if node.limits.max_per_address else ""
+    exchange = AsgiExchange(node, request, address, client_of(scope))
     node.connections.add(exchange)
     try:
         await _exchange(routes, exchange, request, receive, send)
@@ -255,21 +273,32 @@ async def _disconnected(receive: Receive) -> None:
 async def run_stream(
     session: Session, head: Response, sink: QueueSink, receive: Receive, send: Send
 ) -> None:
-    """Send the head, then what the session writes, until either side ends the stream."""
+    """Send the head, then what the session writes, until either side ends the stream.
+
+    An abort (a slow consumer, a drain's deadline) or the client leaving stops the writer at
+    once, even while a ``send`` waits on a client that does not read: the session is then
+    gone from the node straight away, as when an asyncio transport is aborted.
+    """
     watcher = asyncio.ensure_future(_disconnected(receive))
     watcher.add_done_callback(lambda _: sink.lost())
-    error: Exception | None = None
+    writer = asyncio.ensure_future(_write(head, sink, send))
+    ended = asyncio.ensure_future(sink.ended.wait())
+    error: BaseException | None = None
     try:
-        await send(start_message(head))
-        while (chunk := await sink.next_chunk()) is not None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            sink.sent()
-        if not watcher.done():
-            await send({"type": "http.response.body", "body": b""})
-    except OSError as lost:  # the server says the client is gone (ClientDisconnected)
-        error = lost
+        await asyncio.wait((writer, ended), return_when=asyncio.FIRST_COMPLETED)
+        if writer.done() and not writer.cancelled():
+            error = writer.exception()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        session.connection_lost(error)
+        for task in (watcher, writer, ended):
+            task.cancel()
+        await asyncio.gather(watcher, writer, ended, return_exceptions=True)
+        session.connection_lost(error if isinstance(error, Exception) else None)
+
+
+async def _write(head: Response, sink: QueueSink, send: Send) -> None:
+    await send(start_message(head))
+    while (chunk := await sink.next_chunk()) is not None:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        sink.sent()
+    if not sink.gone:
+        await send({"type": "http.response.body", "body": b""})

@@ -24,12 +24,15 @@ class QueueSink:
         "_queue",
         "_queued",
         "_ready",
+        "ended",
         "gone",
+        "peer",
         "session",
     )
 
-    def __init__(self, session: Session, limit: int) -> None:
+    def __init__(self, session: Session, limit: int, peer: tuple[str, int] | None = None) -> None:
         self.session = session
+        self.peer = peer  # the client's (host, port), as the ASGI server gives it
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -38,6 +41,7 @@ class QueueSink:
         self._ended = False  # abort(), or the client left: end now
         self.gone = False  # the client left: nothing more can be sent
         self._ready = asyncio.Event()
+        self.ended = asyncio.Event()  # aborted, or the client left: the writer stops at once
 
     # the core's side
 
@@ -60,9 +64,18 @@ class QueueSink:
         self._queue.clear()
         self._queued = 0
         self._ready.set()
+        self.ended.set()
 
     def is_closing(self) -> bool:
         return self._closing or self._ended
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet handed to the ASGI server."""
+        return self._queued
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """``peername``, as an asyncio transport gives it; ASGI lends nothing else."""
+        return self.peer if name == "peername" and self.peer is not None else default
 
     # the writer's side
 
@@ -91,3 +104,4 @@ class QueueSink:
         self.gone = True
         self._ended = True
         self._ready.set()
+        self.ended.set()

@@ -73,7 +73,7 @@ class HandshakeExchange(AsgiExchange):
         self.session = AsgiSocket(self.node, identity)
         self.session.address, self.address = self.address, ""
         limit = self.node.settings.server.write_buffer_limit
-        self.session.transport = QueueSink(self.session, limit)
+        self.session.transport = QueueSink(self.session, limit, self.client)
         self._done.set()
         return self.session
 

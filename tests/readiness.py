@@ -33,3 +33,11 @@ async def until_ready(server: RunningServer) -> None:
     async with asyncio.timeout(DEADLINE):
         while seen != (200, 1.0):
             seen = await readiness(server)
+
+
+async def until_unready(server: RunningServer) -> None:
+    """Ask until the node answers not ready, with a deadline (a refusal is on its way)."""
+    seen: tuple[int, float | None] = (200, 1.0)
+    async with asyncio.timeout(DEADLINE):
+        while seen != (503, 0.0):
+            seen = await readiness(server)

@@ -1,13 +1,16 @@
-"""Fixtures for the NATS-only tests: a prefix of the test's own on the shared server."""
+"""Fixtures for the NATS-only tests: a prefix of the test's own on the shared server, or a
+server of the test's own."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.nats.support import NATS_URL, isolated_nats_url
+from tests.nats.support import NATS_SERVER, NATS_URL, PrivateNats, isolated_nats_url, require_nats
 from tidings.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -42,3 +45,16 @@ async def make_nats(nats_url: str) -> AsyncIterator[MakeNats]:
     yield make
     for broker in made:
         await broker.close()
+
+
+@pytest.fixture
+async def private_nats(tmp_path: Path) -> AsyncIterator[PrivateNats]:
+    """A nats-server on a free port, not started yet; stopped at the end whatever happens."""
+    await require_nats()  # nats-py and a NATS to compare with; skipped loudly otherwise
+    if not os.access(NATS_SERVER, os.X_OK):
+        pytest.skip(f"NATS-SERVER IS NOT INSTALLED at {NATS_SERVER}: outage tests did not run")
+    server = PrivateNats(tmp_path / "jetstream")
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -133,8 +133,9 @@ class PrivateNats:
     The store directory is kept across restarts, so streams survive them.
     """
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *options: str) -> None:
         self.store = store
+        self.options = options  # more nats-server arguments (``-c <file>``)
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
 
@@ -146,6 +147,7 @@ class PrivateNats:
         self.process = await asyncio.create_subprocess_exec(
             NATS_SERVER,
             *("-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)),
+            *self.options,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -6,16 +6,13 @@ The server keeps its store directory across the restart, as a real deployment do
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.brokers.conftest import Sink
 from tests.nats.conftest import settings_for
-from tests.nats.support import NATS_SERVER, PrivateNats, require_nats
+from tests.nats.support import PrivateNats
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event
@@ -44,19 +41,6 @@ class Resyncs:
                 await self._changed.wait()
 
         await asyncio.wait_for(until(), timeout)
-
-
-@pytest.fixture
-async def private_nats(tmp_path: Path) -> AsyncIterator[PrivateNats]:
-    """A nats-server on a free port, not started yet; stopped at the end whatever happens."""
-    await require_nats()  # nats-py and a NATS to compare with; skipped loudly otherwise
-    if not os.access(NATS_SERVER, os.X_OK):
-        pytest.skip(f"NATS-SERVER IS NOT INSTALLED at {NATS_SERVER}: outage tests did not run")
-    server = PrivateNats(tmp_path / "jetstream")
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def node(server: PrivateNats, sink: Sink, resyncs: Resyncs) -> NatsBroker:

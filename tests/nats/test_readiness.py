@@ -5,20 +5,26 @@ from reaching the server, while JetStream requests and publishes go through: eve
 be stored, but this node would deliver nothing live. ``/readyz`` must answer 503 and
 ``tidings_broker_up`` read 0, whether the proxy cuts the connection at each such ``SUB``
 (the connection keeps coming back and going again) or swallows it (the connection stays up
-and looks healthy); once subscriptions go through, the node is ready and delivers.
+and looks healthy); once subscriptions go through, the node is ready and delivers. A NATS
+that refuses one channel's subscription (the account may not subscribe there) makes the
+node unready while it follows that channel.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningServer
+from tests.nats.conftest import settings_for
 from tests.nats.proxy import Mode, SubscriptionProxy
-from tests.nats.support import NATS_URL
-from tests.readiness import readiness, until_ready
+from tests.nats.support import NATS_URL, PrivateNats
+from tests.readiness import readiness, until_ready, until_unready
 from tests.server.support import apublish, async_http_client, sse_stream
+from tidings.brokers.nats_layout import Layout
+from tidings.exceptions import BrokerUnavailable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,3 +75,59 @@ async def test_a_stream_opened_while_subscriptions_are_swallowed_gets_its_events
         await until_ready(node)
         later = await apublish(client, "news", {"n": 2})
         assert [(await sse.next()).last_event_id for _ in range(2)] == [stored, later]
+
+
+REFUSING = """
+authorization {{
+  users = [
+    {{ user: "node", password: "secret", permissions: {{
+        publish: {{ allow: [">"] }},
+        subscribe: {{ allow: [">"], deny: ["{denied}"] }} }} }}
+  ]
+}}
+"""
+
+
+@pytest.fixture
+async def refusing_nats(private_nats: PrivateNats, tmp_path: Path) -> str:
+    """A NATS whose account may not subscribe to the fan-out of the channel "vault"; the URL
+    of a node on it."""
+    config = tmp_path / "refusing.conf"
+    config.write_text(REFUSING.format(denied=Layout("refused").fanout_subject("vault")))
+    private_nats.options = ("-c", str(config))
+    await private_nats.start()
+    return f"nats://node:secret@127.0.0.1:{private_nats.port}?prefix=refused&timeout=1"
+
+
+async def test_a_node_refused_a_channels_subscription_is_not_ready(
+    make_server: MakeServer, refusing_nats: str
+) -> None:
+    node = make_server(broker=refusing_nats)
+    async with async_http_client(node) as client, sse_stream(client, "/sse?channel=news") as news:
+        cursor = await apublish(client, "news", {"n": 1})
+        assert (await news.next()).last_event_id == cursor
+        assert await readiness(node) == (200, 1.0)
+        async with sse_stream(client, "/sse?channel=vault"):
+            await until_unready(node)
+            for _ in range(3):  # asked again at every check, refused every time
+                assert await readiness(node) == (503, 0.0)
+
+
+async def test_the_broker_names_the_channel_refused_until_it_is_not_wanted(
+    refusing_nats: str,
+) -> None:
+    from tidings.brokers.nats import NatsBroker
+
+    broker = NatsBroker(refusing_nats, settings_for(refusing_nats))
+    broker.start(lambda event: None, lambda channel: None)
+    try:
+        await broker.subscribe("news")
+        await broker.check()
+        await broker.subscribe("vault")
+        with pytest.raises(BrokerUnavailable, match="refused the subscription to vault"):
+            for _ in range(10):  # NATS's refusal may come after the first check's answer
+                await broker.check()
+        await broker.unsubscribe("vault")
+        await broker.check()
+    finally:
+        await broker.close()

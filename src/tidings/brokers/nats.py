@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -83,6 +84,8 @@ PENDING_MESSAGES = 10_000  # per subscription; past it the client drops and we r
 PENDING_BYTES = 16 * 1024 * 1024
 RECONNECT_WAIT_SECONDS = 1
 CONNECT_TIMEOUT_SECONDS = 2
+# nats-py hands the server's -ERR over lower-cased; the connection stays up
+REFUSED_SUBSCRIPTION = re.compile(r'permissions violation for subscription to "([^"]+)"')
 
 
 def now_ms() -> int:
@@ -104,6 +107,7 @@ class NatsBroker:
         self._wanted: set[str] = set()
         self._missed: set[str] = set()  # wanted while NATS was never reached: resync them
         self._subscriptions: dict[str, Subscription] = {}
+        self._refused: dict[str, int] = {}  # channel -> refusals of its subscription by NATS
         self._sink: EventSink | None = None
         self._resync: GapSink | None = None
         self._presence = NatsPresence(self._options, settings.server.presence_ttl_seconds)
@@ -134,6 +138,7 @@ class NatsBroker:
         self._sink = self._resync = self._presence_sink = None
         self._wanted.clear()
         self._missed.clear()
+        self._refused.clear()
         self._subscriptions.clear()
         connecting, self._connecting = self._connecting, None
         if connecting is not None and not connecting.done():
@@ -223,13 +228,33 @@ class NatsBroker:
                 if subscription is error.sub:
                     self._tell_resync(channel)
             return
-        if not isinstance(error, OSError | nats.errors.Error):
+        refused = REFUSED_SUBSCRIPTION.search(str(error))
+        if refused is not None:
+            await self._refuse(refused.group(1))
+        elif not isinstance(error, OSError | nats.errors.Error):
             # nats-py hands over what a subscription's callback raised: a bug of the node's
             self._supervisor.record("NatsBroker.receive", error)
         elif isinstance(error, OSError | nats.errors.StaleConnectionError):
             log.debug("NATS connection error: %s", error)  # _on_disconnected told the log
         else:
             log.warning("NATS error: %s", error)
+
+    async def _refuse(self, subject: str) -> None:
+        """NATS refused a subscription (the account may not subscribe there): the channel is
+        not followed, and the node is not ready until a later check subscribes it."""
+        for channel, subscription in tuple(self._subscriptions.items()):
+            if subscription.subject.lower() == subject:
+                refusals = self._refused.get(channel, 0)
+                log.log(  # once loud; every check asks again
+                    logging.DEBUG if refusals else logging.WARNING,
+                    "NATS refused the subscription to %s (%s)",
+                    channel,
+                    subject,
+                )
+                self._refused[channel] = refusals + 1
+                del self._subscriptions[channel]
+                with contextlib.suppress(*FOREIGN_ERRORS):
+                    await subscription.unsubscribe()
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
@@ -373,6 +398,7 @@ class NatsBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         self._wanted.discard(channel)
+        self._refused.pop(channel, None)
         subscription = self._subscriptions.pop(channel, None)
         if subscription is not None:
             async with translated(f"unsubscribe from {channel!r}"):
@@ -417,13 +443,24 @@ class NatsBroker:
             await js.account_info()
         if client is None:
             return
+        asked = dict(self._refused)
+        for channel in asked:  # ask again: the account may allow it by now
+            await self._listen(client, channel)
         try:
+            # it comes back after NATS's word on every subscription asked for before it
             await self._ping.round_trip(client, self._options.timeout)
         except BrokerUnavailable as error:
             if client.is_connected:
                 log.warning("%s: reconnecting to subscribe again", error)
                 await client.force_reconnect()
             raise
+        for channel, refusals in asked.items():
+            if self._refused.get(channel) == refusals:  # refused no more: NATS took it
+                del self._refused[channel]
+                self._tell_resync(channel)
+        if self._refused:
+            refused = ", ".join(sorted(self._refused))
+            raise BrokerUnavailable(f"NATS refused the subscription to {refused}")
 
     # Presence (nats_presence.py)
 

@@ -309,3 +309,13 @@ def test_metrics_refuse_other_methods(server: RunningServer) -> None:
         answer = http.post("/metrics")
     assert answer.status_code == 405
     assert answer.headers["allow"] == "GET, OPTIONS"
+
+
+def test_unexpected_errors_and_pending_presence_are_exposed(server: RunningServer) -> None:
+    node = server.node
+    assert node is not None
+    server.call(lambda: node.hub.supervisor.record("Test.job", RuntimeError("boom")))
+    with http_client(server) as client:
+        text = client.get("/metrics").text
+    assert 'tidings_unexpected_errors_total{where="Test.job"} 1.0' in text
+    assert "tidings_presence_pending 0.0" in text

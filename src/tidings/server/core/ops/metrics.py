@@ -57,6 +57,24 @@ class NodeCollector:
         yield from self._traffic()
         yield self._lag()
         yield from self._refusals_and_broker()
+        yield from self._health()
+
+    def _health(self) -> Iterable[Metric]:
+        """What went wrong without stopping the node: nothing may end quietly."""
+        failures = CounterMetricFamily(
+            "tidings_unexpected_errors",
+            "Errors a background loop, timer job or connection raised unexpectedly; "
+            "logged, and the work went on",
+            labels=["where"],
+        )
+        for where, count in sorted(self.node.hub.supervisor.failures.items()):
+            failures.add_metric([where], count)
+        yield failures
+        yield GaugeMetricFamily(
+            "tidings_presence_pending",
+            "Presence changes waiting for the broker",
+            value=self.node.hub.presence.pending,
+        )
 
     def _connections(self) -> Iterable[Metric]:
         node = self.node

@@ -95,6 +95,7 @@ def serve_in_thread(host: Any, tidings_app: TidingsApp) -> RunningMount:
         ws="websockets-sansio",
         log_level="warning",
         lifespan="on",
+        proxy_headers=False,  # the node reads X-Forwarded-For itself (server.trusted_proxies)
         timeout_graceful_shutdown=int(settings.server.drain_seconds) + 2,
     )
     server = uvicorn.Server(config)

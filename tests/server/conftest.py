@@ -23,16 +23,24 @@ STANDALONE_MODULES = {
     "test_http": "raw HTTP/1.1 parsing, pipelining and 408/431 are the ASGI server's",
     "test_websocket_frames": "RFC 6455 framing is the ASGI server's",
     "test_echo": "the Autobahn echo is built on the standalone edge's framing",
-    "test_drain": "not yet on the mount: under uvicorn, the host's shutdown drives the drain, "
-    "and these tests read raw HTTP/1.1 bytes",
     "test_slow_consumer": "not yet on the mount: its bounded queue needs tests of its own "
     "(these stall a raw socket under the standalone edge's write buffer)",
-    "test_limits": "not yet on the mount: the mount counts ASGI requests, not sockets, and "
-    "uvicorn rewrites a loopback proxy's client address itself",
     "test_logs": "connection log lines are the standalone edge's (the ASGI server logs its "
     "own connections)",
 }
 STANDALONE_TESTS = {
+    "test_a_proxy_is_counted_by_forwarded_address": "the mount counts a client's requests in "
+    "flight, not a proxy's pooled sockets",
+    "test_over_max_connections_answers_503_at_once": "refused at accept, before any request: "
+    "the ASGI server owns the socket (the mount refuses at the request)",
+    "test_over_max_connections_per_address_answers_429": "refused at accept, before any "
+    "request: the ASGI server owns the socket (the mount refuses at the request)",
+    "test_idle_connections_close_new_ones_are_refused_and_readyz_answers_503": "idle "
+    "keep-alive connections and requests still being sent are the ASGI server's",
+    "test_a_stream_asked_for_while_draining_is_refused_and_counted": "the mount meets a "
+    "request only once its head is complete (tests/asgi/test_signals.py drains the mount)",
+    "test_a_websocket_that_ignores_the_close_is_dropped_at_the_deadline": "the ASGI server "
+    "runs the closing handshake and its timeout",
     "test_drain_sends_retry_and_ends_the_stream": "not yet on the mount (drain)",
     "test_drain_retry_is_spread_over_the_window": "not yet on the mount (drain)",
     "test_an_expiring_token_ends_the_sse_stream": "it reads the raw stream, which the ASGI "

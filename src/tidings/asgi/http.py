@@ -17,7 +17,7 @@ from tidings.exceptions import TooLarge
 from tidings.protocol.http import error_body
 from tidings.protocol.identity import Identity
 from tidings.server.core.exchange import Held, Session, Sink
-from tidings.server.core.limits import CONNECTION_RETRY_SECONDS
+from tidings.server.core.limits import CONNECTION_RETRY_SECONDS, Limits, forwarded_for
 from tidings.server.core.node import Node
 from tidings.server.core.request import Request
 from tidings.server.core.response import Headers, Response
@@ -73,6 +73,12 @@ class AsgiExchange:
     def answer(self, response: Response) -> int:
         if self.closed or self._done.is_set():
             return 0
+        request = self.current
+        if self.node.draining and request is not None and scope_http11(request):
+            # as on the standalone edge: a proxy must not reuse a draining node's connection
+            response = Response(
+                response.status, response.body, [*response.headers, CLOSE], response.content_type
+            )
         self.response = response
         self._done.set()
         return len(response.body)
@@ -129,8 +135,12 @@ def scope_http11(request: Request) -> bool:
     return request.http_version == "1.1"
 
 
-def request_from(scope: Scope, body: bytes) -> Request:
-    """The core's request for an ASGI scope, its path relative to where the app is mounted."""
+def request_from(scope: Scope, body: bytes, limits: Limits | None = None) -> Request:
+    """The core's request for an ASGI scope, its path relative to where the app is mounted.
+
+    With ``limits``, a peer listed in ``server.trusted_proxies`` speaks for the client its
+    ``X-Forwarded-For`` names, as on the standalone edge.
+    """
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
@@ -141,6 +151,8 @@ def request_from(scope: Scope, body: bytes) -> Request:
     peer = str(client[0]) if client else "unknown"
     headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", [])]
     method = scope.get("method", "GET")
+    if limits is not None and limits.is_proxy(peer):
+        peer = limits.proxies.client_address(peer, forwarded_for(headers))
     return Request(
         method,
         target,
@@ -211,16 +223,20 @@ async def send_response(send: Send, response: Response) -> None:
 async def serve_http(
     node: Node, routes: Routes, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    path = request_from(scope, b"").path
+    head = request_from(scope, b"")
+    limit = routes.body_limit(head.path.encode("utf-8"))
     try:
-        body = await read_body(receive, routes.body_limit(path.encode("utf-8")))
+        declared = head.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"request body is over {limit} bytes")  # refused from its head
+        body = await read_body(receive, limit)
     except TooLarge as error:
         node.stats.refused("too_large")
         await send_response(send, Response(413, error_body(error.code, error.message)))
         return
     if body is None:
         return
-    request = request_from(scope, body)
+    request = request_from(scope, body, node.limits)
     refusal = admission(node, request.peer)
     if refusal is not None:
         await send_response(send, refusal)

@@ -83,7 +83,7 @@ async def serve_websocket(
 ) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
-    peer = request_from(scope, b"").peer
+    peer = request_from(scope, b"", node.limits).peer
     refusal = admission(node, peer)
     if refusal is not None:
         await _deny(scope, send, refusal)

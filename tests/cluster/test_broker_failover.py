@@ -31,6 +31,7 @@ import tidings
 from tests.client.support import FAST, collect
 from tests.cluster.support import Node, offset, publish, wait_until
 from tests.deployments import with_prefix
+from tidings import ClientEvent
 from tidings.brokers import Broker, broker_for
 from tidings.config import load_settings
 from tidings.exceptions import BrokerUnavailable
@@ -95,6 +96,11 @@ class Publisher:
     def of(self, status: int) -> list[Attempt]:
         return [attempt for attempt in self.attempts if attempt.status == status]
 
+    def succeeding(self, count: int) -> bool:
+        """The last ``count`` publishes were all acknowledged."""
+        last = self.attempts[-count:]
+        return len(last) == count and all(attempt.status == 200 for attempt in last)
+
     def ok_since(self, moment: float) -> int:
         return sum(1 for a in self.attempts if a.status == 200 and a.at > moment)
 
@@ -107,6 +113,16 @@ async def readiness(http: httpx.AsyncClient, node: Node, seen: list[int]) -> Non
         except httpx.HTTPError:
             seen.append(0)
         await asyncio.sleep(0.05)  # a probe's period
+
+
+async def promotion(target: Any, killed: Any, channel: str, prefix: str) -> None:
+    """Wait until the deployment names another primary (or leader); its logs if it does not."""
+    try:
+        await wait_until(
+            lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{target.logs()}") from None
 
 
 @contextlib.asynccontextmanager
@@ -154,15 +170,17 @@ async def test_a_failover_loses_no_acknowledged_event(
             await wait_until(lambda: publisher.ok_since(0) >= 10, "10 publishes before the kill")
             killed = await asyncio.to_thread(target.kill_primary, channel, prefix)
             killed_at = time.monotonic()
-            await wait_until(
-                lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
-            )
+            await promotion(target, killed, channel, prefix)
             promoted_at = time.monotonic()
             await asyncio.to_thread(target.rejoin, killed)
             rejoined_at = time.monotonic()
+            await wait_until(lambda: publisher.succeeding(20), "20 publishes in a row", 30)
+            # Readiness comes back once each node's fan-out link is rebuilt, which its backoff
+            # may put a little after publishes succeed.
             await wait_until(
-                lambda: publisher.ok_since(rejoined_at) >= 20, "publishes after the failover", 30
+                lambda: all(r and r[-1] == 200 for r in ready.values()), "/readyz 200", 15
             )
+            ready_at = time.monotonic()
         finally:
             publisher.stopping = True
             await asyncio.wait_for(publishing, 30)
@@ -179,8 +197,7 @@ async def test_a_failover_loses_no_acknowledged_event(
         assert all(a.retry_after for a in refused)
         assert len(unanswered) <= 3, "publishes that got no answer at all"
         assert acked == sorted(set(acked)), "acknowledged offsets are not increasing"
-        after_kill = [a for a in publisher.attempts if a.at > killed_at]
-        assert [a.status for a in after_kill[-20:]] == [200] * 20
+        assert [a.status for a in publisher.attempts[-20:]] == [200] * 20
         last = max(acked)
 
         # Every follower on every technique: every offset, in order, none twice, no reset.
@@ -193,9 +210,10 @@ async def test_a_failover_loses_no_acknowledged_event(
                 30,
             )
             offsets = [offset(event.id) for event in seen.events]
-            assert offsets == list(range(offset(first) + 1, last + 1)), (port, transport)
+            others = [item for item in seen.items if not isinstance(item, ClientEvent)]
+            assert others == [], (port, transport, others, offsets)
+            assert offsets == list(range(offset(first) + 1, last + 1)), (port, transport, offsets)
             assert set(acked[1:]) <= set(offsets)
-            assert len(seen.items) == len(seen.events), "a reset or another item came"
         page = (
             await http.get(f"{nodes[1].url}/poll", params={"channel": channel, "since": first})
         ).json()
@@ -204,8 +222,6 @@ async def test_a_failover_loses_no_acknowledged_event(
             # The fan-out link to the dead primary was down: readiness said so on each node.
             for port, statuses in ready.items():
                 assert 503 in statuses, (port, statuses)
-        for port, statuses in ready.items():
-            assert statuses[-1] == 200, (port, statuses[-10:])
 
         first_refused, last_refused = refused[0].at, refused[-1].at
         back = next(a.at for a in publisher.attempts if a.at > last_refused and a.status == 200)
@@ -216,8 +232,8 @@ async def test_a_failover_loses_no_acknowledged_event(
             f"{len(refused)} publishes refused with 503 over "
             f"{last_refused - first_refused:.1f} s; publishes succeed again "
             f"{back - killed_at:.1f} s after the kill; {len(unanswered)} unanswered; "
-            f"{len(acked)} acknowledged, none lost; readiness 503 answers: "
-            f"{[statuses.count(503) for statuses in ready.values()]}",
+            f"{len(acked)} acknowledged, none lost; /readyz 200 on both nodes again "
+            f"{ready_at - killed_at:.1f} s after the kill",
         )
 
 
@@ -295,9 +311,7 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             await wait_until(lambda: len(load.acked) >= 200, "200 publishes under load")
             killed = await asyncio.to_thread(target.kill_primary, channel, prefix)
             killed_at = time.monotonic()
-            await wait_until(
-                lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
-            )
+            await promotion(target, killed, channel, prefix)
             promoted_at = time.monotonic()
             if not wait_replicas:
                 await wait_until(lambda: load.acked_since(killed_at) >= 50, "acks on the new")
@@ -311,7 +325,10 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
         epoch = load.acked[0][1].epoch
         held = await held_by_history(broker, channel, epoch)
         lost = [(at, e) for at, e in load.acked if (e.offset, bytes(e.data)) not in held]
-        back = min(at for at, _ in load.acked if at > killed_at)
+        # Answers already on their way when the primary died may be read after the kill:
+        # publishes "succeed again" with the first answer after the first refusal.
+        refused_at = min(at for at in load.refused if at > killed_at)
+        back = min(at for at, _ in load.acked if at > refused_at)
         report(
             capsys,
             f"[{deployment}] redis_wait_replicas={wait_replicas}: publish p50 "

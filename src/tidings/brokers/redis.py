@@ -16,6 +16,12 @@ What it guarantees, beyond brokers/base.py:
   only once Redis answered. A publish that raises BrokerUnavailable stored nothing, with one
   exception no client library can avoid: the connection failed after Redis ran the script
   and before its answer arrived. A retry with the same idempotency key is then safe.
+- **Replicas.** Redis replicates asynchronously: a primary that dies can take its last
+  acknowledged publishes with it, and its promoted replica gives their offsets again. With
+  ``server.redis_wait_replicas = n`` a publish also runs ``WAIT n`` on the connection that
+  stored it and is acknowledged only once n replicas hold it; fewer within
+  ``WAIT_TIMEOUT_MS`` raise BrokerUnavailable, though the event is stored on the primary (a
+  retry with the same idempotency key is safe).
 - **Order.** Scripts run one at a time, so offsets are consecutive with no duplicates
   across every node, and each channel's fan-out messages leave Redis in offset order. A node
   reads them on one pub/sub connection and hands them to its sink in that order.
@@ -159,14 +165,21 @@ def translated(action: str) -> Iterator[None]:
 
 
 class RedisBroker:
-    """Many nodes, one Redis: see the module docstring for what it guarantees."""
+    """Many nodes, one Redis: see the module docstring for what it guarantees.
+
+    redis_sentinel.SentinelBroker and redis_cluster.ClusterBroker are this broker on other
+    deployments: they replace how it connects (``_connect``), and the cluster also how events
+    are fanned out (``_fanout_link``, the live names and ``APPEND_SCRIPT``).
+    """
+
+    APPEND_SCRIPT = APPEND  # ends with a classic PUBLISH
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.node = new_epoch()
         self._settings = settings
         self._wait_replicas = settings.server.redis_wait_replicas
         self.prefix, self._redis = self._connect(url)
-        self._append = self._redis.register_script(self.APPEND)
+        self._append = self._redis.register_script(self.APPEND_SCRIPT)
         self._read = self._redis.register_script(READ)
         self._live_prefix = f"{self.prefix}:live:".encode()
         self._presence = RedisPresence(self._redis, self.prefix)
@@ -176,8 +189,6 @@ class RedisBroker:
         self._resync: GapSink | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
-
-    APPEND = APPEND
 
     def _connect(self, url: str) -> tuple[str, Commands]:
         """The key prefix and the client of commands, for one server."""

@@ -57,7 +57,7 @@ from tidings.exceptions import BrokerUnavailable, ConfigError
 class ClusterBroker(RedisBroker):
     """The Redis broker over the shards of a Redis Cluster."""
 
-    APPEND = SHARDED_APPEND
+    APPEND_SCRIPT = SHARDED_APPEND  # ends with SPUBLISH, in the channel's slot
 
     def _connect(self, url: str) -> tuple[str, Commands]:
         where = parse_addresses(url, ("prefix",))

@@ -30,6 +30,7 @@ import pytest
 import tidings
 from tests.client.support import FAST, collect
 from tests.cluster.support import Node, offset, publish, wait_until
+from tests.deployments import wait_until as wait_for_state
 from tests.deployments import with_prefix
 from tidings import ClientEvent
 from tidings.brokers import Broker, broker_for
@@ -144,6 +145,7 @@ async def test_a_failover_loses_no_acknowledged_event(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     target: Any = request.getfixturevalue(DEPLOYMENTS[deployment])
+    await asyncio.to_thread(wait_whole, target)
     url = with_prefix(target.url)
     prefix = parse_qs(urlsplit(url).query)["prefix"][-1]
     channel = "failover-" + uuid.uuid4().hex[:8]
@@ -272,6 +274,10 @@ class Load:
         return sum(1 for at, _ in self.acked if at > moment)
 
 
+def wait_whole(target: Any) -> None:
+    wait_for_state(target.whole, "a replica online for every primary")
+
+
 async def timed_publishes(broker: Broker, channel: str) -> list[float]:
     """Milliseconds per publish, one at a time."""
     spent = []
@@ -301,6 +307,7 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
     url = with_prefix(target.url)
     prefix = parse_qs(urlsplit(url).query)["prefix"][-1]
     environ = {**BIG_HISTORY, "TIDINGS_SERVER_REDIS_WAIT_REPLICAS": str(wait_replicas)}
+    await asyncio.to_thread(wait_whole, target)  # a replica per primary, as WAIT needs
     broker = broker_for(url, load_settings(environ=environ))
     channel = "loss-" + uuid.uuid4().hex[:8]
     try:

@@ -252,7 +252,7 @@ class Load:
 
     broker: Broker
     channel: str
-    acked: list[tuple[float, Event]] = field(default_factory=list)
+    acked: list[tuple[float, float, Event]] = field(default_factory=list)  # began, answered
     refused: list[float] = field(default_factory=list)
     stopping: bool = False
     _numbers: Iterator[int] = field(default_factory=itertools.count)
@@ -262,16 +262,17 @@ class Load:
             if self.stopping:
                 return
             data = b"%d" % next(self._numbers)
+            began = time.monotonic()
             try:
                 event = await self.broker.publish(self.channel, "m", data)
             except BrokerUnavailable:
                 self.refused.append(time.monotonic())
                 await asyncio.sleep(0.01)  # pacing while the shard is down, not a wait
                 continue
-            self.acked.append((time.monotonic(), event))
+            self.acked.append((began, time.monotonic(), event))
 
     def acked_since(self, moment: float) -> int:
-        return sum(1 for at, _ in self.acked if at > moment)
+        return sum(1 for _, at, _ in self.acked if at > moment)
 
 
 def wait_whole(target: Any) -> None:
@@ -329,13 +330,12 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             load.stopping = True
             await asyncio.wait_for(asyncio.gather(*publishers), 30)
 
-        epoch = load.acked[0][1].epoch
+        epoch = load.acked[0][2].epoch
         held = await held_by_history(broker, channel, epoch)
-        lost = [(at, e) for at, e in load.acked if (e.offset, bytes(e.data)) not in held]
+        lost = [(at, e) for _, at, e in load.acked if (e.offset, bytes(e.data)) not in held]
         # Answers already on their way when the primary died may be read after the kill:
-        # publishes "succeed again" with the first answer after the first refusal.
-        refused_at = min(at for at in load.refused if at > killed_at)
-        back = min(at for at, _ in load.acked if at > refused_at)
+        # publishes succeed again with the first one sent after it.
+        back = min(at for began, at, _ in load.acked if began > killed_at)
         report(
             capsys,
             f"[{deployment}] redis_wait_replicas={wait_replicas}: publish p50 "

@@ -297,6 +297,12 @@ class RedisCluster(Deployment):
         wait_until(lambda: _replicating(port), f"{port} to replicate again")
         for live in self.ports:
             wait_until(lambda p=live: self.healthy(p), f"cluster_state:ok on {live}")
+        wait_until(self.whole, "every primary to have its replica online")
+
+    def whole(self) -> bool:
+        """Every primary has an online replica (a WAIT for one would be answered)."""
+        primaries = self.primaries()
+        return len(primaries) == 3 and all(_has_online_replica(port) for port in primaries)
 
     def service_on(self, port: int) -> Service:
         return self.services[self.ports.index(port)]
@@ -381,6 +387,11 @@ class RedisSentinel(Deployment):
         killed.start()
         killed.wait_ready()
         wait_until(lambda: _replicating(port), f"{port} to replicate the new primary")
+        wait_until(self.whole, "the primary to have its replica online")
+
+    def whole(self) -> bool:
+        """The primary has an online replica (a WAIT for one would be answered)."""
+        return _has_online_replica(self.primary_port())
 
 
 class NatsCluster(Deployment):
@@ -439,6 +450,9 @@ class NatsCluster(Deployment):
                         return leader
         return None
 
+    def whole(self) -> bool:
+        return all(service.alive for service in self.services)
+
     def kill_primary(self, channel: str, prefix: str) -> Service:
         """SIGKILL the server that leads the channel's stream."""
         leader = self.stream_leader(_nats_stream(channel, prefix))
@@ -461,6 +475,10 @@ def _nats_stream(channel: str, prefix: str) -> str:
     from tidings.brokers.nats_layout import Layout
 
     return Layout(prefix).stream_name(channel)
+
+
+def _has_online_replica(port: int) -> bool:
+    return "state=online" in redis_call(port, "INFO", "replication")
 
 
 def _replicating(port: int) -> bool:

@@ -29,6 +29,10 @@ BROKER_URLS.append(REDIS_URL)  # the same for Redis
 # skipped loudly when redis-server or nats-server is missing, failed under CI=true).
 STARTED = {"redis+cluster": "redis_cluster", "redis+sentinel": "redis_sentinel"}
 STARTED["nats-cluster"] = "nats_cluster"
+# The same deployment with settings of its own: Redis Cluster acknowledging (and fanning out)
+# only what a replica holds.
+STARTED["redis+cluster+wait"] = "redis_cluster"
+SETTINGS = {"redis+cluster+wait": {"TIDINGS_SERVER_REDIS_WAIT_REPLICAS": "1"}}
 BROKER_URLS += STARTED
 # Brokers that hold history in this process answer history_nowait with a page, never None.
 LOCAL_BROKERS = {"memory"}
@@ -91,12 +95,14 @@ MakeBroker = Callable[..., Broker]
 
 
 @pytest.fixture
-async def make_broker(broker_url: str) -> AsyncIterator[MakeBroker]:
+async def make_broker(broker_url: str, request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
     """``make_broker({"TIDINGS_NAMESPACES_DEFAULT_HISTORY_SIZE": "3"})``: a fresh broker."""
     made: list[Broker] = []
+    own = SETTINGS.get(request.node.callspec.params.get("broker_url", ""), {})
 
     def make(environ: Mapping[str, str] | None = None) -> Broker:
-        settings = load_settings(environ={**(environ or {}), "TIDINGS_SERVER_BROKER": broker_url})
+        layers = {**own, **(environ or {}), "TIDINGS_SERVER_BROKER": broker_url}
+        settings = load_settings(environ=layers)
         broker = broker_for(broker_url, settings)
         made.append(broker)
         return broker

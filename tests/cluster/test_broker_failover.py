@@ -30,7 +30,9 @@ import pytest
 import tidings
 from tests.client.support import FAST, collect
 from tests.cluster.support import Node, offset, publish, wait_until
+from tests.deployments import wait_until as wait_for_state
 from tests.deployments import with_prefix
+from tidings import ClientEvent
 from tidings.brokers import Broker, broker_for
 from tidings.config import load_settings
 from tidings.exceptions import BrokerUnavailable
@@ -95,6 +97,11 @@ class Publisher:
     def of(self, status: int) -> list[Attempt]:
         return [attempt for attempt in self.attempts if attempt.status == status]
 
+    def succeeding(self, count: int) -> bool:
+        """The last ``count`` publishes were all acknowledged."""
+        last = self.attempts[-count:]
+        return len(last) == count and all(attempt.status == 200 for attempt in last)
+
     def ok_since(self, moment: float) -> int:
         return sum(1 for a in self.attempts if a.status == 200 and a.at > moment)
 
@@ -107,6 +114,16 @@ async def readiness(http: httpx.AsyncClient, node: Node, seen: list[int]) -> Non
         except httpx.HTTPError:
             seen.append(0)
         await asyncio.sleep(0.05)  # a probe's period
+
+
+async def promotion(target: Any, killed: Any, channel: str, prefix: str) -> None:
+    """Wait until the deployment names another primary (or leader); its logs if it does not."""
+    try:
+        await wait_until(
+            lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{target.logs()}") from None
 
 
 @contextlib.asynccontextmanager
@@ -128,6 +145,7 @@ async def test_a_failover_loses_no_acknowledged_event(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     target: Any = request.getfixturevalue(DEPLOYMENTS[deployment])
+    await asyncio.to_thread(wait_whole, target)
     url = with_prefix(target.url)
     prefix = parse_qs(urlsplit(url).query)["prefix"][-1]
     channel = "failover-" + uuid.uuid4().hex[:8]
@@ -154,15 +172,17 @@ async def test_a_failover_loses_no_acknowledged_event(
             await wait_until(lambda: publisher.ok_since(0) >= 10, "10 publishes before the kill")
             killed = await asyncio.to_thread(target.kill_primary, channel, prefix)
             killed_at = time.monotonic()
-            await wait_until(
-                lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
-            )
+            await promotion(target, killed, channel, prefix)
             promoted_at = time.monotonic()
             await asyncio.to_thread(target.rejoin, killed)
             rejoined_at = time.monotonic()
+            await wait_until(lambda: publisher.succeeding(20), "20 publishes in a row", 30)
+            # Readiness comes back once each node's fan-out link is rebuilt, which its backoff
+            # may put a little after publishes succeed.
             await wait_until(
-                lambda: publisher.ok_since(rejoined_at) >= 20, "publishes after the failover", 30
+                lambda: all(r and r[-1] == 200 for r in ready.values()), "/readyz 200", 15
             )
+            ready_at = time.monotonic()
         finally:
             publisher.stopping = True
             await asyncio.wait_for(publishing, 30)
@@ -179,8 +199,7 @@ async def test_a_failover_loses_no_acknowledged_event(
         assert all(a.retry_after for a in refused)
         assert len(unanswered) <= 3, "publishes that got no answer at all"
         assert acked == sorted(set(acked)), "acknowledged offsets are not increasing"
-        after_kill = [a for a in publisher.attempts if a.at > killed_at]
-        assert [a.status for a in after_kill[-20:]] == [200] * 20
+        assert [a.status for a in publisher.attempts[-20:]] == [200] * 20
         last = max(acked)
 
         # Every follower on every technique: every offset, in order, none twice, no reset.
@@ -193,9 +212,10 @@ async def test_a_failover_loses_no_acknowledged_event(
                 30,
             )
             offsets = [offset(event.id) for event in seen.events]
-            assert offsets == list(range(offset(first) + 1, last + 1)), (port, transport)
+            others = [item for item in seen.items if not isinstance(item, ClientEvent)]
+            assert others == [], (port, transport, others, offsets)
+            assert offsets == list(range(offset(first) + 1, last + 1)), (port, transport, offsets)
             assert set(acked[1:]) <= set(offsets)
-            assert len(seen.items) == len(seen.events), "a reset or another item came"
         page = (
             await http.get(f"{nodes[1].url}/poll", params={"channel": channel, "since": first})
         ).json()
@@ -204,8 +224,6 @@ async def test_a_failover_loses_no_acknowledged_event(
             # The fan-out link to the dead primary was down: readiness said so on each node.
             for port, statuses in ready.items():
                 assert 503 in statuses, (port, statuses)
-        for port, statuses in ready.items():
-            assert statuses[-1] == 200, (port, statuses[-10:])
 
         first_refused, last_refused = refused[0].at, refused[-1].at
         back = next(a.at for a in publisher.attempts if a.at > last_refused and a.status == 200)
@@ -216,8 +234,8 @@ async def test_a_failover_loses_no_acknowledged_event(
             f"{len(refused)} publishes refused with 503 over "
             f"{last_refused - first_refused:.1f} s; publishes succeed again "
             f"{back - killed_at:.1f} s after the kill; {len(unanswered)} unanswered; "
-            f"{len(acked)} acknowledged, none lost; readiness 503 answers: "
-            f"{[statuses.count(503) for statuses in ready.values()]}",
+            f"{len(acked)} acknowledged, none lost; /readyz 200 on both nodes again "
+            f"{ready_at - killed_at:.1f} s after the kill",
         )
 
 
@@ -234,7 +252,7 @@ class Load:
 
     broker: Broker
     channel: str
-    acked: list[tuple[float, Event]] = field(default_factory=list)
+    acked: list[tuple[float, float, Event]] = field(default_factory=list)  # began, answered
     refused: list[float] = field(default_factory=list)
     stopping: bool = False
     _numbers: Iterator[int] = field(default_factory=itertools.count)
@@ -244,16 +262,21 @@ class Load:
             if self.stopping:
                 return
             data = b"%d" % next(self._numbers)
+            began = time.monotonic()
             try:
                 event = await self.broker.publish(self.channel, "m", data)
             except BrokerUnavailable:
                 self.refused.append(time.monotonic())
                 await asyncio.sleep(0.01)  # pacing while the shard is down, not a wait
                 continue
-            self.acked.append((time.monotonic(), event))
+            self.acked.append((began, time.monotonic(), event))
 
     def acked_since(self, moment: float) -> int:
-        return sum(1 for at, _ in self.acked if at > moment)
+        return sum(1 for _, at, _ in self.acked if at > moment)
+
+
+def wait_whole(target: Any) -> None:
+    wait_for_state(target.whole, "a replica online for every primary")
 
 
 async def timed_publishes(broker: Broker, channel: str) -> list[float]:
@@ -285,6 +308,7 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
     url = with_prefix(target.url)
     prefix = parse_qs(urlsplit(url).query)["prefix"][-1]
     environ = {**BIG_HISTORY, "TIDINGS_SERVER_REDIS_WAIT_REPLICAS": str(wait_replicas)}
+    await asyncio.to_thread(wait_whole, target)  # a replica per primary, as WAIT needs
     broker = broker_for(url, load_settings(environ=environ))
     channel = "loss-" + uuid.uuid4().hex[:8]
     try:
@@ -295,9 +319,7 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             await wait_until(lambda: len(load.acked) >= 200, "200 publishes under load")
             killed = await asyncio.to_thread(target.kill_primary, channel, prefix)
             killed_at = time.monotonic()
-            await wait_until(
-                lambda: target.failed_over(killed, channel, prefix), "a promotion", 30, 0.1
-            )
+            await promotion(target, killed, channel, prefix)
             promoted_at = time.monotonic()
             if not wait_replicas:
                 await wait_until(lambda: load.acked_since(killed_at) >= 50, "acks on the new")
@@ -308,10 +330,12 @@ async def test_acknowledged_writes_lost_in_a_redis_failover(
             load.stopping = True
             await asyncio.wait_for(asyncio.gather(*publishers), 30)
 
-        epoch = load.acked[0][1].epoch
+        epoch = load.acked[0][2].epoch
         held = await held_by_history(broker, channel, epoch)
-        lost = [(at, e) for at, e in load.acked if (e.offset, bytes(e.data)) not in held]
-        back = min(at for at, _ in load.acked if at > killed_at)
+        lost = [(at, e) for _, at, e in load.acked if (e.offset, bytes(e.data)) not in held]
+        # Answers already on their way when the primary died may be read after the kill:
+        # publishes succeed again with the first one sent after it.
+        back = min(at for began, at, _ in load.acked if began > killed_at)
         report(
             capsys,
             f"[{deployment}] redis_wait_replicas={wait_replicas}: publish p50 "

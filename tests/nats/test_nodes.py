@@ -158,3 +158,27 @@ async def test_a_deleted_stream_starts_a_new_epoch_and_old_cursors_reset(
     assert new.epoch != old.epoch
     page = await node.history("news", old.cursor, 10)
     assert page.reset == Reset("news", new.cursor, "epoch")
+
+
+async def test_a_message_read_through_the_stream_api_decodes_as_a_direct_get_does(
+    make_nats: MakeNats, nats_url: str
+) -> None:
+    """On a cluster, history falls back from a direct get (any replica) to the leader's
+    stream API; both reads give the same event."""
+    from tidings.brokers.nats_layout import Layout, decode_event, with_position
+
+    node = make_nats()
+    stored = await node.publish("news", "typing", b'{"n":1}')
+    prefix = nats_url.rpartition("prefix=")[2]
+    client = await connect(NATS_URL)
+    try:
+        js = client.jetstream()
+        name = Layout(prefix).stream_name("news")
+        direct = await js.get_msg(name, stored.offset, direct=True)
+        through_api = await js.get_msg(name, stored.offset)
+    finally:
+        await client.close()
+    assert decode_event("news", direct.headers, direct.data) == stored
+    headers = with_position(through_api.headers, through_api.subject or "", through_api.seq or 0)
+    assert decode_event("news", headers, through_api.data) == stored
+    assert decode_event("news", through_api.headers, through_api.data) is None

@@ -39,6 +39,6 @@ async def test_a_live_name_gives_its_channel_back(broker: ClusterBroker, channel
 
 
 async def test_the_cluster_fans_out_with_sharded_pub_sub(broker: ClusterBroker) -> None:
-    assert broker.APPEND == SHARDED_APPEND
+    assert broker.APPEND_SCRIPT == SHARDED_APPEND
     assert "redis.call('SPUBLISH'" in SHARDED_APPEND
     assert "redis.call('PUBLISH'" in APPEND and "SPUBLISH" not in APPEND

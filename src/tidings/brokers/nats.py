@@ -66,6 +66,7 @@ from tidings.brokers.nats_layout import (
     Layout,
     decode_event,
     parse_url,
+    with_position,
 )
 from tidings.brokers.nats_ping import FanoutPing
 from tidings.brokers.nats_presence import NatsPresence
@@ -369,7 +370,16 @@ class NatsBroker:
             try:
                 message = await js.get_msg(stream.name, seq, direct=True)
             except NotFoundError:
-                return None
+                if self._options.replicas == 1:
+                    return None
+                # Any replica answers a direct get, one still catching up too: ask the
+                # leader before calling the event gone (a false gap reset otherwise).
+                try:
+                    stored = await js.get_msg(stream.name, seq)
+                except NotFoundError:
+                    return None
+                headers = with_position(stored.headers, stored.subject or "", stored.seq or 0)
+                return decode_event(stream.channel, headers, stored.data)
         return decode_event(stream.channel, message.headers, message.data)
 
     # Fan-out

@@ -158,3 +158,9 @@ def decode_event(channel: str, headers: dict[str, str] | None, data: bytes | Non
         )
     except (KeyError, ValueError):
         return None
+
+
+def with_position(headers: dict[str, str] | None, subject: str, seq: int) -> dict[str, str]:
+    """The headers of a message read through the stream API (not a direct get), which has
+    its subject and sequence beside its headers: added where ``decode_event`` reads them."""
+    return {**(headers or {}), "Nats-Subject": subject, "Nats-Sequence": str(seq)}

@@ -1,7 +1,8 @@
 """Channel streams on JetStream: found or created, kept to their namespace's limits, cached.
 
 Publishing uses the cached stream (one round trip per event); history asks NATS every time,
-since it needs the stream's current first and last sequence anyway.
+since it needs the stream's current first and last sequence anyway, and trusts only a
+stream leader's answer (on a cluster, a stream between leaders is unavailable).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class StreamDirectory:
             stream = self._layout.stream(channel, epoch, namespace)
             if not self._configured(info.config, stream):
                 info = await js.update_stream(self._config(stream))
+        if info.cluster is not None and not info.cluster.leader:
+            # A replicated stream between leaders (a failover) lets any of its servers answer
+            # with what it holds, maybe one just restarted and behind: a stale head would turn
+            # cursors into false resets. Only a leader's state is history.
+            raise BrokerUnavailable(f"NATS stream {name} has no leader: electing one")
         if len(self._known) >= MAX_CACHED_STREAMS:
             self._known.clear()
         self._known[channel] = stream

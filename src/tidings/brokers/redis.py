@@ -16,6 +16,14 @@ What it guarantees, beyond brokers/base.py:
   only once Redis answered. A publish that raises BrokerUnavailable stored nothing, with one
   exception no client library can avoid: the connection failed after Redis ran the script
   and before its answer arrived. A retry with the same idempotency key is then safe.
+- **Replicas.** Redis replicates asynchronously: a primary that dies can take its last
+  acknowledged publishes with it, and its promoted replica gives their offsets again. With
+  ``server.redis_wait_replicas = n`` a publish also runs ``WAIT n`` on the connection that
+  stored it and is acknowledged, and fanned out (by the node, after the script), only once n
+  replicas hold it: no subscriber sees an event a failover can still take back. Fewer within
+  ``WAIT_TIMEOUT_MS`` raise BrokerUnavailable, though the event is stored on the primary (a
+  retry with the same idempotency key is safe). Events fanned out by several nodes at once
+  may then arrive out of order; followers catch the gap up from history.
 - **Order.** Scripts run one at a time, so offsets are consecutive with no duplicates
   across every node, and each channel's fan-out messages leave Redis in offset order. A node
   reads them on one pub/sub connection and hands them to its sink in that order.
@@ -50,13 +58,21 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.brokers.redis_link import PubSubLink
 from tidings.brokers.redis_presence import RedisPresence
-from tidings.brokers.redis_scripts import APPEND, READ, live_event, page_of, stored_event
+from tidings.brokers.redis_scripts import (
+    APPEND,
+    READ,
+    live_body,
+    live_event,
+    page_of,
+    repeated,
+    stored_event,
+)
 from tidings.client.backoff import Backoff
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable, ConfigError
@@ -159,19 +175,26 @@ def translated(action: str) -> Iterator[None]:
     """Redis and socket errors leave this adapter as BrokerUnavailable (STYLE.md 8)."""
     try:
         yield
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         raise BrokerUnavailable(f"Redis {action} failed: {error}") from error
 
 
 class RedisBroker:
-    """Many nodes, one Redis: see the module docstring for what it guarantees."""
+    """Many nodes, one Redis: see the module docstring for what it guarantees.
+
+    redis_sentinel.SentinelBroker and redis_cluster.ClusterBroker are this broker on other
+    deployments: they replace how it connects (``_connect``), and the cluster also how events
+    are fanned out (``_fanout_link``, the live names and ``APPEND_SCRIPT``).
+    """
+
+    APPEND_SCRIPT = APPEND  # ends with a classic PUBLISH
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.node = new_epoch()
         self._settings = settings
         self._wait_replicas = settings.server.redis_wait_replicas
         self.prefix, self._redis = self._connect(url)
-        self._append = self._redis.register_script(self.APPEND)
+        self._append = self._redis.register_script(self.APPEND_SCRIPT)
         self._read = self._redis.register_script(READ)
         self._live_prefix = f"{self.prefix}:live:".encode()
         self._presence = RedisPresence(self._redis, self.prefix)
@@ -182,8 +205,6 @@ class RedisBroker:
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
         self._supervisor = Supervisor()
-
-    APPEND = APPEND
 
     def _connect(self, url: str) -> tuple[str, Commands]:
         """The key prefix and the client of commands, for one server."""
@@ -279,10 +300,23 @@ class RedisBroker:
         size, ttl_ms, meta_ms = self._limits(channel)
         key = idempotency_key or ""
         args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, size, event, data, key]
-        args += [self._live_name(channel), channel]
+        # With WAIT the script stores only; the event is fanned out once replicas hold it.
+        args += [b"" if self._wait_replicas else self._live_name(channel), channel]
         with translated("publish"):
             reply = await self._store(self.keys(channel), args)
-        return stored_event(channel, reply)
+        stored = stored_event(channel, reply)
+        if self._wait_replicas and not repeated(reply):  # a repeat was fanned out, or is late
+            await self._fan_out(stored)
+        return stored
+
+    async def _fan_out(self, event: Event) -> None:
+        """Fan out an event that replicas hold. It is stored and acknowledged whatever
+        happens here: if this fails, followers read it from history at the channel's next
+        event or resync (a gap), so it is late, never lost."""
+        try:
+            await self._publish_raw(self._live_name(event.channel), live_body(event))
+        except (RedisError, RedisClusterException, OSError) as error:
+            log.warning("event %s of %s stored, fan-out failed: %s", event.id, event.channel, error)
 
     async def _store(self, keys: list[str], args: list[EncodableT]) -> Any:
         """Run APPEND; with ``redis_wait_replicas``, WAIT on the same connection until that
@@ -396,7 +430,7 @@ class RedisBroker:
             await asyncio.sleep(META_REFRESH_SECONDS)
             try:
                 await self.refresh_followed()
-            except (RedisError, OSError) as error:
+            except (RedisError, RedisClusterException, OSError) as error:
                 log.warning("could not refresh the expiry of followed channels: %s", error)
 
     async def refresh_followed(self) -> None:

@@ -31,6 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
@@ -57,7 +58,7 @@ from tidings.exceptions import BrokerUnavailable, ConfigError
 class ClusterBroker(RedisBroker):
     """The Redis broker over the shards of a Redis Cluster."""
 
-    APPEND = SHARDED_APPEND
+    APPEND_SCRIPT = SHARDED_APPEND  # ends with SPUBLISH, in the channel's slot
 
     def _connect(self, url: str) -> tuple[str, Commands]:
         where = parse_addresses(url, ("prefix",))
@@ -123,7 +124,10 @@ class ClusterBroker(RedisBroker):
         return name[len(self._live_prefix) + 1 : -1].decode()
 
     async def _publish_raw(self, name: bytes, body: bytes) -> None:
-        await self._cluster.spublish(name, body)
+        try:
+            await self._cluster.spublish(name, body)
+        except RedisClusterException as error:  # the link expects Redis errors only
+            raise RedisConnectionError(f"Redis Cluster: {error}") from error
 
     async def _store(self, keys: list[str], args: list[EncodableT]) -> Any:
         """APPEND on the channel's shard; WAIT, as on one server, on the connection that

@@ -101,7 +101,7 @@ _APPEND = (
     _COMMON
     + """
 -- ARGV: candidate epoch, ttl ms, meta ttl ms, size, event, data, idempotency key or '',
---       pub/sub channel, channel
+--       pub/sub channel (or '': the caller fans out, once replicas hold it), channel
 local size, event, data, key = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local now = now_ms()
 local epoch = epoch_of(ARGV[1])
@@ -136,7 +136,9 @@ end
 keep(stream, ttl_ms)
 keep(keys, ttl_ms)
 keep(meta, ARGV[3])
-redis.call('@PUBLISH@', ARGV[8], table.concat({ARGV[9], epoch, offset, now, event, data}, '\\n'))
+if ARGV[8] ~= '' then
+  redis.call('@PUBLISH@', ARGV[8], table.concat({ARGV[9], epoch, offset, now, event, data}, '\\n'))
+end
 return {epoch, offset, now, event, data, 0}
 """
 )
@@ -165,6 +167,17 @@ def stored_event(channel: str, reply: list[Any]) -> Event:
     """APPEND's answer: the stored event, or the first one of a repeated idempotency key."""
     epoch, offset, ts, name, data, _repeated = reply
     return Event(channel, _text(epoch), int(offset), _text(name), data, int(ts))
+
+
+def repeated(reply: list[Any]) -> bool:
+    """Whether APPEND's answer is the first event of a repeated idempotency key."""
+    return bool(int(reply[5]))
+
+
+def live_body(event: Event) -> bytes:
+    """The fan-out message of ``event``, as APPEND publishes it."""
+    fields = [event.channel.encode(), event.epoch.encode(), b"%d" % event.offset]
+    return b"\n".join([*fields, b"%d" % event.ts, event.event.encode(), event.data])
 
 
 def live_event(body: bytes) -> Event:

@@ -360,7 +360,8 @@ export class Tidings {
 
   _reset({ channel, id, reason }) {
     const entry = this._channels.get(channel);
-    if (!entry) return;
+    // Already there: the same reset, from history and then live (a shared tab catching up).
+    if (!entry || entry.cursor === id) return;
     entry.cursor = id;
     for (const sub of [...entry.subs]) this._call(sub.onReset, { channel, id, reason });
   }

@@ -214,3 +214,26 @@ test("resume: session saves the cursors when the page goes away and resumes from
   fresh.close();
   assert.equal(nextSockets.length, 0);
 });
+
+test("a reset both in history and live reaches a catching-up tab once", async (t) => {
+  const { open, sockets, requests, key } = browser(t);
+  const live = open();
+  live.follow("news", { since: "e1.5" });
+  await until(() => sockets.length === 1, "the socket");
+  sockets[0].open();
+  const behind = open({ resume: "session", saved: { [key]: '{"news":"e1.3"}' } });
+  behind.follow("news");
+  await until(() => requests.length === 1, "the history request");
+  sockets[0].receive({ op: "reset", channel: "news", id: "e2.0", reason: "epoch" });
+  await until(() => live.seen.length === 1, "the live reset");
+  requests[0].respond(200, {
+    events: [],
+    resets: [{ channel: "news", id: "e2.0", reason: "epoch" }],
+    cursor: "e2.0",
+  });
+  await until(() => behind.seen.length === 1, "the reset from history");
+  sockets[0].receive(event("news", "e2.1"));
+  await until(() => behind.seen.length === 2, "the next event");
+  assert.deepEqual(behind.seen, [["reset", "e2.0"], "e2.1"]);
+  assert.deepEqual(live.seen, [["reset", "e2.0"], "e2.1"]);
+});

@@ -367,9 +367,11 @@ export class Tidings {
   }
 
   // A cursor list from the server, one cursor per entry of the request, in its order: the
-  // server accepted these channels (`ok`: not a suspect when a 403 comes).
+  // server accepted these channels (`ok`: not a suspect when a 403 comes). `_moved` is how the
+  // owner of a shared connection learns where each channel starts.
   _follow(entries, list) {
     list.split(",").forEach((id, index) => entries[index] && Object.assign(entries[index], { cursor: id, ok: true }));
+    this._moved?.();
   }
 
   _drop(channel, error) {
@@ -784,14 +786,6 @@ function owner(link, make) {
   };
 }
 
-// The owner's client: it tells the owner when a channel's cursor becomes known.
-class Owner extends Tidings {
-  _follow(entries, list) {
-    super._follow(entries, list);
-    this._moved?.();
-  }
-}
-
 const randomId = () => crypto.getRandomValues(new Uint32Array(2)).join("");
 
 // The tab's side: a connection to the owner, with sync/send/stop like a transport.
@@ -968,7 +962,7 @@ function lead(client, name, signal, resign) {
       fan: (tabs, message) => down.postMessage(message), // each tab keeps its own channels
       watch: (tab, gone) => w.navigator.locks.request(name + " tab " + tab, { signal }, gone).catch(() => {}),
     },
-    (url, options) => new Owner(url, { ...client._o, ...options, share: false, resume: null }),
+    (url, options) => new Tidings(url, { ...client._o, ...options, share: false, resume: null }),
   );
   up.onmessage = ({ data }) => hub.receive(data);
   signal.addEventListener("abort", () => {
@@ -991,7 +985,7 @@ if (globalThis.SharedWorkerGlobalScope && globalThis instanceof SharedWorkerGlob
       watch: (tab, gone) => navigator.locks.request(`${globalThis.name} tab ${tab}`, gone),
       forget: (tab) => ports.delete(tab),
     },
-    (url, options) => new Owner(url, options),
+    (url, options) => new Tidings(url, options),
   );
   globalThis.onconnect = ({ ports: [port] }) => {
     port.onmessage = ({ data }) => {

@@ -752,7 +752,7 @@ function owner(link, make) {
           client.on(name, (...args) => everyone((last = { op: "state", name, args })));
         client.on("error", ({ code, message }) => everyone({ op: "fail", code, message }));
       }
-      if (last) link.send(tab, last);
+      link.send(tab, last || { op: "welcome" }); // a tab hears from its owner at once
     },
     subscribe({ tab, channel, since }) {
       const state = channels.get(channel) || follow(channel, since);
@@ -905,19 +905,25 @@ function shared(client) {
 
   let worker, port;
   // A worker script must be of the page's origin and load as one: where it does not (another
-  // origin, a bundle that moved this module), the tabs elect a leader instead.
+  // origin, a bundle that moved this module), or the worker says nothing within openTimeout
+  // (a browser may attach a tab to a worker that failed without telling it), the tabs elect a
+  // leader instead.
   if (client._share === "worker")
     try { worker = new w.SharedWorker(o.worker || import.meta.url, { type: "module", name }); } catch {}
   if ((port = worker?.port)) {
-    worker.onerror = () => {
+    const fail = (worker.onerror = () => {
       if (client._conn?.stop !== stop) return;
       client._share = "locks";
       client._conn = null;
       stop();
       client._rejectPending("the shared worker failed");
       client._connect();
+    });
+    const silent = client._set(fail, o.openTimeout);
+    port.onmessage = ({ data }) => {
+      client._clear(silent);
+      receive(data);
     };
-    port.onmessage = ({ data }) => receive(data);
     post = (message) => port.postMessage({ ...message, tab });
     stopLink = () => port.close();
   } else {

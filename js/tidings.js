@@ -360,15 +360,18 @@ export class Tidings {
 
   _reset({ channel, id, reason }) {
     const entry = this._channels.get(channel);
-    if (!entry) return;
+    // Already there: the same reset, from history and then live (a shared tab catching up).
+    if (!entry || entry.cursor === id) return;
     entry.cursor = id;
     for (const sub of [...entry.subs]) this._call(sub.onReset, { channel, id, reason });
   }
 
   // A cursor list from the server, one cursor per entry of the request, in its order: the
-  // server accepted these channels (`ok`: not a suspect when a 403 comes).
+  // server accepted these channels (`ok`: not a suspect when a 403 comes). `_moved` is how the
+  // owner of a shared connection learns where each channel starts.
   _follow(entries, list) {
     list.split(",").forEach((id, index) => entries[index] && Object.assign(entries[index], { cursor: id, ok: true }));
+    this._moved?.();
   }
 
   _drop(channel, error) {
@@ -749,7 +752,7 @@ function owner(link, make) {
           client.on(name, (...args) => everyone((last = { op: "state", name, args })));
         client.on("error", ({ code, message }) => everyone({ op: "fail", code, message }));
       }
-      if (last) link.send(tab, last);
+      link.send(tab, last || { op: "welcome" }); // a tab hears from its owner at once
     },
     subscribe({ tab, channel, since }) {
       const state = channels.get(channel) || follow(channel, since);
@@ -781,14 +784,6 @@ function owner(link, make) {
       if (op === "hello" || tabs.has(tab)) ops[op]?.(message);
     },
   };
-}
-
-// The owner's client: it tells the owner when a channel's cursor becomes known.
-class Owner extends Tidings {
-  _follow(entries, list) {
-    super._follow(entries, list);
-    this._moved?.();
-  }
 }
 
 const randomId = () => crypto.getRandomValues(new Uint32Array(2)).join("");
@@ -910,19 +905,25 @@ function shared(client) {
 
   let worker, port;
   // A worker script must be of the page's origin and load as one: where it does not (another
-  // origin, a bundle that moved this module), the tabs elect a leader instead.
+  // origin, a bundle that moved this module), or the worker says nothing within openTimeout
+  // (a browser may attach a tab to a worker that failed without telling it), the tabs elect a
+  // leader instead.
   if (client._share === "worker")
     try { worker = new w.SharedWorker(o.worker || import.meta.url, { type: "module", name }); } catch {}
   if ((port = worker?.port)) {
-    worker.onerror = () => {
+    const fail = (worker.onerror = () => {
       if (client._conn?.stop !== stop) return;
       client._share = "locks";
       client._conn = null;
       stop();
       client._rejectPending("the shared worker failed");
       client._connect();
+    });
+    const silent = client._set(fail, o.openTimeout);
+    port.onmessage = ({ data }) => {
+      client._clear(silent);
+      receive(data);
     };
-    port.onmessage = ({ data }) => receive(data);
     post = (message) => port.postMessage({ ...message, tab });
     stopLink = () => port.close();
   } else {
@@ -967,7 +968,7 @@ function lead(client, name, signal, resign) {
       fan: (tabs, message) => down.postMessage(message), // each tab keeps its own channels
       watch: (tab, gone) => w.navigator.locks.request(name + " tab " + tab, { signal }, gone).catch(() => {}),
     },
-    (url, options) => new Owner(url, { ...client._o, ...options, share: false, resume: null }),
+    (url, options) => new Tidings(url, { ...client._o, ...options, share: false, resume: null }),
   );
   up.onmessage = ({ data }) => hub.receive(data);
   signal.addEventListener("abort", () => {
@@ -990,7 +991,7 @@ if (globalThis.SharedWorkerGlobalScope && globalThis instanceof SharedWorkerGlob
       watch: (tab, gone) => navigator.locks.request(`${globalThis.name} tab ${tab}`, gone),
       forget: (tab) => ports.delete(tab),
     },
-    (url, options) => new Owner(url, options),
+    (url, options) => new Tidings(url, options),
   );
   globalThis.onconnect = ({ ports: [port] }) => {
     port.onmessage = ({ data }) => {

@@ -27,9 +27,10 @@ function browser(t) {
   const { fetch, requests } = fakeFetch();
   const tabs = [];
   t.after(() => tabs.forEach((tab) => tab.close()));
-  const open = (options = {}) => {
+  const open = (options = {}, dress = () => {}) => {
     const clock = new Clock();
     const window = tabWindow(locks);
+    dress(window);
     const storage = fakeStorage(options.saved);
     const client = new Tidings(base, {
       share: true,
@@ -59,7 +60,7 @@ function browser(t) {
     tabs.push(tab);
     return tab;
   };
-  return { open, sockets, requests, key: `tidings:${base} cursors` };
+  return { open, sockets, requests, base, key: `tidings:${base} cursors` };
 }
 
 const sent = (socket) => socket.sent.map(({ op, channel, since }) => [op, channel, since]);
@@ -213,4 +214,47 @@ test("resume: session saves the cursors when the page goes away and resumes from
   assert.equal(fresh.subscribe("news").cursor, null); // without resume: from now
   fresh.close();
   assert.equal(nextSockets.length, 0);
+});
+
+test("a reset both in history and live reaches a catching-up tab once", async (t) => {
+  const { open, sockets, requests, key } = browser(t);
+  const live = open();
+  live.follow("news", { since: "e1.5" });
+  await until(() => sockets.length === 1, "the socket");
+  sockets[0].open();
+  const behind = open({ resume: "session", saved: { [key]: '{"news":"e1.3"}' } });
+  behind.follow("news");
+  await until(() => requests.length === 1, "the history request");
+  sockets[0].receive({ op: "reset", channel: "news", id: "e2.0", reason: "epoch" });
+  await until(() => live.seen.length === 1, "the live reset");
+  requests[0].respond(200, {
+    events: [],
+    resets: [{ channel: "news", id: "e2.0", reason: "epoch" }],
+    cursor: "e2.0",
+  });
+  await until(() => behind.seen.length === 1, "the reset from history");
+  sockets[0].receive(event("news", "e2.1"));
+  await until(() => behind.seen.length === 2, "the next event");
+  assert.deepEqual(behind.seen, [["reset", "e2.0"], "e2.1"]);
+  assert.deepEqual(live.seen, [["reset", "e2.0"], "e2.1"]);
+});
+
+test("a shared worker that never answers gives way to a leading tab after openTimeout", async (t) => {
+  const { open, sockets, base } = browser(t);
+  const workers = [];
+  class SilentWorker {
+    constructor(url, options) {
+      workers.push({ url: String(url), options });
+      this.port = { postMessage() {}, close() {} };
+    }
+  }
+  const tab = open({}, (window) => (window.SharedWorker = SilentWorker));
+  tab.follow("news");
+  await tab.clock.advance(9999);
+  assert.equal(sockets.length, 0);
+  assert.deepEqual(workers, [
+    { url: new URL("../tidings.js", import.meta.url).href, options: { type: "module", name: "tidings " + base } },
+  ]);
+  await tab.clock.advance(1);
+  await until(() => sockets.length === 1, "the leading tab's socket");
 });

@@ -127,16 +127,20 @@ def websockets_opened(server: ServerProcess) -> int:
     return metric(server, "tidings_connections_opened_total", "websocket")
 
 
-def wait_websockets_open(tab: Tab, expected: int) -> None:
-    """Wait until the server's gauge of open WebSockets reads ``expected``."""
+def wait_gauge(tab: Tab, series: str, expected: int) -> None:
+    """Wait until the server's gauge ``series`` (name and labels) reads ``expected``."""
     tab.wait(
-        """async (n) => {
+        """async ([series, n]) => {
           const text = await (await fetch("/metrics")).text();
-          const found = /^tidings_connections{transport="websocket"} (\\S+)$/m.exec(text);
-          return Number(found?.[1] ?? 0) === n;
+          const line = text.split("\\n").find((line) => line.startsWith(series + " "));
+          return Number(line?.slice(series.length + 1) ?? 0) === n;
         }""",
-        expected,
+        [series, expected],
     )
+
+
+def wait_websockets_open(tab: Tab, expected: int) -> None:
+    wait_gauge(tab, 'tidings_connections{transport="websocket"}', expected)
 
 
 def publish(server: ServerProcess, first: int, last: int) -> list[str]:
@@ -304,8 +308,10 @@ def test_a_page_without_share_resumes_a_reload_from_the_session(
 def test_a_worker_script_that_does_not_load_falls_back_to_a_leading_tab(
     open_tab: Callable[[], Tab], tidings_server: ServerProcess
 ) -> None:
-    # as when a bundler has moved the module away from the URL the worker is started with
-    tabs = [open_tab().start(share=True, worker="/no-such-worker.js") for _ in range(2)]
+    # as when a bundler has moved the module away from the URL the worker is started with; the
+    # second tab may be attached to the failed worker without an error: then openTimeout counts
+    options = {"share": True, "worker": "/no-such-worker.js", "openTimeout": 3000}
+    tabs = [open_tab().start(**options) for _ in range(2)]
     publish(tidings_server, 1, 3)
     for tab in tabs:
         assert_exactly(tab, 3)
@@ -315,3 +321,23 @@ def test_a_worker_script_that_does_not_load_falls_back_to_a_leading_tab(
     publish(tidings_server, 4, 5)
     assert_exactly(tabs[1], 5)
     assert websockets_opened(tidings_server) == 2
+
+
+@pytest.mark.parametrize("mode", ["worker", "locks"])
+def test_a_tab_that_goes_away_leaves_its_channels(
+    context: BrowserContext,
+    open_tab: Callable[[], Tab],
+    tidings_server: ServerProcess,
+    mode: str,
+) -> None:
+    if mode == "locks":
+        context.add_init_script(NO_SHARED_WORKER)
+    staying = open_tab().start(share=True)  # the leader in locks mode
+    leaving = open_tab().start(share=True)
+    leaving.page.evaluate("window.follow('solo')")
+    wait_gauge(staying, "tidings_subscriptions", 2)  # share and solo, on the one WebSocket
+    leaving.page.close()  # no close(): the tab's lock going with it is what tells
+    wait_gauge(staying, "tidings_subscriptions", 1)
+    publish(tidings_server, 1, 2)
+    assert_exactly(staying, 2)
+    assert websockets_open(tidings_server) == 1

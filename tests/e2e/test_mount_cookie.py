@@ -21,7 +21,8 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>inbox</title>
 import { Tidings } from "/rt/tidings.js";
 window.receive = (transport, channel) => new Promise((resolve) => {
   const client = new Tidings("/rt", { transports: [transport], interval: 200, minDelay: 100 });
-  const done = (outcome) => { client.close(); resolve(outcome); };
+  const done = (outcome) => { clearTimeout(limit); client.close(); resolve(outcome); };
+  const limit = setTimeout(() => done({ timeout: client.transport, state: client.state }), 30000);
   client.on("error", (error) => done({ error: error.code }));
   client.subscribe(channel, {
     onEvent: (event) => done({ data: event.data, transport: client.transport }),

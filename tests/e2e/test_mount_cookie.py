@@ -21,14 +21,25 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>inbox</title>
 import { Tidings } from "/rt/tidings.js";
 window.receive = (transport, channel) => new Promise((resolve) => {
   const client = new Tidings("/rt", { transports: [transport], interval: 200, minDelay: 100 });
-  const done = (outcome) => { clearTimeout(limit); client.close(); resolve(outcome); };
+  const done = (outcome) => {
+    clearTimeout(limit);
+    clearInterval(sending);
+    client.close();
+    resolve(outcome);
+  };
   const limit = setTimeout(() => done({ timeout: client.transport, state: client.state }), 30000);
   client.on("error", (error) => done({ error: error.code }));
   client.subscribe(channel, {
     onEvent: (event) => done({ data: event.data, transport: client.transport }),
     onError: (error) => done({ error: error.code }),
   });
-  client.on("connected", () => fetch("/send?channel=" + channel, { method: "POST" }));
+  // the server follows the channel once the hook has answered: publish until it arrives
+  let sending;
+  client.on("connected", () => {
+    const send = () => fetch("/send?channel=" + channel, { method: "POST" });
+    send();
+    sending = sending || setInterval(send, 500);
+  });
 });
 window.ready = true;
 </script>"""

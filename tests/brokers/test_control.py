@@ -180,4 +180,3 @@ def test_a_revocation_refuses_tokens_issued_before_it_and_those_without_iat() ->
     assert revocation.refuses(None, now=1500.0)
     assert not revocation.refuses(1000, now=1500.0)  # issued at the call: not before it
     assert not revocation.refuses(999, now=2000.0)  # over: every such token has expired
-

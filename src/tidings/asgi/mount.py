@@ -73,7 +73,7 @@ class TidingsApp:
                 files = await StaticFiles.load()
                 node = Node(self.settings, asyncio.get_running_loop())
                 routes = Routes(node, files)
-                node.hub.start()
+                await node.start()
                 self.node, self.routes = node, routes
                 log.info("tidings mounted (broker %s)", self.settings.server.broker)
         return self.routes

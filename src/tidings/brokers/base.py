@@ -67,6 +67,11 @@ class HistoryPage:
     cursor: Cursor
     reset: Reset | None = None
 
+    def before(self) -> Cursor:
+        """Of a ``recent`` page: the cursor just before its first event, where a rewound
+        subscription starts (the head itself when the page holds no event)."""
+        return Cursor(self.cursor.epoch, self.cursor.offset - len(self.events))
+
 
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
@@ -144,7 +149,6 @@ class Broker(Protocol):
     async def presence_sweep(self, channels: Sequence[str]) -> None:
         """Remove the entries of ``channels`` whose lifetime is over, announcing a ``leave``
         for each. Nodes sweep concurrently: each entry is announced by one of them."""
-
 
     async def broadcast_control(self, message: Control) -> None:
         """Send ``message`` to every started node's control sink, this one's included."""

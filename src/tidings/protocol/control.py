@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """Tokens of ``sub`` issued before ``before`` (or without ``iat``) are refused until

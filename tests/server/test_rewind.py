@@ -250,6 +250,8 @@ async def test_a_websocket_rewind_that_is_not_a_whole_number_is_an_error(
     node: RunningServer, value: Any
 ) -> None:
     async with websocket(node) as ws:
-        answer = await request(ws, {"op": "subscribe", "channel": "news", "ref": 4, "rewind": value})
+        answer = await request(
+            ws, {"op": "subscribe", "channel": "news", "ref": 4, "rewind": value}
+        )
         assert (answer["op"], answer["ref"], answer["code"]) == ("error", 4, "invalid_field")
         assert (await subscribe(ws, "news", ref=5))["op"] == "subscribed"  # still open

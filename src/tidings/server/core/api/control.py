@@ -18,6 +18,7 @@ import orjson
 from tidings.exceptions import BrokerUnavailable, InvalidField, InvalidJSON
 from tidings.protocol import control
 from tidings.protocol.channel import parse_channel
+from tidings.protocol.identity import Identity
 from tidings.server.core.access import authorize_api
 from tidings.server.core.exchange import Exchange
 from tidings.server.core.request import Request
@@ -96,17 +97,26 @@ def apply_control(node: Node, message: control.Control) -> int:
     if message.revocation is not None and node.tokens is not None:
         node.tokens.revocations.add(message.revocation)
         node.tokens.forget(message.sub)
-    return _disconnect(node, message.sub, message.reconnect)
+    return _disconnect(node, message)
 
 
-def _disconnect(node: Node, sub: str, reconnect: bool) -> int:
+def _disconnect(node: Node, message: control.Disconnect) -> int:
+    """End the connections of ``message.sub``; with a revocation, those whose token it
+    refuses (a token issued after it, say on a node that hears of it late, stays)."""
+    revocation, now = message.revocation, time.time()
+
+    def reached_by(identity: Identity) -> bool:
+        if identity.sub != message.sub:
+            return False
+        return revocation is None or revocation.refuses(identity.issued_at, now)
+
     reached = 0
     for connection in list(node.connections):
-        if isinstance(connection, StreamConnection) and connection.identity.sub == sub:
-            connection.disconnect(reconnect)
+        if isinstance(connection, StreamConnection) and reached_by(connection.identity):
+            connection.disconnect(message.reconnect)
             reached += 1
     for waiter in node.hub.waiting():
-        if isinstance(waiter, LongPoll) and not waiter.done and waiter.identity.sub == sub:
+        if isinstance(waiter, LongPoll) and not waiter.done and reached_by(waiter.identity):
             waiter.expire()  # 204 with its cursor at once; a revoked token's next poll is 401
             reached += 1
     return reached

@@ -8,7 +8,8 @@
   each value ``<before> <until>``. JetStream has no per-key lifetime before nats-server
   2.11, so the bucket's age limit is ``auth.max_token_seconds``, the longest a revocation
   lasts: a key is rewritten by every later revocation of its sub, and ages out once the
-  last one is over. A read skips what is already over.
+  last one is over. A read skips what is already over. A bucket found with a shorter age
+  (the setting grew) has its age raised, so that no revocation ages out early.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -89,6 +91,7 @@ class NatsControl:
             async with translated("open the revocation bucket"):
                 try:
                     self._kv = await js.key_value(self._bucket_name)
+                    await self._keep_long_enough(js)
                 except nats.js.errors.BucketNotFoundError:
                     self._kv = await js.create_key_value(
                         bucket=self._bucket_name,
@@ -98,6 +101,12 @@ class NatsControl:
                         storage=StorageType(self._options.storage),
                     )
         return self._kv
+
+    async def _keep_long_enough(self, js: JetStreamContext) -> None:
+        info = await js.stream_info(f"KV_{self._bucket_name}")
+        age = info.config.max_age
+        if age is not None and 0 < age < self._bucket_age:
+            await js.update_stream(dataclasses.replace(info.config, max_age=self._bucket_age))
 
     async def revoke(self, js: JetStreamContext, revocation: Revocation) -> None:
         kv = await self._bucket(js)

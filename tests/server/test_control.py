@@ -25,7 +25,6 @@ from tests.server.support import (
 from tests.server.test_poll import start_long_poll
 from tests.server.test_websocket import assert_usable, expect_closed, receive, subscribe, websocket
 from tests.server.tokens import SECRET, mint
-from tidings.protocol.sse import SSEParser
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -256,9 +255,3 @@ async def test_unsubscribe_ends_the_channel_on_every_technique_and_tells_the_cli
         event = orjson.loads((await multi.next()).data)
         assert (event["channel"], event["id"]) == ("chat", live)
         assert await reached(client, "unsubscribe", body) == 0  # idempotent
-
-
-async def test_a_parser_sees_the_control_events_without_moving_the_cursor() -> None:
-    parser = SSEParser()
-    messages = parser.feed(b'id: e.4\n\nevent: tidings.disconnect\ndata: {"reconnect":false}\n\n')
-    assert [(m.event, m.last_event_id) for m in messages] == [("tidings.disconnect", "e.4")]

@@ -19,38 +19,38 @@ RELOAD_SECONDS = 10.0
 class Revocations:
     """Per sub, the revocation in force; a later one replaces an earlier one."""
 
-    __slots__ = ("_by_sub", "loaded")
+    __slots__ = ("by_sub", "loaded")
 
     def __init__(self) -> None:
-        self._by_sub: dict[str, Revocation] = {}
+        self.by_sub: dict[str, Revocation] = {}
         self.loaded = False  # the broker's list was read at least once
 
     def add(self, revocation: Revocation) -> None:
-        held = self._by_sub.get(revocation.sub)
+        held = self.by_sub.get(revocation.sub)
         if held is None or revocation.before >= held.before:
-            self._by_sub[revocation.sub] = revocation
+            self.by_sub[revocation.sub] = revocation
 
     def holds(self, revocation: Revocation) -> bool:
         """Whether ``revocation`` (or a later one of its sub) is already in force here."""
-        held = self._by_sub.get(revocation.sub)
+        held = self.by_sub.get(revocation.sub)
         return held is not None and held.before >= revocation.before
 
     def load(self, revocations: list[Revocation]) -> None:
         """The broker's list: add what is new, forget what is over."""
         now = time.time()
-        for sub, held in list(self._by_sub.items()):
+        for sub, held in list(self.by_sub.items()):
             if held.until <= now:
-                del self._by_sub[sub]
+                del self.by_sub[sub]
         for revocation in revocations:
             self.add(revocation)
         self.loaded = True
 
     def refuses(self, identity: Identity) -> bool:
         sub = identity.sub
-        if sub is None or not self._by_sub:
+        if sub is None or not self.by_sub:
             return False
-        revocation = self._by_sub.get(sub)
+        revocation = self.by_sub.get(sub)
         return revocation is not None and revocation.refuses(identity.issued_at, time.time())
 
     def __len__(self) -> int:
-        return len(self._by_sub)
+        return len(self.by_sub)

@@ -5,6 +5,7 @@ tests/cluster/test_control.py proves the same across nodes, through Redis and NA
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from tests.server.support import (
 from tests.server.test_poll import start_long_poll
 from tests.server.test_websocket import assert_usable, expect_closed, receive, subscribe, websocket
 from tests.server.tokens import SECRET, mint
+from tidings.protocol.control import Revocation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,3 +257,33 @@ async def test_unsubscribe_ends_the_channel_on_every_technique_and_tells_the_cli
         event = orjson.loads((await multi.next()).data)
         assert (event["channel"], event["id"]) == ("chat", live)
         assert await reached(client, "unsubscribe", body) == 0  # idempotent
+
+
+async def on_node(node: RunningServer, coroutine: Any) -> Any:
+    """Await ``coroutine`` on the server's own loop."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, node.loop))
+
+
+async def test_a_revocation_the_node_missed_is_applied_at_its_next_reload(
+    node: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """A node that missed the control message (its link was down) learns the revocation
+    from the broker: it refuses the tokens and ends their connections, sparing a token
+    issued after it."""
+    old, fresh = token("gina"), token("gina", iat=int(time.time()) + 2)
+    app = node.node
+    assert app is not None
+    async with (
+        websocket(node, f"/ws?token={old}") as ws,
+        websocket(node, f"/ws?token={fresh}") as spared,
+    ):
+        await subscribe(ws, "news")
+        await subscribe(spared, "news")
+        now = time.time()
+        await on_node(node, app.broker.revoke(Revocation("gina", now + 1, now + 600)))
+        assert (await client.get("/poll?" + query(["news"], token=old))).status_code == 200
+        await on_node(node, app._reload())  # what the node does every RELOAD_SECONDS
+        await expect_closed(ws, 4003)
+        assert (await client.get("/poll?" + query(["news"], token=old))).status_code == 401
+        assert (await client.get("/poll?" + query(["news"], token=fresh))).status_code == 200
+        await assert_usable(spared)

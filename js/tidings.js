@@ -165,16 +165,22 @@ export class Tidings {
    * not cover a gap; `onError` gets a TidingsError when the server refuses the channel.
    * `since` only counts for the first subscription of a channel; with `resume: "session"`, it
    * defaults to the cursor the channel had when this page's previous incarnation went away.
+   * Without a cursor, `rewind: N` starts with the channel's last N events (at most the server's
+   * `server.max_rewind`). When the server ends the channel (POST /api/unsubscribe), `onError`
+   * gets a TidingsError `unsubscribed` and the channel is not subscribed again.
    */
-  subscribe(channel, { since, onEvent, onReset, onError } = {}) {
+  subscribe(channel, { since, rewind, onEvent, onReset, onError } = {}) {
     if (this._closed) throw new TidingsError("closed", "this Tidings instance is closed");
     if (!CHANNEL.test(channel)) throw new TypeError(`invalid channel name: ${channel}`);
     if (since != null && !CURSOR.test(since)) throw new TypeError(`invalid cursor: ${since}`);
+    if (rewind != null && !(Number.isInteger(rewind) && rewind >= 0))
+      throw new TypeError(`rewind must be a whole number, 0 or more: ${rewind}`);
     const saved = this._saved[channel];
     since ??= CURSOR.test(saved) ? saved : null;
     let entry = this._channels.get(channel);
     if (!entry) {
-      this._channels.set(channel, (entry = { channel, cursor: since || null, subs: new Set() }));
+      entry = { channel, cursor: since || null, rewind: rewind || 0, subs: new Set() };
+      this._channels.set(channel, entry);
       this._kick();
     }
     const sub = { onEvent, onReset, onError };
@@ -406,17 +412,29 @@ export class Tidings {
   }
 
   // The cursor list resuming `entries`, or null to start them all from now. A list needs one
-  // cursor per channel, so channels that have none yet (new ones) get their current one first.
+  // cursor per channel, so channels that have none yet (new ones) get their current one first,
+  // by a short poll; one that asks for `rewind` gets its last events from that poll too.
   async _since(entries, signal) {
     const missing = entries.filter((entry) => !entry.cursor);
-    if (missing.length === entries.length) return null;
-    if (missing.length) {
-      const channel = missing.map((entry) => entry.channel);
-      const response = await this._get("/poll", { channel }, signal);
+    if (missing.length === entries.length && !missing.some((entry) => entry.rewind)) return null;
+    for (const rewind of new Set(missing.map((entry) => entry.rewind))) {
+      const group = missing.filter((entry) => entry.rewind === rewind);
+      const channel = group.map((entry) => entry.channel);
+      const params = { channel, rewind: rewind || undefined, limit: rewind ? CATCH_UP : undefined };
+      const response = await this._get("/poll", params, signal);
       if (!response.ok) throw await httpFailure(response);
-      this._follow(missing, (await response.json()).cursor);
+      const body = await response.json();
+      for (const event of body.events || []) this._deliver(event);
+      this._follow(group, body.cursor);
     }
     return entries.map((entry) => entry.cursor).join(",");
+  }
+
+  // The server ended `channel` for this user (POST /api/unsubscribe): tell the application and
+  // never subscribe to it again on our own.
+  _unsubscribed(channel) {
+    const error = new TidingsError("unsubscribed", `the server ended the subscription to ${channel}`);
+    this._drop(channel, error);
   }
 }
 
@@ -453,6 +471,9 @@ function websocket(client, ctx) {
       subscribing.delete(ref);
       const entry = client._channels.get(channel);
       if (entry && !entry.cursor) client._follow([entry], message.id);
+    } else if (op === "unsubscribed" && message.reason === "server") {
+      subscribed.delete(channel);
+      client._unsubscribed(channel);
     } else if (op === "published") client._settle(ref, message.id);
     else if (op === "error") {
       const error = new TidingsError(message.code, message.message);
@@ -489,7 +510,7 @@ function websocket(client, ctx) {
           ? { token: true }
           : code === 1001 || code === 1012
             ? { delay: client._random() * o.drainWindow }
-            : {},
+            : serverDisconnect(code, reason) || {},
       );
   };
   function sync() {
@@ -499,7 +520,8 @@ function websocket(client, ctx) {
       if (!subscribed.has(channel)) {
         subscribed.add(channel);
         subscribing.set(++client._ref, channel);
-        send({ op: "subscribe", channel, since: entry.cursor || undefined, ref: client._ref });
+        const rewind = entry.cursor ? undefined : entry.rewind || undefined;
+        send({ op: "subscribe", channel, since: entry.cursor || undefined, rewind, ref: client._ref });
       }
     for (const channel of subscribed)
       if (!client._channels.has(channel)) {
@@ -554,7 +576,8 @@ function sse(client, ctx) {
       if (!/^text\/event-stream/i.test(response.headers.get("Content-Type")) || !response.body)
         throw new Error("not an event stream");
       const reader = response.body.getReader();
-      const parse = eventStream(client, entries, (ms) => (retry = ms));
+      const revoked = (how) => fail(how.error.message, how);
+      const parse = eventStream(client, entries, (ms) => (retry = ms), revoked);
       for (;;) {
         const { done, value } = await reader.read();
         if (!current()) return;
@@ -572,13 +595,16 @@ function sse(client, ctx) {
 
 // An incremental event-stream parser (WHATWG "parse an event stream", minus what Tidings never
 // sends: bare CR line ends). Every `id:` is the stream's cursor list after its event.
-function eventStream(client, entries, onRetry) {
+function eventStream(client, entries, onRetry, onRevoked) {
   const decoder = new TextDecoder();
   let buffer = "", data = [], name = "", id = "";
   const dispatch = () => {
     if (data.length) {
       const body = JSON.parse(data.join("\n"));
       if (name === "tidings.reset") client._reset(body);
+      else if (name === "tidings.unsubscribed") client._unsubscribed(body.channel);
+      else if (name === "tidings.disconnect" && body.reconnect === false)
+        onRevoked(serverDisconnect(4003, "disconnected by the server"));
       else if (!name.startsWith("tidings.")) client._deliver(body);
     }
     if (id) client._follow(entries, id); // after the event, whose offset it already counts
@@ -641,6 +667,7 @@ function polling(long) {
         ctx.opened();
         for (const reset of body?.resets || []) client._reset(reset);
         for (const event of body?.events || []) client._deliver(event);
+        for (const channel of body?.unsubscribed || []) client._unsubscribed(channel);
         const cursor = body?.cursor || response.headers.get("Tidings-Cursor");
         if (cursor) {
           client._follow(entries, cursor);
@@ -656,6 +683,18 @@ function polling(long) {
 }
 
 const TRANSPORTS = { websocket, sse, longpoll: polling(true), poll: polling(false) };
+
+// POST /api/disconnect (docs/protocol.md section 7): WebSocket close 4002 asks us back at once;
+// 4003 (an SSE stream's tidings.disconnect without reconnect) means the server refuses this
+// user's token: stay down, with an `error` event `disconnected` for the application.
+function serverDisconnect(code, reason) {
+  if (code === 4002) return { delay: 0 };
+  if (code === 4003) {
+    const error = new TidingsError("disconnected", reason || "disconnected by the server");
+    return { fatal: true, error };
+  }
+  return null;
+}
 
 // --- one connection for every tab ----------------------------------------------------------------
 // Each tab's client keeps its own channels, cursors, callbacks and duplicate check, and talks to

@@ -92,3 +92,16 @@ test("sse with several channels: one stream, each event tagged with its channel"
   assert.equal((await b.next()).data, "to b");
   tidings.close();
 });
+
+for (const transport of ["websocket", "sse", "longpoll", "poll"]) {
+  test(`${transport}: rewind starts with the last events, then goes live`, { skip }, async () => {
+    const channel = `smoke-rewind-${transport}-${run}`;
+    const old = [await publish(channel, 1), await publish(channel, 2), await publish(channel, 3)];
+    const tidings = client(transport);
+    const box = inbox(tidings, channel, { rewind: 2 });
+    assert.deepEqual([(await box.next()).id, (await box.next()).id], old.slice(1));
+    const live = await publish(channel, 4);
+    assert.equal((await box.next()).id, live);
+    tidings.close();
+  });
+}

@@ -55,11 +55,15 @@ DOCS = {
     "the client (the right-most entry that is not itself a trusted proxy)",
     "server.presence_ttl_seconds": "a node that vanishes takes its clients out of presence "
     "within this time",
+    "server.max_rewind": "most events a subscription without a cursor may ask back with "
+    "rewind (larger values are lowered to it); 0: rewind is off",
     "server.log_format": "text or json; at log level info, one line per SSE stream or "
     "WebSocket opened and closed",
     "auth.token_secret": "HS256 secret for connection tokens, at least 32 bytes",
     "auth.token_public_key_file": "PEM public key for connection tokens: RSA (2048 bits or "
     "more) for RS256, EC P-256 for ES256",
+    "auth.max_token_seconds": "longest a connection token may still live (exp, from now); "
+    "longer ones are refused. A revocation (POST /api/disconnect) lasts this long",
     "hooks.subscribe_url": "POSTed before a client follows a channel of a namespace with "
     "hooks on (SSE, polls, WebSocket subscribe); 200 allows, 403 denies",
     "hooks.publish_url": "POSTed before a client publishes to a namespace with hooks on",
@@ -106,6 +110,7 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = ()
     presence_ttl_seconds: float = 15.0
     redis_wait_replicas: int = 0
+    max_rewind: int = 100
     log_format: str = "text"
 
 
@@ -113,6 +118,7 @@ class ServerSettings:
 class AuthSettings:
     token_secret: str = ""
     token_public_key_file: str = ""
+    max_token_seconds: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +334,7 @@ def _validate(settings: Settings) -> None:
                 "server.trusted_proxies", f"{entry!r} is not an IP address or CIDR network"
             ) from None
     _require(server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1")
+    _require(server.max_rewind >= 0, "server.max_rewind", "must be 0 or more")
     _require(server.redis_wait_replicas >= 0, "server.redis_wait_replicas", "must be 0 or more")
     _require(
         server.log_format in LOG_FORMATS,
@@ -340,6 +347,7 @@ def _validate(settings: Settings) -> None:
         "auth.token_public_key_file",
         "set either token_secret (HS256) or token_public_key_file (RS256/ES256), not both",
     )
+    _require(auth.max_token_seconds > 0, "auth.max_token_seconds", "must be more than 0")
     tokens = bool(auth.token_secret or auth.token_public_key_file)
     for name, namespace in settings.namespaces.items():
         prefix = f"namespaces.{name}"

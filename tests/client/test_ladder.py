@@ -54,7 +54,7 @@ class FakeTechnique:
         self.cursors: list[str | None] = []
         self.closed = False
 
-    async def open(self, channel: str, cursor: str | None) -> Feed | Unavailable:
+    async def open(self, channel: str, cursor: str | None, rewind: int = 0) -> Feed | Unavailable:
         self.cursors.append(cursor)
         await asyncio.sleep(0)  # an open takes a turn of the loop, like a real one
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]

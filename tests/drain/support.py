@@ -73,7 +73,7 @@ class TimedTechnique:
         else:
             self._inner = PollTechnique(http, endpoint, options, long=True)
 
-    async def open(self, channel: str, cursor: str | None) -> Feed | Unavailable:
+    async def open(self, channel: str, cursor: str | None, rewind: int = 0) -> Feed | Unavailable:
         opened = await self._inner.open(channel, cursor)
         if isinstance(opened, Unavailable):
             return opened

@@ -120,3 +120,17 @@ async def test_a_background_task_that_raises_is_logged_and_counted(hub: Hub) -> 
     assert hub.supervisor.failures == {
         "test_a_background_task_that_raises_is_logged_and_counted.<locals>.failing": 1
     }
+
+
+async def test_waiting_lists_the_held_long_polls_of_a_channel_or_of_all_once_each(
+    hub: Hub,
+) -> None:
+    news, sport = Woken(hub, "news"), Woken(hub, "sport")
+    hub.wait("sport", news)  # one poll on two channels
+    assert hub.waiting("news") == {news}
+    assert hub.waiting("sport") == {news, sport}
+    assert hub.waiting() == {news, sport}
+    assert hub.waiting("quiet") == set()
+    hub.unwait("news", news)
+    hub.unwait("sport", news)
+    assert hub.waiting() == {sport}

@@ -77,7 +77,7 @@ class TidingsApp:
                 files = await StaticFiles.load()
                 node = Node(self.settings, asyncio.get_running_loop(), self.hook_functions)
                 routes = Routes(node, files)
-                node.hub.start()
+                await node.start()
                 self.node, self.routes = node, routes
                 self._drain_on_signals(node.loop)
                 log.info("tidings mounted (broker %s)", self.settings.server.broker)

@@ -24,6 +24,16 @@ Presence (namespaces with ``presence = true``) is who is subscribed right now, p
   is added, ``leave`` when a present entry is removed or swept. Announcements are at most
   once and unordered across channels; the list stays the truth.
 - Presence never touches the event path: its storage and fan-out are apart from history.
+
+Control (``POST /api/disconnect`` and ``/api/unsubscribe``, protocol/control.py):
+
+- ``broadcast_control`` hands one message to the control sink of every started node, the
+  sender included, at most once (a node whose link is down misses it; the sender learns
+  nothing of who received it). Raise BrokerUnavailable when it could not be sent.
+- ``revoke`` stores a revocation until its ``until``, where every node, a node started
+  later included, reads it with ``revocations``: a revocation outlives any node. A later
+  revocation of the same ``sub`` replaces the earlier one. Control never touches the event
+  path or presence.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tidings.config import Settings
+from tidings.protocol.control import Control, Revocation
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import PresenceChange, PresenceEntry
@@ -41,6 +52,7 @@ from tidings.supervisor import Supervisor
 EventSink = Callable[[Event], None]
 GapSink = Callable[[str], None]
 PresenceSink = Callable[[PresenceChange], None]
+ControlSink = Callable[[Control], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,11 @@ class HistoryPage:
     cursor: Cursor
     reset: Reset | None = None
 
+    def before(self) -> Cursor:
+        """Of a ``recent`` page: the cursor just before its first event, where a rewound
+        subscription starts (the head itself when the page holds no event)."""
+        return Cursor(self.cursor.epoch, self.cursor.offset - len(self.events))
+
 
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
@@ -66,6 +83,7 @@ class Broker(Protocol):
         presence: PresenceSink | None = None,
         *,
         supervisor: Supervisor | None = None,
+        control: ControlSink | None = None,
     ) -> None:
         """Begin delivering this node's subscribed channels' events to ``sink``.
 
@@ -74,6 +92,7 @@ class Broker(Protocol):
         history from its own cursor, so nothing acknowledged is lost. ``presence`` receives
         every node's joins and leaves, of every channel. ``supervisor`` (the node's) logs and
         counts what the broker's own background work did not expect; that work goes on.
+        ``control`` receives every node's control messages (``broadcast_control``).
         """
 
     async def close(self) -> None: ...
@@ -94,6 +113,17 @@ class Broker(Protocol):
         The hot paths (long-poll re-polls, subscribes) try this first so that a memory broker
         costs no task and no await.
         """
+        ...
+
+    async def recent(self, channel: str, count: int) -> HistoryPage:
+        """The last ``count`` events history holds (all it holds, if fewer), in order, and
+        the channel's current cursor; never a reset. They are consecutive and end at that
+        cursor, so the subscription that starts before them is at ``cursor - len(events)``.
+        """
+        ...
+
+    def recent_nowait(self, channel: str, count: int) -> HistoryPage | None:
+        """``recent`` without I/O when the broker holds history locally, else ``None``."""
         ...
 
     async def subscribe(self, channel: str) -> None:
@@ -119,6 +149,17 @@ class Broker(Protocol):
     async def presence_sweep(self, channels: Sequence[str]) -> None:
         """Remove the entries of ``channels`` whose lifetime is over, announcing a ``leave``
         for each. Nodes sweep concurrently: each entry is announced by one of them."""
+
+    async def broadcast_control(self, message: Control) -> None:
+        """Send ``message`` to every started node's control sink, this one's included."""
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Store ``revocation`` until its ``until``, replacing any earlier one of its sub;
+        raise BrokerUnavailable if it was not stored."""
+
+    async def revocations(self) -> list[Revocation]:
+        """Every stored revocation whose ``until`` is not past, in no particular order."""
+        ...
 
 
 BrokerFactory = Callable[[str, Settings], Broker]

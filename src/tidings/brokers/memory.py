@@ -11,9 +11,10 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import islice
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.config import Settings
 from tidings.protocol.channel import namespace_of
+from tidings.protocol.control import Control, Revocation
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import ChangeOp, PresenceChange, PresenceEntry
@@ -84,6 +85,12 @@ class ChannelLog:
         events = tuple(islice(self.events, start, start + limit))
         return HistoryPage(events, events[-1].cursor if events else since)
 
+    def recent(self, count: int) -> HistoryPage:
+        self.expire(time.time_ns() // 1_000_000)
+        held = len(self.events)
+        events = tuple(islice(self.events, held - min(count, held), held))
+        return HistoryPage(events, self.head)
+
 
 SWEEP_AT_LEAST = 10_000
 
@@ -104,6 +111,8 @@ class MemoryBroker:
         # channel -> client -> (entry, expiry in ms on the wall clock)
         self._presence: dict[str, dict[str, tuple[PresenceEntry, int]]] = {}
         self._presence_sink: PresenceSink | None = None
+        self._control_sink: ControlSink | None = None
+        self._revoked: dict[str, Revocation] = {}
 
     def start(
         self,
@@ -112,15 +121,18 @@ class MemoryBroker:
         presence: PresenceSink | None = None,
         *,
         supervisor: Supervisor | None = None,
+        control: ControlSink | None = None,
     ) -> None:
         """``resync`` is never needed: fan-out happens in the publishing call itself, and
         nothing runs in the background for a supervisor to watch."""
         self._sink = sink
         self._presence_sink = presence
+        self._control_sink = control
 
     async def close(self) -> None:
         self._sink = None
         self._presence_sink = None
+        self._control_sink = None
 
     def _log(self, channel: str) -> ChannelLog:
         log = self._logs.get(channel)
@@ -159,6 +171,12 @@ class MemoryBroker:
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
         return self._log(channel).page(since, limit)
 
+    async def recent(self, channel: str, count: int) -> HistoryPage:
+        return self._log(channel).recent(count)
+
+    def recent_nowait(self, channel: str, count: int) -> HistoryPage | None:
+        return self._log(channel).recent(count)
+
     async def subscribe(self, channel: str) -> None:
         """Every event already reaches the sink: there is one node."""
 
@@ -167,6 +185,26 @@ class MemoryBroker:
 
     async def check(self) -> None:
         """Always reachable: it lives in this process."""
+
+    # Control: one node, so a message reaches only its own sink, and revocations live here.
+
+    async def broadcast_control(self, message: Control) -> None:
+        if self._control_sink is not None:
+            self._control_sink(message)
+
+    async def revoke(self, revocation: Revocation) -> None:
+        self._forget_revocations()
+        self._revoked[revocation.sub] = revocation
+
+    async def revocations(self) -> list[Revocation]:
+        self._forget_revocations()
+        return list(self._revoked.values())
+
+    def _forget_revocations(self) -> None:
+        now = time.time()
+        for sub, revocation in list(self._revoked.items()):
+            if revocation.until <= now:
+                del self._revoked[sub]
 
     # Presence: one process, so entries live in a dict and changes are announced in the call.
 

@@ -32,7 +32,8 @@
   long-unused ones (a new stream is a new epoch: its old cursors reset). Each node holds a
   subscription, and nats-py a task, per channel it follows.
 - **Presence**: a key-value bucket and a core subject apart from the channel streams
-  (``nats_presence.py``).
+  (``nats_presence.py``); **control** between nodes and revocations likewise
+  (``nats_control.py``).
 - **Errors**: every NATS error becomes BrokerUnavailable (``nats_errors.py``). While the
   link is down, publishes fail at once instead of waiting in the client's reconnect buffer,
   from which they could be stored later without an acknowledgement.
@@ -56,7 +57,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.nats_control import NatsControl
 from tidings.brokers.nats_errors import FOREIGN_ERRORS, translated
 from tidings.brokers.nats_layout import (
     EVENT_HEADER,
@@ -73,6 +75,7 @@ from tidings.brokers.nats_presence import NatsPresence
 from tidings.brokers.nats_streams import StreamDirectory
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
+from tidings.protocol.control import Control, Revocation
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.presence import PresenceChange, PresenceEntry
@@ -113,6 +116,8 @@ class NatsBroker:
         self._resync: GapSink | None = None
         self._presence = NatsPresence(self._options, settings.server.presence_ttl_seconds)
         self._presence_sink: PresenceSink | None = None
+        self._control = NatsControl(self._options, settings.auth.max_token_seconds)
+        self._control_sink: ControlSink | None = None
         self._supervisor = Supervisor()
         self._ping = FanoutPing(self._options.prefix, new_epoch())
 
@@ -127,16 +132,18 @@ class NatsBroker:
         presence: PresenceSink | None = None,
         *,
         supervisor: Supervisor | None = None,
+        control: ControlSink | None = None,
     ) -> None:
         self._sink = sink
         self._resync = resync
         self._presence_sink = presence
+        self._control_sink = control
         if supervisor is not None:
             self._supervisor = supervisor
 
     async def close(self) -> None:
         self._closed = True
-        self._sink = self._resync = self._presence_sink = None
+        self._sink = self._resync = self._presence_sink = self._control_sink = None
         self._wanted.clear()
         self._missed.clear()
         self._refused.clear()
@@ -205,6 +212,10 @@ class NatsBroker:
             await self._presence.listen(client, self._presence_changed)
         except BrokerUnavailable as error:
             log.warning("could not listen for presence changes: %s", error)
+        try:
+            await self._control.listen(client, self._control_received)
+        except BrokerUnavailable as error:
+            log.warning("could not listen for control messages: %s", error)
         try:
             await self._ping.listen(client)
         except BrokerUnavailable as error:
@@ -351,6 +362,28 @@ class NatsBroker:
         """History lives in NATS: always a round trip."""
         return None
 
+    async def recent(self, channel: str, count: int) -> HistoryPage:
+        js = await self._jetstream()
+        stream, state = await self._streams.open(js, channel)
+        head = Cursor(stream.epoch, state.last_seq)
+        held_from = stream.held_from(state.first_seq, state.last_seq)
+        first = max(1, held_from, state.last_seq - count + 1)
+        if count <= 0 or first > state.last_seq:
+            return HistoryPage((), head)
+        events = await self._fetch(js, stream, first, state.last_seq)
+        # JetStream removes aged messages on a timer; history ends at the age limit exactly,
+        # and what follows a message no longer stored is not "the last events" either.
+        oldest_allowed = now_ms() - stream.ttl_ms
+        aged = 0
+        while aged < len(events) and events[aged].ts < oldest_allowed:
+            aged += 1
+        if aged == len(events) or events[-1].offset != state.last_seq:
+            return HistoryPage((), head)
+        return HistoryPage(tuple(events[aged:]), head)
+
+    def recent_nowait(self, channel: str, count: int) -> HistoryPage | None:
+        return None
+
     async def _fetch(
         self, js: JetStreamContext, stream: ChannelStream, first: int, last: int
     ) -> list[Event]:
@@ -471,6 +504,22 @@ class NatsBroker:
         if self._refused:
             refused = ", ".join(sorted(self._refused))
             raise BrokerUnavailable(f"NATS refused the subscription to {refused}")
+
+    # Control (nats_control.py)
+
+    def _control_received(self, message: Control) -> None:
+        if self._control_sink is not None:
+            self._supervisor.run(self._control_sink, message)
+
+    async def broadcast_control(self, message: Control) -> None:
+        _js, client = await self._connected()
+        await self._control.broadcast(client, message)
+
+    async def revoke(self, revocation: Revocation) -> None:
+        await self._control.revoke(await self._jetstream(), revocation)
+
+    async def revocations(self) -> list[Revocation]:
+        return await self._control.revocations(await self._jetstream())
 
     # Presence (nats_presence.py)
 

@@ -4,7 +4,9 @@ URL: ``redis://[[user]:password@]host[:port][/db][?prefix=tidings]`` (``rediss:/
 Every key and pub/sub channel name starts with ``prefix`` (default ``tidings``), so several
 deployments, or tests, can share one Redis; other query parameters go to redis-py. A
 channel's keys are described in redis_scripts; its events are published on
-``<prefix>:live:<channel>``, and each node pings itself on ``<prefix>:ping:<node>``. A node's
+``<prefix>:live:<channel>``, and each node pings itself on ``<prefix>:ping:<node>``. Control
+messages between nodes go over ``<prefix>:control``, and revocations live in one hash,
+``<prefix>:revoked`` (sub -> times), which expires with its longest revocation. A node's
 connections are named ``<prefix>:<node>:commands`` and ``<prefix>:<node>:pubsub`` (CLIENT
 LIST shows which node holds what).
 
@@ -49,7 +51,8 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,15 +64,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
-from tidings.brokers.base import EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
 from tidings.brokers.redis_link import PubSubLink
 from tidings.brokers.redis_presence import RedisPresence
 from tidings.brokers.redis_scripts import (
     APPEND,
     READ,
+    RECENT,
+    REVOKE,
     live_body,
     live_event,
     page_of,
+    recent_page,
     repeated,
     stored_event,
 )
@@ -77,6 +83,14 @@ from tidings.client.backoff import Backoff
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable, ConfigError
 from tidings.protocol.channel import namespace_of
+from tidings.protocol.control import (
+    Control,
+    Revocation,
+    decode_control,
+    decode_revocation,
+    encode_control,
+    encode_revocation,
+)
 from tidings.protocol.cursor import Cursor, new_epoch
 from tidings.protocol.event import Event
 from tidings.protocol.presence import PresenceEntry, decode_change
@@ -196,8 +210,13 @@ class RedisBroker:
         self.prefix, self._redis = self._connect(url)
         self._append = self._redis.register_script(self.APPEND_SCRIPT)
         self._read = self._redis.register_script(READ)
+        self._recent = self._redis.register_script(RECENT)
+        self._revoke = self._redis.register_script(REVOKE)
         self._live_prefix = f"{self.prefix}:live:".encode()
         self._presence = RedisPresence(self._redis, self.prefix)
+        self._control_fanout = f"{self.prefix}:control".encode()
+        self._revoked_key = f"{self.prefix}:revoked"
+        self._control_sink: ControlSink | None = None
         self._link = self._fanout_link()
         self._sink: EventSink | None = None
         self._presence_sink: PresenceSink | None = None
@@ -232,8 +251,15 @@ class RedisBroker:
             self._received,
             self._subscribed,
             self._drop_idle_connections,
-            {self._presence.fanout: self._presence_received},
+            self._side_channels(),
         )
+
+    def _side_channels(self) -> dict[bytes, Callable[[bytes], None]]:
+        """Pub/sub channels every node follows beside the events: presence and control."""
+        return {
+            self._presence.fanout: self._presence_received,
+            self._control_fanout: self._control_received,
+        }
 
     def client_name(self, role: str, prefix: str | None = None) -> str:
         """The CLIENT SETNAME of this node's connections: ``<prefix>:<node>:<role>``."""
@@ -246,10 +272,12 @@ class RedisBroker:
         presence: PresenceSink | None = None,
         *,
         supervisor: Supervisor | None = None,
+        control: ControlSink | None = None,
     ) -> None:
         """Open the fan-out link; ``resync`` runs when a channel is subscribed again after the
         link was rebuilt (or after a ``subscribe`` that gave up is confirmed at last)."""
         self._sink, self._resync, self._presence_sink = sink, resync, presence
+        self._control_sink = control
         if supervisor is not None:
             self._supervisor = supervisor
         self._link.start(self._supervisor)
@@ -257,7 +285,7 @@ class RedisBroker:
         self._refresher = asyncio.get_running_loop().create_task(refreshing)
 
     async def close(self) -> None:
-        self._sink = self._resync = self._presence_sink = None
+        self._sink = self._resync = self._presence_sink = self._control_sink = None
         self._closed = True
         await self._link.close()
         if self._refresher is not None:
@@ -344,6 +372,19 @@ class RedisBroker:
         """Always None: history lives in Redis, reading it is I/O."""
         return None
 
+    async def recent(self, channel: str, count: int) -> HistoryPage:
+        _size, ttl_ms, meta_ms = self._limits(channel)
+        args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, count]
+        with translated("history read"):
+            try:
+                reply = await self._recent(keys=self.keys(channel), args=args)
+            except RedisConnectionError:  # as in history: a read may be sent again
+                reply = await self._recent(keys=self.keys(channel), args=args)
+        return recent_page(channel, reply)
+
+    def recent_nowait(self, channel: str, count: int) -> HistoryPage | None:
+        return None
+
     # Fan-out.
 
     async def subscribe(self, channel: str) -> None:
@@ -400,6 +441,15 @@ class RedisBroker:
         if self._presence_sink is not None:
             self._supervisor.run(self._presence_sink, change)  # as for events
 
+    def _control_received(self, body: bytes) -> None:
+        try:
+            message = decode_control(body)
+        except ValueError:
+            log.warning("dropped a malformed control message: %r", body[:200])
+            return
+        if self._control_sink is not None:
+            self._supervisor.run(self._control_sink, message)  # as for events
+
     def _subscribed(self, name: bytes) -> None:
         channel = self._channel_of(name)
         if self._resync is not None and channel is not None:
@@ -422,6 +472,40 @@ class RedisBroker:
     async def presence_sweep(self, channels: Sequence[str]) -> None:
         with translated("presence sweep"):
             await self._presence.sweep(channels)
+
+    # Control between nodes, and revocations.
+
+    async def broadcast_control(self, message: Control) -> None:
+        """PUBLISH on the control channel: every node's link (on Redis Cluster, one shard
+        link per node, as classic pub/sub reaches every shard) hands it to its sink."""
+        with translated("control message"):
+            await self._redis.publish(self._control_fanout, encode_control(message))
+
+    async def revoke(self, revocation: Revocation) -> None:
+        now = time.time()
+        keep_ms = max(1, math.ceil((revocation.until - now) * 1000))
+        args: list[EncodableT] = [
+            revocation.sub,
+            encode_revocation(revocation),
+            now,
+            keep_ms,
+        ]
+        with translated("revocation"):
+            await self._revoke(keys=[self._revoked_key], args=args)
+
+    async def revocations(self) -> list[Revocation]:
+        with translated("revocations read"):
+            held = await self._redis.hgetall(self._revoked_key)
+        now = time.time()
+        found = []
+        for sub, value in held.items():
+            try:
+                revocation = decode_revocation(sub.decode(), value)
+            except ValueError:
+                continue  # not written by Tidings
+            if revocation.until > now:
+                found.append(revocation)
+        return found
 
     # Keeping followed channels' epochs.
 

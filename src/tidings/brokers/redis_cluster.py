@@ -94,9 +94,7 @@ class ClusterBroker(RedisBroker):
         on_lost: Callable[[], Awaitable[None]],
         carries_side: bool,
     ) -> PubSubLink:
-        side: dict[bytes, Callable[[bytes], None]] = {}
-        if carries_side:
-            side[self._presence.fanout] = self._presence_received
+        side = self._side_channels() if carries_side else {}
         return PubSubLink(
             connect,
             self._publish_raw,

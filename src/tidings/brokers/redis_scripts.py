@@ -97,6 +97,37 @@ return {epoch, last, first, entries}
 """
 )
 
+RECENT = (
+    _COMMON
+    + """
+-- ARGV: candidate epoch, ttl ms, meta ttl ms, count
+local epoch = epoch_of(ARGV[1])
+expire_old(now_ms())
+keep(meta, ARGV[3])
+local last = redis.call('HGET', meta, 'offset')
+local entries = {}
+if tonumber(ARGV[4]) > 0 then
+  entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', ARGV[4])
+end
+return {epoch, last, entries}
+"""
+)
+
+# Revocations: one hash, sub -> "<before> <until>" (seconds), whose key lives as long as its
+# longest revocation. KEYS: the hash. ARGV: sub, value, now (seconds), ms to keep it.
+REVOKE = """
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ends = tonumber(string.match(all[i + 1], ' (.*)$'))
+  if ends == nil or ends <= tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 0
+"""
+
 _APPEND = (
     _COMMON
     + """
@@ -184,6 +215,14 @@ def live_event(body: bytes) -> Event:
     """A fan-out message as APPEND published it; ValueError if it is not one."""
     channel, epoch, offset, ts, name, data = body.split(b"\n", 5)
     return Event(channel.decode(), epoch.decode(), int(offset), name.decode(), data, int(ts))
+
+
+def recent_page(channel: str, reply: list[Any]) -> HistoryPage:
+    """RECENT's answer: the newest entries, put back in order, up to the channel's head."""
+    raw_epoch, raw_last, entries = reply
+    epoch, last = _text(raw_epoch), int(raw_last)
+    events = tuple(entry_event(channel, epoch, entry) for entry in reversed(entries))
+    return HistoryPage(events, Cursor(epoch, last))
 
 
 def page_of(channel: str, since: Cursor | None, reply: list[Any]) -> HistoryPage:

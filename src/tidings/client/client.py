@@ -91,8 +91,11 @@ class Client:
         chosen = self._ladder.chosen
         return chosen.name if chosen is not None else None
 
-    def subscribe(self, channel: str, since: str | None = None) -> Subscription:
+    def subscribe(self, channel: str, since: str | None = None, *, rewind: int = 0) -> Subscription:
         """Follow ``channel`` from ``since`` (a cursor the server gave) or from now.
+
+        Without ``since``, ``rewind=N`` starts with the channel's last N events history
+        holds (at most the server's ``server.max_rewind``), then goes on live.
 
         One subscription per channel per client; subscriptions to different channels run
         side by side (over one WebSocket when that is the technique).
@@ -101,8 +104,10 @@ class Client:
             raise ClientError("the client is closed")
         if channel in self._subscriptions:
             raise ClientError(f"already subscribed to {channel!r} on this client")
+        if isinstance(rewind, bool) or not isinstance(rewind, int) or rewind < 0:
+            raise ClientError(f"rewind must be a whole number, 0 or more, not {rewind!r}")
         subscription = Subscription(
-            channel, since, self._ladder, self.options, self._forget, self._tokens
+            channel, since, self._ladder, self.options, self._forget, self._tokens, rewind
         )
         self._subscriptions[channel] = subscription
         return subscription

@@ -63,11 +63,16 @@ Item = ClientEvent | ResetEvent | Position
 @dataclass(frozen=True, slots=True)
 class Closed:
     """An open feed ended. ``server_delay`` is how long the server asked us to stay away;
-    ``unauthorized``: the server ended it because the token expired (WebSocket ``4001``)."""
+    ``unauthorized``: the server ended it because the token expired (WebSocket ``4001``);
+    ``revoked``: the server disconnected the user and refuses its token (WebSocket ``4003``,
+    SSE ``tidings.disconnect`` without reconnect): do not come back; ``unsubscribed``: the
+    server ended the channel (POST /api/unsubscribe): do not subscribe again."""
 
     reason: str
     server_delay: float | None = None
     unauthorized: bool = False
+    revoked: bool = False
+    unsubscribed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,12 +49,16 @@ class Technique(Protocol):
 
     ``open`` returns a feed once the server follows the channel (so whatever is published
     afterwards reaches it), :class:`Unavailable` when this technique does not work from here,
-    and raises ``ServerRejected`` when the server refuses the subscription itself.
+    and raises ``ServerRejected`` when the server refuses the subscription itself. Without a
+    cursor, ``rewind`` asks for the channel's last events first (docs/protocol.md section 1);
+    the server ignores it with one.
     """
 
     name: str
 
-    async def open(self, channel: str, cursor: str | None) -> Feed | Unavailable: ...
+    async def open(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> Feed | Unavailable: ...
 
     def publisher(self) -> Publisher | None:
         """The open connection to publish over, if this technique has one (WebSocket)."""
@@ -73,20 +77,24 @@ class Ladder:
         self.chosen: Technique | None = None
         self._walking = asyncio.Lock()
 
-    async def open(self, channel: str, cursor: str | None) -> tuple[Technique, Feed] | Unavailable:
+    async def open(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> tuple[Technique, Feed] | Unavailable:
         """Open with the remembered technique, or walk down the ladder to find one."""
         if self.chosen is None:
             # One walk at a time: subscriptions started together settle on one technique.
             async with self._walking:
                 if self.chosen is None:
-                    return await self._walk(channel, cursor)
-        return await self._open_with(self.chosen, channel, cursor)
+                    return await self._walk(channel, cursor, rewind)
+        return await self._open_with(self.chosen, channel, cursor, rewind)
 
-    async def _walk(self, channel: str, cursor: str | None) -> tuple[Technique, Feed] | Unavailable:
+    async def _walk(
+        self, channel: str, cursor: str | None, rewind: int
+    ) -> tuple[Technique, Feed] | Unavailable:
         reasons: list[str] = []
         delays: list[float] = []
         for technique in self.techniques:
-            opened = await self._open_with(technique, channel, cursor)
+            opened = await self._open_with(technique, channel, cursor, rewind)
             if not isinstance(opened, Unavailable):
                 self.chosen = technique
                 return opened
@@ -97,9 +105,9 @@ class Ladder:
 
     @staticmethod
     async def _open_with(
-        technique: Technique, channel: str, cursor: str | None
+        technique: Technique, channel: str, cursor: str | None, rewind: int
     ) -> tuple[Technique, Feed] | Unavailable:
-        opened = await technique.open(channel, cursor)
+        opened = await technique.open(channel, cursor, rewind)
         return opened if isinstance(opened, Unavailable) else (technique, opened)
 
     async def aclose(self) -> None:

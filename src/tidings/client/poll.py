@@ -33,6 +33,7 @@ from tidings.exceptions import ServerRejected
 __all__ = ["PollFeed", "PollTechnique"]
 
 LIMIT = 100  # the server's default page; a full page means more is waiting
+UNSUBSCRIBED = "the server ended the subscription (unsubscribed by the server)"
 
 
 class PollTechnique:
@@ -47,8 +48,10 @@ class PollTechnique:
         self.options = options
         self.hold = options.poll_timeout if long else 0.0
 
-    async def open(self, channel: str, cursor: str | None) -> PollFeed | Unavailable:
-        feed = PollFeed(self, channel, cursor)
+    async def open(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> PollFeed | Unavailable:
+        feed = PollFeed(self, channel, cursor, rewind)
         closed = await feed.poll(0.0)
         if closed is not None:
             return Unavailable(closed.reason, closed.server_delay)
@@ -62,10 +65,13 @@ class PollTechnique:
 
 
 class PollFeed:
-    def __init__(self, technique: PollTechnique, channel: str, cursor: str | None) -> None:
+    def __init__(
+        self, technique: PollTechnique, channel: str, cursor: str | None, rewind: int = 0
+    ) -> None:
         self._technique = technique
         self._channel = channel
         self._cursor = cursor
+        self._rewind = rewind  # asked once: the first answer gives the cursor
         self._etag: str | None = None
         self._pending: deque[Item] = deque()
         self._full = False  # the last answer was a full page: ask again at once
@@ -103,6 +109,8 @@ class PollFeed:
         params = {"channel": self._channel, "timeout": f"{hold:g}", "limit": str(LIMIT)}
         if self._cursor is not None:
             params["since"] = self._cursor
+        elif self._rewind:
+            params["rewind"] = str(self._rewind)
         return params
 
     def _headers(self, hold: float) -> dict[str, str]:
@@ -140,6 +148,10 @@ class PollFeed:
         self._pending.extend(reset_from(fields) for fields in resets)
         self._pending.extend(event_from(fields) for fields in events)
         self._full = len(events) >= LIMIT
+        unsubscribed = body.get("unsubscribed") or []
+        if isinstance(unsubscribed, list) and self._channel in unsubscribed:
+            # what this answer holds is handed out first, then the feed ends for good
+            self._closed = Closed(UNSUBSCRIBED, unsubscribed=True)
 
     def _moved_to(self, cursor: str, response: httpx.Response) -> None:
         self._cursor = cursor

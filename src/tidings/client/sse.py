@@ -31,7 +31,14 @@ from tidings.client.events import (
 from tidings.client.ladder import Publisher
 from tidings.client.options import ClientOptions, Endpoint
 from tidings.exceptions import ServerRejected
-from tidings.protocol.sse import RESET_EVENT, SSEMessage, SSEParser, is_event_stream_content_type
+from tidings.protocol.sse import (
+    DISCONNECT_EVENT,
+    RESET_EVENT,
+    UNSUBSCRIBED_EVENT,
+    SSEMessage,
+    SSEParser,
+    is_event_stream_content_type,
+)
 
 __all__ = ["SSEFeed", "SSETechnique"]
 
@@ -47,7 +54,9 @@ class SSETechnique:
         self._endpoint = endpoint
         self._options = options
 
-    async def open(self, channel: str, cursor: str | None) -> SSEFeed | Unavailable:
+    async def open(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> SSEFeed | Unavailable:
         """Open a stream and wait for its first bytes, all within ``first_byte_timeout``.
 
         The clock starts with the request, as a browser's does: a buffering proxy holds the
@@ -55,7 +64,7 @@ class SSETechnique:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.first_byte_timeout
-        response = await self._send(channel, cursor, deadline)
+        response = await self._send(channel, cursor, rewind, deadline)
         if isinstance(response, Unavailable):
             return response
         content_type = response.headers.get("content-type", "")
@@ -76,11 +85,13 @@ class SSETechnique:
         return None
 
     async def _send(
-        self, channel: str, cursor: str | None, deadline: float
+        self, channel: str, cursor: str | None, rewind: int, deadline: float
     ) -> httpx.Response | Unavailable:
         params = {"channel": channel, "envelope": "1"}
         if cursor is not None:
             params["since"] = cursor
+        elif rewind:
+            params["rewind"] = str(rewind)
         request = self._http.build_request(
             "GET",
             self._endpoint.url + "/sse",
@@ -139,6 +150,8 @@ class SSEFeed:
         self._pending: deque[Item] = deque()
         self._position = ""
         self._closed: Closed | None = None
+        self._revoked = False  # tidings.disconnect without reconnect: do not come back
+        self._unsubscribed = False  # tidings.unsubscribed: do not subscribe again
 
     async def next(self) -> Item | Closed:
         while not self._pending:
@@ -166,7 +179,12 @@ class SSEFeed:
 
     def _take(self, messages: list[SSEMessage]) -> None:
         for message in messages:
-            self._pending.append(_item(message))
+            if message.event == DISCONNECT_EVENT:
+                self._revoked = not _reconnect(message)  # the stream ends after it
+            elif message.event == UNSUBSCRIBED_EVENT:
+                self._unsubscribed = True  # one channel per stream: it ends after it
+            else:
+                self._pending.append(_item(message))
         # The opening block (and a reset) moves the stream's id without an event to carry
         # it: report it, so a reconnect before the first event resumes from here.
         current = self._parser.last_event_id
@@ -178,7 +196,16 @@ class SSEFeed:
     def _end(self, reason: str) -> Closed:
         """The stream is over; the last ``retry:`` is how long the server wants us away."""
         retry = self._parser.retry
-        self._closed = Closed(reason, retry / 1000 if retry is not None else None)
+        if self._unsubscribed:
+            reason = "the server ended the subscription (unsubscribed by the server)"
+        elif self._revoked:
+            reason = "the server disconnected this user and refuses its token: not reconnecting"
+        self._closed = Closed(
+            reason,
+            retry / 1000 if retry is not None else None,
+            revoked=self._revoked,
+            unsubscribed=self._unsubscribed,
+        )
         return self._closed
 
     async def aclose(self) -> None:
@@ -186,6 +213,14 @@ class SSEFeed:
             self._closed = Closed("closed by the application")
         with contextlib.suppress(httpx.HTTPError, RuntimeError):
             await self._response.aclose()
+
+
+def _reconnect(message: SSEMessage) -> bool:
+    """A ``tidings.disconnect``'s ``reconnect`` (true unless it plainly says false)."""
+    try:
+        return orjson.loads(message.data).get("reconnect") is not False
+    except (orjson.JSONDecodeError, AttributeError):
+        return True
 
 
 def _item(message: SSEMessage) -> Item:

@@ -66,6 +66,9 @@ class Subscription:
 
     A ``4xx`` refusal (a bad channel, a bad cursor, a forbidden channel) raises
     ``ServerRejected`` and ends the subscription; every other failure is retried with backoff.
+    The server may end it too (docs/protocol.md section 7): ``POST /api/unsubscribe`` ends
+    the iteration (``last_failure`` says why), and a disconnect that refuses the user's token
+    raises ``ServerRejected`` (401) instead of reconnecting; a plain disconnect resumes.
     A refused token (``401``, WebSocket close ``4001``) is renewed when the client has a token
     callable, and the subscription resumes from its cursor; see :mod:`tidings.client.tokens`.
     ``await open()`` connects before the first iteration (publish after it and the event is
@@ -86,9 +89,11 @@ class Subscription:
         options: ClientOptions,
         forget: Callable[[Subscription], None],
         tokens: Tokens,
+        rewind: int = 0,
     ) -> None:
         self.channel = channel
         self.cursor = since
+        self._rewind = rewind  # asked only while there is no cursor: the first connection
         self.transport: str | None = None  # the technique of the current connection
         self.connections = 0  # how many times it connected (reconnects are the rest)
         self.last_failure: str | None = None
@@ -183,6 +188,13 @@ class Subscription:
                 continue
             if isinstance(item, Closed):
                 await self._drop_feed()
+                if item.unsubscribed:  # the server ended it: iteration ends, not resumed
+                    self.last_failure = item.reason
+                    await self._end()
+                    raise StopAsyncIteration
+                if item.revoked:  # final: the token is refused, a reconnect would loop
+                    self.last_failure = item.reason
+                    raise ServerRejected(401, "unauthorized", item.reason)
                 if item.unauthorized:
                     expired = ServerRejected(401, "unauthorized", item.reason)
                     await self._renew(expired, self._generation)
@@ -199,8 +211,9 @@ class Subscription:
                 await asyncio.sleep(self._pause)  # the backoff between attempts
                 self._pause = None
             generation = await self._tokens.ready()
+            rewind = self._rewind if self.cursor is None else 0
             try:
-                opened = await self._ladder.open(self.channel, self.cursor)
+                opened = await self._ladder.open(self.channel, self.cursor, rewind)
             except ServerRejected as refusal:
                 await self._renew(refusal, generation)
                 continue

@@ -46,6 +46,8 @@ __all__ = ["WebSocketFeed", "WebSocketSession", "WebSocketTechnique", "closed_by
 RESTART_CODES = frozenset({1001, 1012})
 CLOSE_TOO_SLOW = 4000
 CLOSE_TOKEN_EXPIRED = 4001  # renew the token, then come back and resume
+CLOSE_DISCONNECTED = 4002  # the server ended it: come back at once and resume
+CLOSE_REVOKED = 4003  # the server ended it and refuses the token: do not come back
 # A refused handshake is final only when the server itself refuses who we are; anything else
 # (a proxy that does not upgrade, a 400 because a proxy stripped Upgrade) moves down.
 FINAL_HANDSHAKE_STATUSES = frozenset({401, 403})
@@ -64,11 +66,13 @@ class WebSocketTechnique:
         self._session: WebSocketSession | None = None
         self._connecting = asyncio.Lock()
 
-    async def open(self, channel: str, cursor: str | None) -> WebSocketFeed | Unavailable:
+    async def open(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> WebSocketFeed | Unavailable:
         session = await self._connected()
         if isinstance(session, Unavailable):
             return session
-        return await session.subscribe(channel, cursor)
+        return await session.subscribe(channel, cursor, rewind)
 
     def publisher(self) -> WebSocketSession | None:
         session = self._session
@@ -134,13 +138,18 @@ class WebSocketSession:
 
     # requests
 
-    async def subscribe(self, channel: str, cursor: str | None) -> WebSocketFeed | Unavailable:
-        """Follow ``channel`` after ``cursor``; the feed starts with the ``subscribed`` id."""
+    async def subscribe(
+        self, channel: str, cursor: str | None, rewind: int = 0
+    ) -> WebSocketFeed | Unavailable:
+        """Follow ``channel`` after ``cursor`` (or with its last ``rewind`` events); the feed
+        starts with the ``subscribed`` id."""
         feed = WebSocketFeed(self, channel, self._options.max_pending)
         self._feeds[channel] = feed  # routed from now on: events follow ``subscribed`` at once
         message: dict[str, Any] = {"op": "subscribe", "channel": channel}
         if cursor is not None:
             message["since"] = cursor
+        elif rewind:
+            message["rewind"] = rewind
         try:
             answer = await self._request(message, self._options.open_timeout)
         except BaseException:
@@ -213,6 +222,8 @@ class WebSocketSession:
         op = message.get("op")
         if op in ("event", "reset", "subscribed"):
             await self._deliver(message)
+        elif op == "unsubscribed" and message.get("reason") == "server":
+            self._ended_by_server(str(message.get("channel")))
         ref = message.get("ref")
         if op != "event" and isinstance(ref, int):
             answer = self._answers.get(ref)
@@ -237,6 +248,18 @@ class WebSocketSession:
             self._unroute(feed)
             feed.end(Closed("the application fell behind; resuming", 0.0))
             await self._send_quietly({"op": "unsubscribe", "channel": feed.channel})
+
+    def _ended_by_server(self, channel: str) -> None:
+        """POST /api/unsubscribe: the channel's feed ends after what it holds, for good."""
+        feed = self._feeds.get(channel)
+        if feed is not None:
+            self._unroute(feed)
+            feed.end(
+                Closed(
+                    "the server ended the subscription (unsubscribed by the server)",
+                    unsubscribed=True,
+                )
+            )
 
     def _finish(self, closed: Closed) -> None:
         """The socket is over: every feed ends after what it holds, every request fails."""
@@ -298,6 +321,10 @@ def closed_by(code: int | None, reason: str, options: ClientOptions) -> Closed:
         return Closed(reason, 0.0)
     if code == CLOSE_TOKEN_EXPIRED:
         return Closed(reason, 0.0, unauthorized=True)
+    if code == CLOSE_DISCONNECTED:
+        return Closed(reason, 0.0)
+    if code == CLOSE_REVOKED:
+        return Closed(f"{reason}: the server refuses this user's token", revoked=True)
     return Closed(reason)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.presence import Presence
@@ -78,9 +78,14 @@ class Hub:
         self.arrivals: dict[str, int] | None = None
         self.presence = Presence(broker, settings, self.spawn)
 
-    def start(self) -> None:
+    def start(self, control: ControlSink | None = None) -> None:
+        """Start the broker's fan-out; ``control`` receives every node's control messages."""
         self.broker.start(
-            self.deliver, self.resync, self.presence.changed, supervisor=self.supervisor
+            self.deliver,
+            self.resync,
+            self.presence.changed,
+            supervisor=self.supervisor,
+            control=control,
         )
         self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(self.presence.interval, self.presence.tick)
@@ -178,6 +183,15 @@ class Hub:
             waiters.discard(waiter)
             if not waiters:
                 del self._waiters[channel]
+
+    def waiting(self, channel: str | None = None) -> set[Waiter]:
+        """The held long polls of ``channel``, or of every channel (each once)."""
+        if channel is not None:
+            return set(self._waiters.get(channel, ()))
+        found: set[Waiter] = set()
+        for waiters in self._waiters.values():
+            found |= waiters
+        return found
 
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))

@@ -26,6 +26,7 @@ class Identity:
     channels: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     expires_at: float | None = None  # seconds since the epoch (the token's exp)
+    issued_at: float | None = None  # the token's iat, if it has one (revocations read it)
 
     def may_subscribe(self, channel: str) -> bool:
         return allows(self.channels, channel)
@@ -57,12 +58,16 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
     sub = claims.get("sub")
     if sub is not None and not isinstance(sub, str):
         raise Unauthorized("the token's sub claim must be a string")
+    iat = claims.get("iat")
+    if iat is not None and (isinstance(iat, bool) or not isinstance(iat, int | float)):
+        raise Unauthorized("the token's iat claim must be a number of seconds")
     return Identity(
         sub=sub,
         info=claims.get("info"),
         channels=_patterns(claims, "channels"),
         publish=_patterns(claims, "publish"),
         expires_at=float(int(claims["exp"])),  # whole seconds, as the exp check counts them
+        issued_at=float(iat) if iat is not None else None,
     )
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from tidings.protocol.event import Event, Reset
 
 
-def poll_body(events: Sequence[Event], cursor_list: str, resets: Sequence[Reset] = ()) -> bytes:
-    """``{"events": [...], "cursor": "...", "resets": [...]}`` from pre-encoded events."""
+def poll_body(
+    events: Sequence[Event],
+    cursor_list: str,
+    resets: Sequence[Reset] = (),
+    unsubscribed: Sequence[str] = (),
+) -> bytes:
+    """``{"events": [...], "cursor": "...", "resets": [...]}`` from pre-encoded events;
+    ``"unsubscribed": [...]`` names channels the server ended (POST /api/unsubscribe)."""
     parts = [b'{"events":[', b",".join(event.as_json() for event in events), b'],"cursor":"']
     parts.append(cursor_list.encode("ascii"))
     parts.append(b'"')
@@ -16,5 +24,8 @@ def poll_body(events: Sequence[Event], cursor_list: str, resets: Sequence[Reset]
         parts.append(b',"resets":[')
         parts.append(b",".join(reset.as_json() for reset in resets))
         parts.append(b"]")
+    if unsubscribed:
+        parts.append(b',"unsubscribed":')
+        parts.append(orjson.dumps(list(unsubscribed)))
     parts.append(b"}")
     return b"".join(parts)

@@ -44,13 +44,20 @@ def parse_query(raw: str) -> Query:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """Channels and, when the client resumes, one cursor per channel in the same order."""
+    """Channels and, when the client resumes, one cursor per channel in the same order.
+
+    ``rewind`` (already lowered to ``server.max_rewind``) is how many past events a
+    subscription without cursors starts with; with cursors it is 0.
+    """
 
     channels: tuple[Channel, ...]
     since: tuple[Cursor, ...] | None
+    rewind: int = 0
 
 
-def parse_subscription(query: Query, max_channels: int, resume_from: str | None) -> Subscription:
+def parse_subscription(
+    query: Query, max_channels: int, resume_from: str | None, max_rewind: int = 0
+) -> Subscription:
     """``channel=a&channel=b&since=...``; ``resume_from`` (Last-Event-ID) wins over ``since``."""
     names = query.all("channel")
     if not names:
@@ -60,10 +67,31 @@ def parse_subscription(query: Query, max_channels: int, resume_from: str | None)
     channels = tuple(parse_channel(name) for name in names)
     if len(set(channels)) != len(channels):
         raise InvalidChannel("a channel is named twice in one request")
+    rewind = parse_rewind(query.one("rewind"), max_rewind)  # checked even where ignored
     cursor_text = resume_from if resume_from else query.one("since")
     if not cursor_text:
-        return Subscription(channels, None)
+        return Subscription(channels, None, rewind)
     return Subscription(channels, tuple(parse_cursor_list(cursor_text, len(channels))))
+
+
+MAX_REWIND_DIGITS = 9
+
+
+def parse_rewind(value: object, max_rewind: int) -> int:
+    """``rewind``: a whole number of events, 0 or more, lowered to ``max_rewind``.
+
+    Takes the query's text or a WebSocket message's JSON value; absent (``None``) or empty
+    text is 0.
+    """
+    if value is None or value == "":
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        count = int(value) if len(value) <= MAX_REWIND_DIGITS else max_rewind
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        count = value
+    else:
+        raise InvalidField("rewind must be a whole number of events, 0 or more")
+    return min(count, max_rewind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +102,10 @@ class PollRequest:
     token: str | None = None
 
 
-def parse_poll(query: Query, max_channels: int, max_poll_seconds: float) -> PollRequest:
-    subscription = parse_subscription(query, max_channels, None)
+def parse_poll(
+    query: Query, max_channels: int, max_poll_seconds: float, max_rewind: int = 0
+) -> PollRequest:
+    subscription = parse_subscription(query, max_channels, None, max_rewind)
     return PollRequest(
         subscription,
         _parse_timeout(query.one("timeout"), max_poll_seconds),

@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 RESET_EVENT = "tidings.reset"
+DISCONNECT_EVENT = "tidings.disconnect"
+UNSUBSCRIBED_EVENT = "tidings.unsubscribed"
 _RESET_REASONS = frozenset({"gap", "epoch"})
 _BOM = b"\xef\xbb\xbf"
 # Membership tests with an int are a memchr; with a one-byte bytes they cost ten times more.
@@ -108,6 +110,19 @@ def encode_reset(channel: str, cursor: str, reason: str, cursor_list: str) -> by
         raise ValueError(f"reset reason must be 'gap' or 'epoch', not {reason!r}")
     data = orjson.dumps({"channel": channel, "id": cursor, "reason": reason})
     return encode_id_line(cursor_list) + encode_event_body(RESET_EVENT, data)
+
+
+def encode_disconnect(reconnect: bool) -> bytes:
+    """A ``tidings.disconnect`` event, without ``id:`` (the client's cursor stays): the
+    server ends the stream. ``reconnect: false`` means the token is refused from now on."""
+    return encode_event_body(DISCONNECT_EVENT, orjson.dumps({"reconnect": reconnect}))
+
+
+def encode_unsubscribed(channel: str) -> bytes:
+    """A ``tidings.unsubscribed`` event, without ``id:``: the server ended ``channel`` for
+    this stream, and the client leaves it out when it connects again."""
+    data = orjson.dumps({"channel": channel, "reason": "server"})
+    return encode_event_body(UNSUBSCRIBED_EVENT, data)
 
 
 def _check_single_line(value: str, what: str) -> None:

@@ -26,6 +26,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TOO_SLOW = 4000
 CLOSE_TOKEN = 4001
+CLOSE_DISCONNECTED = 4002  # the server ended it (POST /api/disconnect): reconnect
+CLOSE_REVOKED = 4003  # the server ended it and refuses the token: do not reconnect
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class Subscribe:
     ref: Ref
     channel: Channel
     since: Cursor | None
+    rewind: int = 0  # past events asked for without ``since``, not yet lowered to the cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ def _parse_op(obj: dict[str, Any], ref: Ref) -> ClientMessage:
             ref,
             parse_channel(obj.get("channel")),
             parse_cursor(since) if since is not None else None,
+            _parse_rewind(obj.get("rewind")),
         )
     if op == "unsubscribe":
         return Unsubscribe(ref, parse_channel(obj.get("channel")))
@@ -112,6 +116,15 @@ def _parse_op(obj: dict[str, Any], ref: Ref) -> ClientMessage:
     raise WebSocketOnlyError(
         "unknown_op", f"unknown op {op!r}: use subscribe, unsubscribe, publish, presence or ping"
     )
+
+
+def _parse_rewind(value: object) -> int:
+    """A JSON ``rewind``: a whole number, 0 or more (``null`` or absent: 0)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidField("rewind must be a whole number of events, 0 or more")
+    return value
 
 
 def _parse_publish(obj: dict[str, Any], ref: Ref) -> Publish:
@@ -182,6 +195,11 @@ def subscribed_frame(ref: Ref, channel: str, cursor: Cursor, recovered: bool | N
 
 def unsubscribed_frame(ref: Ref, channel: str) -> bytes:
     return _frame({"op": "unsubscribed", "ref": ref, "channel": channel})
+
+
+def server_unsubscribed_frame(channel: str) -> bytes:
+    """The server ended a subscription (POST /api/unsubscribe): do not subscribe again."""
+    return _frame({"op": "unsubscribed", "ref": None, "channel": channel, "reason": "server"})
 
 
 def published_frame(ref: Ref, channel: str, cursor: str) -> bytes:

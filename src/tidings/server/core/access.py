@@ -7,7 +7,11 @@ the public key, the classic key confusion) is refused before its signature is ch
 
 A verified token is kept (keyed by its text, bounded) until it expires: a long poller sends
 the same token with every request, and checking a signature costs far more than a poll.
-Tokens are secrets: no message or log line here ever includes one.
+Every verification, of a kept token too, asks the node's revocations (``POST
+/api/disconnect`` without reconnect) whether the token's sub is refused; a token that lives
+longer than ``auth.max_token_seconds`` is refused, so that a revocation that lasts that long
+outlives every token it refuses. Tokens are secrets: no message or log line here ever
+includes one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tidings.config import AuthSettings, Settings
 from tidings.exceptions import ConfigError, Forbidden, Unauthorized
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.identity import ANONYMOUS, Identity, identity_from_claims
+from tidings.server.core.revocations import Revocations
 
 if TYPE_CHECKING:
     from tidings.server.core.request import Request
@@ -34,6 +39,7 @@ TOKENS_KEPT = 10_000
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 MIN_RSA_BITS = 2048
 EXPIRED = "the token has expired: fetch a new token and reconnect"
+REVOKED = "the server revoked this user's tokens: fetch a token issued after the revocation"
 HOW_TO_SEND = "send it as Authorization: Bearer <jwt> or ?token=<jwt>"
 DECODE_OPTIONS: Any = {
     "require": ["exp"],
@@ -45,15 +51,24 @@ DECODE_OPTIONS: Any = {
 class TokenVerifier:
     """Checks connection tokens against the one configured key and algorithm."""
 
-    __slots__ = ("_kept", "_key", "algorithm")
+    __slots__ = ("_kept", "_key", "algorithm", "max_seconds", "revocations")
 
-    def __init__(self, algorithm: str, key: Any) -> None:
+    def __init__(self, algorithm: str, key: Any, max_seconds: float = 86400.0) -> None:
         self.algorithm = algorithm
         self._key = key
         self._kept: dict[str, Identity] = {}
+        self.max_seconds = max_seconds
+        self.revocations = Revocations()
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> TokenVerifier | None:
+        verifier = cls._from_key_settings(auth)
+        if verifier is not None:
+            verifier.max_seconds = auth.max_token_seconds
+        return verifier
+
+    @classmethod
+    def _from_key_settings(cls, auth: AuthSettings) -> TokenVerifier | None:
         """The verifier the settings ask for, or None when tokens are not configured."""
         if auth.token_secret:
             if len(auth.token_secret.encode()) < MIN_SECRET_BYTES:
@@ -78,7 +93,16 @@ class TokenVerifier:
         elif identity.expires_at is not None and identity.expires_at <= time.time():
             del self._kept[token]
             raise Unauthorized(EXPIRED)
+        revocations = self.revocations
+        if revocations.by_sub and revocations.refuses(identity):  # a poll's hot path
+            raise Unauthorized(REVOKED)
         return identity
+
+    def forget(self, sub: str) -> None:
+        """Drop the kept tokens of ``sub`` (it was revoked): they are verified afresh."""
+        for token, identity in list(self._kept.items()):
+            if identity.sub == sub:
+                del self._kept[token]
 
     def _decode(self, token: str) -> Identity:
         try:
@@ -89,7 +113,14 @@ class TokenVerifier:
             raise Unauthorized(self._reason(error)) from None
         except (ValueError, TypeError):
             raise Unauthorized(self._reason(jwt.DecodeError())) from None
-        return identity_from_claims(claims)
+        identity = identity_from_claims(claims)
+        assert identity.expires_at is not None  # exp is required
+        if identity.expires_at - time.time() > self.max_seconds:
+            raise Unauthorized(
+                f"the token lives longer than this server accepts ({self.max_seconds:g} s,"
+                " auth.max_token_seconds): issue tokens that expire sooner"
+            )
+        return identity
 
     def _reason(self, error: jwt.PyJWTError) -> str:
         """Why a token was refused, in words; never the token or PyJWT's text about it."""

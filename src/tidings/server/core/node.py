@@ -8,6 +8,8 @@ module keeps its own rules.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from tidings.brokers.base import Broker, broker_for
@@ -21,6 +23,8 @@ from tidings.exceptions import (
     Unavailable,
 )
 from tidings.hub.hub import Hub
+from tidings.protocol.control import Control, Disconnect
+from tidings.protocol.cursor import new_epoch
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
 from tidings.server.core.access import TokenVerifier
@@ -30,9 +34,13 @@ from tidings.server.core.hooks import HookFunctions, Hooks
 from tidings.server.core.limits import Limits, count_refusal
 from tidings.server.core.request import Request
 from tidings.server.core.response import Headers
+from tidings.server.core.revocations import RELOAD_SECONDS
 from tidings.server.core.stats import Stats
 
 EXPOSED = b"Tidings-Cursor, ETag"
+FIRST_LOAD_SECONDS = 3.0  # how long a starting node waits for the broker's revocations
+
+log = logging.getLogger("tidings.server")
 
 
 class Draining(Protocol):
@@ -69,6 +77,9 @@ class Node:
         self.drain: Draining | None = None  # set once the node drains
         self.stats = Stats()
         self.limits = Limits(settings.server, self.stats)
+        self.id = new_epoch()  # names this node in control messages
+        # acts on this node's connections (api/control.py); set by the routes
+        self.on_control: Callable[[Control], int] | None = None
         # a peer whose TCP stops acknowledging is gone after the WebSocket's dead-peer window
         server = settings.server
         self.dead_peer_ms = int((server.heartbeat_seconds + server.ws_ping_timeout_seconds) * 1000)
@@ -76,6 +87,47 @@ class Node:
         origins = settings.server.allowed_origins
         self.cors_varies = "*" not in origins
         self._allowed_origins = frozenset(origins)
+
+    async def start(self) -> None:
+        """Start the hub, and where tokens are checked, read the revocations the broker
+        holds before the first request, and again every ``RELOAD_SECONDS``.
+
+        A broker that cannot answer within ``FIRST_LOAD_SECONDS`` does not stop the start:
+        the node reads them at the next reload.
+        """
+        self.hub.start(control=self._controlled)
+        if self.tokens is None:
+            return
+        self.hub.timers.every(RELOAD_SECONDS, self._reload_soon)
+        try:
+            await asyncio.wait_for(self._reload(), FIRST_LOAD_SECONDS)
+        except (BrokerUnavailable, TimeoutError) as error:
+            log.warning("could not read the revocations yet (retrying): %s", error or "timeout")
+
+    def _controlled(self, message: Control) -> None:
+        """A control message from any node; this node's own were applied as it sent them."""
+        if message.origin != self.id and self.on_control is not None:
+            self.on_control(message)
+
+    def _reload_soon(self) -> None:
+        self.hub.spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self._reload()
+        except BrokerUnavailable as error:
+            self.hub.tally.broker_errors += 1
+            log.warning("could not read the revocations: %s", error)
+
+    async def _reload(self) -> None:
+        """Read the broker's revocations; end the connections of any this node missed."""
+        assert self.tokens is not None
+        revocations = await self.broker.revocations()
+        known = self.tokens.revocations
+        missed = [revocation for revocation in revocations if not known.holds(revocation)]
+        known.load(revocations)
+        for revocation in missed:
+            self._controlled(Disconnect("", revocation.sub, False, revocation))
 
     @property
     def draining(self) -> bool:

@@ -12,6 +12,7 @@ from functools import partial
 
 from tidings.exceptions import MethodNotAllowed, NotFound, RequestError
 from tidings.protocol.http import error_body
+from tidings.server.core.api.control import apply_control, handle_disconnect, handle_unsubscribe
 from tidings.server.core.api.health import handle_health, handle_ready
 from tidings.server.core.api.publish import (
     MAX_BATCH,
@@ -54,6 +55,7 @@ class Routes:
         self.node = node
         self.metrics = metrics_registry(node)
         self.admin_feed = AdminFeed(node)
+        node.on_control = partial(apply_control, node)
         if node.settings.server.admin:
             node.hub.timers.every(SNAPSHOT_SECONDS, self.admin_feed.tick)
         self.table: dict[str, tuple[str, Handler]] = {
@@ -62,6 +64,8 @@ class Routes:
             "/api/publish": ("POST", handle_publish),
             "/api/history": ("GET", handle_history),
             "/api/presence": ("GET", handle_presence),
+            "/api/disconnect": ("POST", handle_disconnect),
+            "/api/unsubscribe": ("POST", handle_unsubscribe),
             "/sse": ("GET", handle_sse),
             "/poll": ("GET", handle_poll),
             "/ws": ("GET", handle_websocket),

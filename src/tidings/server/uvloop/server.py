@@ -38,7 +38,7 @@ class Server:
         files = await StaticFiles.load()
         self.node = Node(self.settings, loop)
         self.edge = Edge(self.node, files, self._socket_class)
-        self.node.hub.start()
+        await self.node.start()
         server = self.settings.server
         self._server = await loop.create_server(
             self.edge.protocol_factory, server.host, server.port, backlog=BACKLOG

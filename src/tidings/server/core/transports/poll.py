@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
+from tidings.protocol.identity import Identity
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import PollRequest, parse_poll
 from tidings.server.core.access import subscriber
@@ -25,7 +27,6 @@ from tidings.server.core.request import Request
 from tidings.server.core.response import Response
 
 if TYPE_CHECKING:
-    from tidings.brokers.base import HistoryPage
     from tidings.server.core.node import Node
 
 
@@ -50,7 +51,10 @@ def parsed_poll(node: Node, request: Request) -> PollRequest:
     if poll is None:
         server = node.settings.server
         poll = parse_poll(
-            request.query(), server.max_channels_per_connection, server.max_poll_seconds
+            request.query(),
+            server.max_channels_per_connection,
+            server.max_poll_seconds,
+            server.max_rewind,
         )
         if len(cache) >= PARSED_POLLS_KEPT:
             cache.clear()
@@ -86,6 +90,12 @@ def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
 def _gather_nowait(
     node: Node, poll: PollRequest, since: Sequence[Cursor] | None
 ) -> Gathered | None:
+    rewind = poll.subscription.rewind
+    if since is None and rewind:
+        recent = [node.broker.recent_nowait(c, rewind) for c in poll.subscription.channels]
+        if any(page is None for page in recent):
+            return None
+        return _rewound([page for page in recent if page is not None], poll.limit)
     pages = []
     remaining = poll.limit
     for index, channel in enumerate(poll.subscription.channels):
@@ -98,6 +108,10 @@ def _gather_nowait(
 
 
 async def _gather(node: Node, poll: PollRequest, since: Sequence[Cursor] | None) -> Gathered:
+    rewind = poll.subscription.rewind
+    if since is None and rewind:
+        channels = poll.subscription.channels
+        return _rewound([await node.broker.recent(c, rewind) for c in channels], poll.limit)
     pages = []
     remaining = poll.limit
     for index, channel in enumerate(poll.subscription.channels):
@@ -127,6 +141,18 @@ async def _gather_settled(
 
 
 MAX_SETTLE_READS = 5
+
+
+def _rewound(recent: list[HistoryPage], limit: int) -> Gathered:
+    """A poll without ``since`` that rewinds: each channel's last events, oldest first, up
+    to ``limit`` in all; a channel cut short continues from its last event returned."""
+    pages = []
+    remaining = limit
+    for page in recent:
+        events = page.events[: max(remaining, 0)]
+        remaining -= len(events)
+        pages.append(HistoryPage(events, events[-1].cursor if events else page.before()))
+    return _combine(pages)
 
 
 def _combine(pages: list[HistoryPage]) -> Gathered:
@@ -300,9 +326,28 @@ class LongPoll:
             LongPoll(self.node, self.exchange, self.poll, gathered.cursors).wait(self.poll.timeout)
 
     def expire(self) -> None:
-        """Time is up with nothing new: 204, with the cursor to poll from next."""
+        """Time is up with nothing new (or the server disconnects the user): 204, with the
+        cursor to poll from next."""
         if self.done:
             return
         self.cancel()
         cursor_list = format_cursor_list(self.cursors)
         self.exchange.respond(204, b"", _headers(self.node, self.exchange.current, cursor_list))
+
+    @property
+    def identity(self) -> Identity:
+        return self._request().identity
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.poll.subscription.channels
+
+    def end_subscription(self, channel: str) -> None:
+        """The server ended ``channel`` (POST /api/unsubscribe): answer at once, naming it in
+        ``unsubscribed``; the client polls on without it."""
+        if self.done:
+            return
+        self.cancel()
+        cursor_list = format_cursor_list(self.cursors)
+        body = poll_body((), cursor_list, unsubscribed=(channel,))
+        self.exchange.respond(200, body, _headers(self.node, self.exchange.current, cursor_list))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.follow import Tail
 from tidings.protocol import sse
@@ -138,6 +139,34 @@ class SSEStream(StreamConnection):
         self.transport.close()
         self.hub.timers.add(self, CLOSE_LINGER_SECONDS)
 
+    def disconnect(self, reconnect: bool) -> None:
+        """``event: tidings.disconnect`` and the end of the stream: with ``reconnect``, a
+        ``retry: 0`` (come back at once, from the last ``id:``); without, the token is
+        refused from now on, and a browser's own reconnect meets a 401, which ends it."""
+        if self.closed:
+            return
+        self.ended = "disconnected by the server"
+        for channel in list(self.tails):
+            self.unfollow(channel)  # nothing after the disconnect
+        ending = sse.encode_disconnect(reconnect)
+        if reconnect:
+            ending += sse.encode_retry(0) + b"\n"
+        self.transport.write(ending)
+        self.transport.close()
+
+    def end_subscription(self, channel: str) -> bool:
+        """``event: tidings.unsubscribed``; the stream ends with its last channel. Its
+        ``id:`` lists keep the ended channel's last cursor, so that they still match the
+        request's channels."""
+        if self.closed or channel not in self.tails:
+            return False
+        self.unfollow(channel)
+        self.transport.write(sse.encode_unsubscribed(channel))
+        if not self.tails:
+            self.ended = "unsubscribed by the server"
+            self.transport.close()
+        return True
+
     def drain(self, retry_ms: int) -> None:
         """Ask the client to come back after ``retry_ms`` and end the stream."""
         if not self.closed:
@@ -151,8 +180,12 @@ class SSEStream(StreamConnection):
 def handle_sse(node: Node, exchange: Exchange, request: Request) -> None:
     node.check_origin(request)
     query = request.query()
+    server = node.settings.server
     subscription = parse_subscription(
-        query, node.settings.server.max_channels_per_connection, request.header(b"last-event-id")
+        query,
+        server.max_channels_per_connection,
+        request.header(b"last-event-id"),
+        server.max_rewind,
     )
     envelope = parse_flag(query, "envelope")
     hooked = subscriber(
@@ -170,34 +203,57 @@ def handle_sse(node: Node, exchange: Exchange, request: Request) -> None:
     if subscription.since is not None:
         _open(node, exchange, subscription, envelope, subscription.since)
         return
-    heads = _heads_nowait(node, subscription)
-    if heads is None:
+    pages = _starts_nowait(node, subscription)
+    if pages is None:
         node.hub.spawn(_open_async(node, exchange, subscription, envelope))
     else:
-        _open(node, exchange, subscription, envelope, heads)
+        _open_from(node, exchange, subscription, envelope, pages)
 
 
-def _heads_nowait(node: Node, subscription: Subscription) -> list[Cursor] | None:
-    """Each channel's current cursor, where the broker holds it locally."""
-    heads = []
+def _starts_nowait(node: Node, subscription: Subscription) -> list[HistoryPage] | None:
+    """Each channel's current cursor (and its last ``rewind`` events), where the broker
+    holds them locally."""
+    pages = []
     for channel in subscription.channels:
-        page = node.broker.history_nowait(channel, None, 0)
+        if subscription.rewind:
+            page = node.broker.recent_nowait(channel, subscription.rewind)
+        else:
+            page = node.broker.history_nowait(channel, None, 0)
         if page is None:
             return None
-        heads.append(page.cursor)
-    return heads
+        pages.append(page)
+    return pages
 
 
 async def _open_async(
     node: Node, exchange: Exchange, subscription: Subscription, envelope: bool
 ) -> None:
+    broker, rewind = node.broker, subscription.rewind
     try:
-        heads = [(await node.broker.history(c, None, 0)).cursor for c in subscription.channels]
+        pages = [
+            await (broker.recent(c, rewind) if rewind else broker.history(c, None, 0))
+            for c in subscription.channels
+        ]
     except BrokerUnavailable as error:
         node.answer_error(exchange, error)
         return
     if not exchange.closed:
-        _open(node, exchange, subscription, envelope, heads)
+        _open_from(node, exchange, subscription, envelope, pages)
+
+
+def _open_from(
+    node: Node,
+    exchange: Exchange,
+    subscription: Subscription,
+    envelope: bool,
+    pages: Sequence[HistoryPage],
+) -> None:
+    """From now (each page a head), or rewound: from before each page's events, which are
+    then written first."""
+    if subscription.rewind:
+        _open(node, exchange, subscription, envelope, [p.before() for p in pages], pages)
+    else:
+        _open(node, exchange, subscription, envelope, [p.cursor for p in pages])
 
 
 def _open(
@@ -206,8 +262,10 @@ def _open(
     subscription: Subscription,
     envelope: bool,
     start: Sequence[Cursor],
+    rewound: Sequence[HistoryPage] = (),
 ) -> None:
-    """Start the stream at the requested cursors (or now), then catch each channel up."""
+    """Start the stream at the requested cursors (or now, or rewound), then catch each
+    channel up: from history after its cursor, or from the events a rewind read."""
     request = exchange.current
     assert request is not None
     stream = SSEStream(node, envelope, request.identity)
@@ -217,13 +275,16 @@ def _open(
     )
     stream.watch_token()
     node.stats.opened("sse")
+    catching_up = bool(subscription.since) or bool(rewound)
     for index, (channel, cursor) in enumerate(zip(subscription.channels, start, strict=True)):
         tail = Tail(channel, cursor, index)
         stream.order.append(tail)
-        tail.backlog = [] if subscription.since else None
+        tail.backlog = [] if catching_up else None
         stream.follow(tail)
         stream.present(channel)
     stream_opened(stream, stream.kind)
     if subscription.since:
         for tail in stream.order:
             stream.catch_up(tail)
+    for tail, page in zip(stream.order, rewound, strict=False):
+        stream.catch_up(tail, page)

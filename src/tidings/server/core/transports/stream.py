@@ -132,6 +132,16 @@ class StreamConnection(Follower, asyncio.Protocol):
         """The client cannot keep up: end the connection so it resumes from its cursor."""
         raise NotImplementedError
 
+    def disconnect(self, reconnect: bool) -> None:
+        """The server ends the connection (POST /api/disconnect), telling the client whether
+        to come back (docs/protocol.md section 7)."""
+        raise NotImplementedError
+
+    def end_subscription(self, channel: str) -> bool:
+        """The server ends ``channel`` (POST /api/unsubscribe) and tells the client, which
+        does not subscribe again; False if the connection does not follow it."""
+        raise NotImplementedError
+
     def expire(self) -> None:
         """A closing connection did not finish in time: drop it and its buffer."""
         self.transport.abort()

@@ -135,15 +135,29 @@ class WebSocketSession(StreamConnection):
         tail = Tail(message.channel, message.since or Cursor("", 0))
         tail.backlog = []
         self.follow(tail)
-        page = self.node.broker.history_nowait(message.channel, message.since, PAGE_SIZE)
+        rewind = self._rewind(message)
+        if rewind:
+            page = self.node.broker.recent_nowait(message.channel, rewind)
+        else:
+            page = self.node.broker.history_nowait(message.channel, message.since, PAGE_SIZE)
         if page is None:
             self.hub.spawn(self._subscribe_async(message, tail))
         else:
             self._start(message, tail, page)
 
+    def _rewind(self, message: ws.Subscribe) -> int:
+        """Past events to start with: none with ``since``, at most ``server.max_rewind``."""
+        if message.since is not None:
+            return 0
+        return min(message.rewind, self.node.settings.server.max_rewind)
+
     async def _subscribe_async(self, message: ws.Subscribe, tail: Tail) -> None:
+        broker, rewind = self.node.broker, self._rewind(message)
         try:
-            page = await self.node.broker.history(message.channel, message.since, PAGE_SIZE)
+            if rewind:
+                page = await broker.recent(message.channel, rewind)
+            else:
+                page = await broker.history(message.channel, message.since, PAGE_SIZE)
         except BrokerUnavailable as error:
             self.hub.tally.broker_errors += 1
             self.unfollow(message.channel)
@@ -153,13 +167,18 @@ class WebSocketSession(StreamConnection):
             self._start(message, tail, page)
 
     def _start(self, message: ws.Subscribe, tail: Tail, page: HistoryPage) -> None:
-        if message.since is None:
-            tail.move_to(page.cursor)
-            self.send(ws.subscribed_frame(message.ref, message.channel, page.cursor, None))
-        else:
+        if message.since is not None:
             recovered = page.reset is None
             self.send(ws.subscribed_frame(message.ref, message.channel, message.since, recovered))
-        self.catch_up(tail, page if message.since is not None else None)
+            self.catch_up(tail, page)
+        elif self._rewind(message):
+            tail.move_to(page.before())  # the rewound events follow ``subscribed``
+            self.send(ws.subscribed_frame(message.ref, message.channel, tail.cursor, None))
+            self.catch_up(tail, page)
+        else:
+            tail.move_to(page.cursor)
+            self.send(ws.subscribed_frame(message.ref, message.channel, page.cursor, None))
+            self.catch_up(tail)
         self.present(message.channel)
 
     def _unsubscribe(self, message: ws.Unsubscribe) -> None:
@@ -281,6 +300,24 @@ class WebSocketSession(StreamConnection):
 
     def too_slow(self) -> None:
         self.close(ws.CLOSE_TOO_SLOW, "too slow: reconnect and resume from your last cursor")
+
+    def disconnect(self, reconnect: bool) -> None:
+        """Close with 4002 (reconnect) or 4003 (the token is refused: do not reconnect)."""
+        if not self.accepting:
+            return
+        self.ended = "disconnected by the server"
+        if reconnect:
+            self.close(ws.CLOSE_DISCONNECTED, "disconnected by the server: reconnect and resume")
+        else:
+            self.close(ws.CLOSE_REVOKED, "disconnected by the server: do not reconnect")
+
+    def end_subscription(self, channel: str) -> bool:
+        """``{"op": "unsubscribed", "ref": null, "channel": ..., "reason": "server"}``."""
+        if not self.accepting or channel not in self.tails:
+            return False
+        self.unfollow(channel)
+        self.send(ws.server_unsubscribed_frame(channel))
+        return True
 
     def drain(self, retry_ms: int) -> None:
         """Close with 1012, once every publish in flight has its answer (an event stored

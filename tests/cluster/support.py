@@ -86,6 +86,7 @@ class LeanSSE:
         self.errors: list[str] = []
         self.connected = False
         self.url = ""
+        self.local_port = 0  # of the current connection: which process serves it
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -114,6 +115,7 @@ class LeanSSE:
     async def _follow(self, url: str) -> None:
         port = int(url.rpartition(":")[2])
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        self.local_port = writer.get_extra_info("sockname")[1]
         try:
             writer.write(
                 (

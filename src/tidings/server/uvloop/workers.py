@@ -227,7 +227,7 @@ class Workers:
         loop = asyncio.get_running_loop()
         if loop.time() - started > 60:
             slot.crashes = 0
-        delay = self._restart_delay(slot, loop.time())
+        delay = restart_delay(slot, loop.time())
         log.error(
             "worker %d (pid %d) %s; starting it again in %.1f s",
             slot.index,
@@ -246,22 +246,6 @@ class Workers:
             return
         if await self._started(slot) == 0 and not self._stopping.is_set():
             log.info("worker %d restarted (pid %s)", slot.index, slot.pid)
-
-    def _restart_delay(self, slot: Slot, now: float) -> float:
-        """A backoff that grows with crashes in a row, within the restarts allowed a minute."""
-        while slot.restarts and now - slot.restarts[0] > 60:
-            slot.restarts.popleft()
-        delay = RESTART_BACKOFF.delay(slot.crashes)
-        if len(slot.restarts) >= RESTARTS_PER_MINUTE:
-            wait = slot.restarts[0] + 60 - now
-            log.error(
-                "worker %d was restarted %d times in the last minute: waiting %.0f s",
-                slot.index,
-                len(slot.restarts),
-                wait,
-            )
-            delay = max(delay, wait)
-        return delay
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds``, or less if the node stops; True if it stops."""
@@ -293,17 +277,7 @@ class Workers:
             pipe = process.stdin.transport
             if pipe.is_closing() or pipe.get_write_buffer_size() > CONTROL_LIMIT:
                 continue  # it is gone, or does not read: do not pile up what it won't read
-            others = [other for other in live if other is not slot]
-            rest = self.retired
-            for other in others:
-                if other.figures is not None:
-                    rest = rest + other.figures
-            peers = Peers(
-                rest=rest,
-                not_ready=next(filter(None, (not_ready(o, now) for o in others)), None),
-                workers=len(live),
-                restarts=self.restarts,
-            )
+            peers = peers_of(slot, live, self.retired, self.restarts, now)
             process.stdin.write(peers.to_json() + b"\n")
 
     async def _finish(self, keepers: list[asyncio.Task[None]]) -> int:
@@ -330,6 +304,38 @@ class Workers:
             log.error("worker %d %s", slot.index, describe_exit(slot.process.returncode or 0))
         log.info("all %d workers stopped", len(self.slots))
         return 1 if failed else 0
+
+
+def peers_of(slot: Slot, live: list[Slot], retired: Figures, restarts: int, now: float) -> Peers:
+    """What ``slot``'s worker is told of the rest of the node."""
+    others = [other for other in live if other is not slot]
+    rest = retired
+    for other in others:
+        if other.figures is not None:
+            rest = rest + other.figures
+    return Peers(
+        rest=rest,
+        not_ready=next(filter(None, (not_ready(other, now) for other in others)), None),
+        workers=len(live),
+        restarts=restarts,
+    )
+
+
+def restart_delay(slot: Slot, now: float) -> float:
+    """A backoff that grows with crashes in a row, within the restarts allowed a minute."""
+    while slot.restarts and now - slot.restarts[0] > 60:
+        slot.restarts.popleft()
+    delay = RESTART_BACKOFF.delay(slot.crashes)
+    if len(slot.restarts) >= RESTARTS_PER_MINUTE:
+        wait = slot.restarts[0] + 60 - now
+        log.error(
+            "worker %d was restarted %d times in the last minute: waiting %.0f s",
+            slot.index,
+            len(slot.restarts),
+            wait,
+        )
+        delay = max(delay, wait)
+    return delay
 
 
 def not_ready(slot: Slot, now: float) -> str | None:

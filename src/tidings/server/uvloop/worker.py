@@ -75,12 +75,23 @@ class Control:
 
     async def follow(self, peers: PeersView, gone: asyncio.Event) -> None:
         """Keep ``peers`` up to date until the supervisor closes the pipe, then set ``gone``."""
-        while line := await self.reader.readline():
-            try:
-                peers.latest = Peers.from_json(line)
-            except (ValueError, TypeError) as error:
-                log.error("the supervisor sent a line that is not peers (%s); ignored", error)
+        try:
+            while line := await self._next_line():
+                try:
+                    peers.latest = Peers.from_json(line)
+                except (ValueError, TypeError) as error:
+                    log.error("the supervisor sent a line that is not peers (%s); ignored", error)
+        except Exception:  # never end quietly: without the pipe, the worker must not go on
+            log.exception("reading the supervisor's messages failed")
         gone.set()
+
+    async def _next_line(self) -> bytes:
+        """The next line; b"" once the pipe is closed. A line over CONTROL_LIMIT is skipped."""
+        while True:
+            try:
+                return await self.reader.readline()
+            except ValueError as error:
+                log.error("the supervisor sent a line too long to read (%s); skipped", error)
 
 
 async def open_control(stdin: int, stdout: int) -> Control:

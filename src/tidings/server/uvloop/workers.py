@@ -205,6 +205,8 @@ class Workers:
                     log.error("worker %d sent a line that is not a message: %s", slot.index, error)
         except (OSError, ValueError) as error:  # ValueError: a line over CONTROL_LIMIT
             log.error("worker %d: its messages could not be read: %s", slot.index, error)
+        except Exception:  # never end quietly: its figures would freeze without a word
+            log.exception("worker %d: reading its messages failed", slot.index)
 
     async def _keep(self, slot: Slot) -> None:
         """Restart ``slot``'s worker whenever it dies, until the node stops."""

@@ -6,6 +6,13 @@ streams that followed it with the API key. The channel never reaches the broker:
 numbers are its own. Its name is not a valid channel name, so no subscriber can ask for it
 on ``/sse``, ``/ws`` or ``/poll``. Nobody watching, the timer job returns at once and the
 hub stops counting arrivals per channel: the feed costs nothing.
+
+On a node of several workers (``server.workers``) the numbers are the whole node's
+(``core/figures.py``): the worker that serves the page adds the other workers' latest figures
+to its own. The busiest channels by followers are the node's (each worker sends its top
+fifty); the channels by events per second are counted where the page is served, so they are
+the channels that worker follows: every worker receives every event of the channels it
+follows, so their rates are the node's.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +138,18 @@ def test_the_memory_broker_with_two_workers_is_refused_at_start_up() -> None:
     assert "server.broker" in result.stderr
     assert "--broker redis://" in result.stderr
     assert "listening on" not in result.stderr
+
+
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(node: WorkersNode) -> None:
+    pids = list(node.worker_pids().values())
+    assert len(pids) == 2, node.logs()
+    node.kill()  # SIGKILL to the supervisor: nobody forwards a signal to the workers
+
+    def gone(pid: int) -> bool:
+        try:  # exited, or a zombie its new parent has not reaped yet
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    await wait_until(lambda: all(gone(pid) for pid in pids), "both workers to exit", 15, 0.05)
+    await asyncio.to_thread(node.wait_for_log, "the supervisor is gone; draining", 5)

@@ -125,7 +125,6 @@ async def serve(plan: WorkerPlan, stdin: int, stdout: int) -> None:
     node = server.node
     assert node is not None
 
-
     def report(**more: object) -> None:
         control.send({**more, "figures": orjson.Fragment(figures_of(node, True).to_json())})
 
@@ -141,9 +140,10 @@ async def serve(plan: WorkerPlan, stdin: int, stdout: int) -> None:
             log.warning("worker %d: the supervisor is gone; draining", plan.index)
             stop.set()
     finally:
-        for task in (*waits, following):
+        for task in waits:
             task.cancel()
-        await server.stop()
+        await server.stop()  # the peers stay up to date while the clients leave
+        following.cancel()
 
 
 def main() -> int:

@@ -67,7 +67,16 @@ RESTART_BACKOFF = Backoff(initial=0.5, maximum=10.0)
 class Slot:
     """One of the N places a worker runs in; its process changes when it is restarted."""
 
-    __slots__ = ("crashes", "figures", "index", "process", "ready", "reported_at", "restarts")
+    __slots__ = (
+        "crashes",
+        "figures",
+        "index",
+        "listener",
+        "process",
+        "ready",
+        "reported_at",
+        "restarts",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -77,6 +86,7 @@ class Slot:
         self.reported_at = 0.0
         self.crashes = 0  # in a row, for the backoff
         self.restarts: deque[float] = deque()  # times of restarts in the last minute
+        self.listener: asyncio.Task[None] | None = None  # reads the current process's lines
 
     @property
     def pid(self) -> int | None:
@@ -97,7 +107,6 @@ class Workers:
         self.restarts = 0
         self.relay_failures = 0
         self._stopping = asyncio.Event()
-        self._signals = 0
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status (0 once every worker drained)."""
@@ -124,7 +133,6 @@ class Workers:
                 held_socket.close()
 
     def _on_signal(self) -> None:
-        self._signals += 1
         self._stopping.set()
         self._signal_all(signal.SIGTERM)  # the second one tells the workers to hurry
 
@@ -145,7 +153,7 @@ class Workers:
         if not failed and not self._stopping.is_set():
             return 0
         self._signal_all(signal.SIGTERM)
-        await asyncio.gather(*(s.process.wait() for s in self.slots if s.process is not None))
+        await self._reap(self.settings.server.drain_seconds + GRACE_SECONDS + KILL_SECONDS)
         if not failed:
             return 0  # stopped while starting
         slot, status = failed[0]
@@ -186,7 +194,7 @@ class Workers:
         slot.process = process
         slot.ready = asyncio.Event()
         slot.figures = None
-        asyncio.get_running_loop().create_task(self._listen(slot, process))
+        slot.listener = asyncio.get_running_loop().create_task(self._listen(slot, process))
 
     async def _listen(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
         """Read one worker's messages until it closes its end."""
@@ -282,14 +290,10 @@ class Workers:
             peers = peers_of(slot, live, self.retired, self.restarts, now)
             process.stdin.write(peers.to_json() + b"\n")
 
-    async def _finish(self, keepers: list[asyncio.Task[None]]) -> int:
-        """Wait for every worker's drain; kill the ones that outlast it. The exit status."""
+    async def _reap(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for every worker to exit; kill those still running then."""
         loop = asyncio.get_running_loop()
-        window = self.settings.server.drain_seconds + GRACE_SECONDS + KILL_SECONDS
-        deadline = loop.time() + window
-        await asyncio.wait(keepers, timeout=window)  # after this, nothing is started again
-        for keeper in keepers:
-            keeper.cancel()
+        deadline = loop.time() + seconds
         for slot in self.slots:
             if slot.process is None:
                 continue
@@ -300,6 +304,16 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.kill()
                 await slot.process.wait()
+
+    async def _finish(self, keepers: list[asyncio.Task[None]]) -> int:
+        """Wait for every worker's drain; kill the ones that outlast it. The exit status."""
+        loop = asyncio.get_running_loop()
+        window = self.settings.server.drain_seconds + GRACE_SECONDS + KILL_SECONDS
+        deadline = loop.time() + window
+        await asyncio.wait(keepers, timeout=window)  # after this, nothing is started again
+        for keeper in keepers:
+            keeper.cancel()
+        await self._reap(max(0.0, deadline - loop.time()))
         failed = [s for s in self.slots if s.process is not None and s.process.returncode != 0]
         for slot in failed:
             assert slot.process is not None

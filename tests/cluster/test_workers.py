@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster.support import LeanSSE, offset, publish, wait_until
+from tests.cluster.support import LeanSSE, offset, publish, wait_until, wait_until_async
 from tests.cluster.workers import WorkersNode, metric, scrape, socket_owner
 
 pytestmark = pytest.mark.timeout(90)
@@ -153,3 +153,34 @@ async def test_workers_drain_and_exit_when_their_supervisor_is_killed(node: Work
 
     await wait_until(lambda: all(gone(pid) for pid in pids), "both workers to exit", 15, 0.05)
     await asyncio.to_thread(node.wait_for_log, "the supervisor is gone; draining", 5)
+
+
+async def test_readyz_answers_503_while_another_worker_is_not_ready(node: WorkersNode) -> None:
+    pids = node.worker_pids()
+    stopped = pids[2]
+
+    async def ready_status() -> tuple[int, str] | None:
+        """/readyz on a fresh connection; None if it landed on the stopped worker."""
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+            try:
+                answer = await client.get(f"{node.url}/readyz")
+            except httpx.TimeoutException:
+                return None
+            return answer.status_code, answer.text
+
+    os.kill(stopped, signal.SIGSTOP)  # alive, listening, silent: it stops reporting
+    try:
+
+        async def not_ready() -> bool:
+            answer = await ready_status()
+            return answer is not None and answer[0] == 503 and "worker 2" in answer[1]
+
+        await wait_until_async(not_ready, "a 503 naming the silent worker", 20)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+
+    async def ready() -> bool:
+        answer = await ready_status()
+        return answer is not None and answer[0] == 200
+
+    await wait_until_async(ready, "ready again once it reports", 20)

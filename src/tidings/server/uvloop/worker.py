@@ -70,8 +70,10 @@ class Control:
         self.writer = writer
 
     def send(self, message: dict[str, object]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(orjson.dumps(message) + b"\n")
+        """Send a line, unless the supervisor is gone or has not read the lines before it."""
+        writer = self.writer
+        if not writer.is_closing() and writer.get_write_buffer_size() < CONTROL_LIMIT:
+            writer.write(orjson.dumps(message) + b"\n")
 
     async def follow(self, peers: PeersView, gone: asyncio.Event) -> None:
         """Keep ``peers`` up to date until the supervisor closes the pipe, then set ``gone``."""

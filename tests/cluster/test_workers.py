@@ -22,6 +22,8 @@ import pytest
 
 from tests.cluster.support import LeanSSE, offset, publish, wait_until, wait_until_async
 from tests.cluster.workers import WorkersNode, metric, scrape, socket_owner
+from tests.server.support import sse_stream
+from tests.server.test_admin import next_snapshot
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -98,6 +100,18 @@ async def test_one_publish_reaches_subscribers_on_every_worker_and_metrics_add_u
             assert metric(text, 'tidings_connections{transport="sse"}') == len(subscribers)
             assert metric(text, "tidings_workers") == 2
         assert answered_by <= set(pids)
+
+        # The admin page, served by either worker, shows the node too.
+        async with (
+            httpx.AsyncClient(base_url=node.url, trust_env=False, timeout=10) as client,
+            sse_stream(client, "/admin/stream") as feed,
+        ):
+            snapshot = await next_snapshot(feed)
+            assert snapshot["workers"] == 2
+            assert snapshot["deliveries"]["total"] == total
+            assert snapshot["connections"]["sse"] == len(subscribers)
+            followed = [{"channel": channel, "followers": len(subscribers)}]
+            assert snapshot["channels"]["by_followers"] == followed
         answer = await http.get(f"{node.url}/readyz")
         assert answer.status_code == 200, answer.text
     finally:

@@ -7,6 +7,10 @@ channel, then publishes at a fixed rate and at saturation, and measures server C
 delivered message, deliveries per second, publish-to-receive latency and server memory per
 idle connection. See bench/README.md for what every column means.
 
+`--workers 1,2` measures the tidings target once per worker count (`tidings serve --workers
+N`, targets `tidings-w1`, `tidings-w2`); with more than one worker the server is pinned to
+`--workers-cpus` (both cores by default), so it shares them with the load generator.
+
 Standard library only. Every process it starts is stopped by its PID at the end, on errors and
 on Ctrl-C. All traffic goes to 127.0.0.1.
 """
@@ -49,6 +53,7 @@ SSE_STARLETTE = "sse-starlette"  # sse-starlette + broadcaster (bench/sse_starle
 UVICORN_APPS = {MOUNT: ("mount_app:app", "/rt"), SSE_STARLETTE: ("sse_starlette_app:app", "")}
 # What each target can serve; the cells it cannot are skipped (sse-starlette streams only).
 TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",)}
+WORKERS_PREFIX = "tidings-w"  # tidings-w2: `tidings serve --workers 2`, from --workers
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
 NOFILE = 65536
@@ -497,17 +502,7 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
     elif target in UVICORN_APPS:
         return start_uvicorn(target, args, port, tmp)
     else:
-        argv = [
-            *pinned(args, args.server_cpu),
-            *args.tidings_cmd.split(),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args.tidings_args.split(),
-        ]
-        version = "tidings (working tree)"
+        return start_tidings(target, args, port, tmp)
     mp = ManagedProcess(
         f"{target} server", argv, tmp / "server.log", stdin=subprocess.DEVNULL, cwd=tmp
     )
@@ -557,6 +552,52 @@ def start_uvicorn(target: str, args: argparse.Namespace, port: int, tmp: Path) -
         mp.stop(grace=5)
         raise RuntimeError(f"{target} did not become healthy on port {port}:\n{tail}")
     return Server(target, port, tmp, mp, f"{target} under uvicorn", prefix=prefix)
+
+
+def workers_of(target: str) -> int:
+    """The worker count of a tidings target: ``tidings-w2`` is ``tidings serve --workers 2``."""
+    return int(target.removeprefix(WORKERS_PREFIX)) if target.startswith(WORKERS_PREFIX) else 1
+
+
+def start_tidings(target: str, args: argparse.Namespace, port: int, tmp: Path) -> Server:
+    """One `tidings serve`, of one or several workers, on memory:// or a fresh Redis prefix."""
+    workers = workers_of(target)
+    cpus = args.server_cpu if workers == 1 else args.workers_cpus
+    argv = [
+        *pinned(args, cpus),
+        *args.tidings_cmd.split(),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if target.startswith(WORKERS_PREFIX):
+        argv += ["--workers", str(workers)]
+    prefix = ""
+    version = "tidings (working tree)"
+    if args.tidings_broker == "redis":
+        prefix = f"bench-{uuid.uuid4().hex[:12]}"
+        argv += ["--broker", f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}?prefix={prefix}"]
+        version += ", Redis broker"
+    argv += args.tidings_args.split()
+    mp = ManagedProcess(
+        f"{target} server", argv, tmp / "server.log", stdin=subprocess.DEVNULL, cwd=tmp
+    )
+    server = Server(
+        target,
+        port,
+        tmp,
+        mp,
+        version + (f", {workers} workers on cores {cpus}" if workers > 1 else ""),
+        redis_prefix=prefix,
+        redis_pid=find_redis_pid() if prefix else None,
+    )
+    if not wait_healthy(mp, port, args.start_timeout):
+        tail = mp.log_tail()
+        server.stop()
+        raise RuntimeError(f"{target} did not become healthy on port {port}:\n{tail}")
+    return server
 
 
 def start_redis2(args: argparse.Namespace, port: int, tmp: Path) -> Server:
@@ -840,7 +881,8 @@ def run_cell(
         if not w["ok"]:
             cell["notes"].append(f"warm-up publishes not delivered to everyone: {w['rounds']}")
 
-        cores = sorted({int(args.server_cpu), int(args.loadgen_cpu)})
+        server_cpus = args.server_cpu if workers_of(target) == 1 else args.workers_cpus
+        cores = sorted({*(int(c) for c in server_cpus.split(",")), int(args.loadgen_cpu)})
         rate = publish_rate(args, transport, n)
         cell["rate"] = quiet_phase(
             server,
@@ -1042,6 +1084,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         out.extend(render_redis2(by_key, cells))
     if "tidings" in args.targets and ({MOUNT, SSE_STARLETTE} & set(args.targets)):
         out.extend(render_uvicorn(by_key, cells, args.targets))
+    several = [t for t in args.targets if t.startswith(WORKERS_PREFIX) and workers_of(t) > 1]
+    if f"{WORKERS_PREFIX}1" in args.targets and several:
+        out.extend(render_workers(by_key, cells, several))
 
     notes = [(c, note) for c in results for note in c.get("notes", [])]
     notes += [(c, c["error"]) for c in results if "error" in c]
@@ -1153,6 +1198,45 @@ def render_uvicorn(
     return out
 
 
+def render_workers(
+    by_key: dict[tuple[str, str, int], dict[str, Any]],
+    cells: list[tuple[str, int]],
+    several: list[str],
+) -> list[str]:
+    """tidings --workers N against --workers 1 of the same run."""
+    out = ["### Several workers / one worker\n"]
+    out.append(
+        "`tidings-wN` / `tidings-w1`: deliveries per second, latency and CPU per delivery "
+        "(every worker and the supervisor summed) as ratios; the CPU the server and the load "
+        "generator used, in % of one core, at saturation.\n"
+    )
+    out.append(
+        "| target | transport | subs | sat: msg/s | sat: p50 | sat: p99 | sat: us/msg "
+        "| rate: us/msg | server CPU % (w1 / wN) | loadgen CPU % (w1 / wN) |"
+    )
+    out.append("|" + " --- |" * 10)
+    for target in several:
+        for transport, n in cells:
+            one = by_key.get((f"{WORKERS_PREFIX}1", transport, n))
+            many = by_key.get((target, transport, n))
+            if one is None or many is None:
+                out.append(f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |")
+                continue
+            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
+            s1, sn = one["sat"], many["sat"]
+            out.append(
+                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} "
+                f"| {rx(sn['msgsPerS'], s1['msgsPerS'])} "
+                f"| {rx(sn['p50ms'], s1['p50ms'])} | {rx(sn['p99ms'], s1['p99ms'])} "
+                f"| {rx(sn['usPerMsg'], s1['usPerMsg'])} "
+                f"| {rx(many['rate']['usPerMsg'], one['rate']['usPerMsg'])} "
+                f"| {s1['serverCpuPct']:.0f} / {sn['serverCpuPct']:.0f} "
+                f"| {s1['loadgenCpuPct']:.0f} / {sn['loadgenCpuPct']:.0f} |"
+            )
+    out.append("")
+    return out
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(
@@ -1184,13 +1268,24 @@ def fixed_rate_text(args: argparse.Namespace) -> str:
     return "; ".join(parts)
 
 
+def workers_text(args: argparse.Namespace) -> str:
+    counts = [n for n in getattr(args, "workers", [1]) if n > 1]
+    if not counts:
+        return ""
+    return (
+        f" (servers of {', '.join(map(str, counts))} workers on cores "
+        f"{getattr(args, 'workers_cpus', '0,1')}, broker {getattr(args, 'tidings_broker', '?')})"
+    )
+
+
 def header(args: argparse.Namespace, meta: dict[str, Any]) -> str:
     versions = ", ".join(f"{k}: {v}" for k, v in meta["versions"].items())
     return (
         f"## Fan-out benchmark, {meta['date']}\n\n"
         f"`{meta['command']}`\n\n"
         f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {platform.system()} "
-        f"{platform.release()}; server on core {args.server_cpu}, load generator on core "
+        f"{platform.release()}; server on core {args.server_cpu}"
+        f"{workers_text(args)}, load generator on core "
         f"{args.loadgen_cpu}{f', both at nice {args.nice}' if getattr(args, 'nice', 0) else ''}. "
         f"Commit {meta['git']}. {versions}.\n\n"
         f"Fixed rate: {fixed_rate_text(args)} for {args.duration:g} s. Saturation: up to "
@@ -1294,6 +1389,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="runs of a disturbed phase again, keeping the least disturbed attempt",
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="comma list of worker counts for the tidings target (`tidings serve --workers "
+        "N`); more than one value, or one above 1, names the targets tidings-w1, tidings-w2...",
+    )
+    p.add_argument(
+        "--tidings-broker",
+        choices=("memory", "redis"),
+        default="memory",
+        help="broker of the tidings target; redis: 127.0.0.1:6379 with a fresh key prefix per "
+        "cell (needed for more than one worker)",
+    )
+    p.add_argument(
+        "--workers-cpus",
+        default="0,1",
+        help="cores a server of several workers is pinned to (taskset -c)",
+    )
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--tidings-cmd", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
@@ -1319,13 +1432,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = [t for t in args.targets.split(",") if t]
     args.transports = [t for t in args.transports.split(",") if t]
     args.subs = [int(n) for n in args.subs.split(",") if n]
-    bad = [t for t in args.targets if t not in TARGETS] + [
+    bad = [t for t in args.targets if t not in TARGETS and not t.startswith(WORKERS_PREFIX)] + [
         t for t in args.transports if t not in TRANSPORTS
     ]
     if bad or not args.targets or not args.transports or not args.subs:
         p.error(f"bad --targets/--transports/--subs {bad}")
     if args.sat_duration is None:
         args.sat_duration = args.duration
+    args.workers = [int(n) for n in str(args.workers).split(",") if n]
+    if not args.workers or min(args.workers) < 1:
+        p.error("--workers takes counts of 1 or more")
+    if max(args.workers) > 1 and args.tidings_broker == "memory":
+        p.error("more than one worker needs --tidings-broker redis (memory:// is one process)")
+    if "tidings" in args.targets and args.workers != [1]:
+        at = args.targets.index("tidings")
+        args.targets[at : at + 1] = [f"{WORKERS_PREFIX}{n}" for n in args.workers]
     if "nchan" in args.targets and args.nchan_module is None:
         args.nchan_module = nchan_module_path()
     return args

@@ -15,6 +15,7 @@ from tidings.config import (
     NamespaceSettings,
     ServerSettings,
     Settings,
+    cpu_count,
     describe,
     load_settings,
 )
@@ -405,3 +406,28 @@ def test_inconsistent_security_settings_stop_start_up(environ: dict[str, str], k
     with pytest.raises(ConfigError) as raised:
         load_settings(environ=environ)
     assert raised.value.key == key
+
+
+# Workers
+
+
+def test_workers_auto_is_one_per_cpu_this_process_may_use(toml_file: Any) -> None:
+    path = toml_file('[server]\nworkers = "auto"\nbroker = "redis://127.0.0.1:6379/0"\n')
+    assert load_settings(path, environ=NO_ENV).server.workers == cpu_count()
+    environ = {"TIDINGS_SERVER_WORKERS": "AUTO", "TIDINGS_SERVER_BROKER": "nats://127.0.0.1"}
+    assert load_settings(environ=environ).server.workers == cpu_count()
+    flags = {"workers": "3", "broker": "redis://127.0.0.1"}
+    assert load_settings(environ=NO_ENV, flags=flags).server.workers == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5", True])
+def test_a_bad_worker_count_names_its_key(value: object) -> None:
+    error = config_error(flags={"workers": value, "broker": "redis://127.0.0.1"})
+    assert error.key == "server.workers"
+
+
+def test_several_workers_on_the_memory_broker_are_refused_naming_the_fix() -> None:
+    error = config_error(flags={"workers": 2})
+    assert error.key == "server.broker"
+    assert "--broker redis://" in str(error) and "nats://" in str(error)
+    assert load_settings(environ=NO_ENV, flags={"workers": 1}).server.workers == 1

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from tidings.client.ladder import AUTO, TRANSPORTS
 from tidings.client.publish import DEFAULT_URL, publish
 from tidings.config import LOG_FORMATS, describe, load_settings
 from tidings.exceptions import ClientError, ConfigError, ServerRejected
+from tidings.server.uvloop.loop import install_loop
 
 SUBSCRIBE_EPILOG = """\
 Each event is printed on stdout as one JSON line (channel, id, event, data, ts); messages go
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0: any free)")
     serve.add_argument("--broker", help="memory:// (default), redis://..., nats://...")
+    serve.add_argument(
+        "--workers",
+        help='processes serving the port (default 1; "auto": one per CPU); more than one '
+        "shares channels through a redis:// or nats:// broker",
+    )
     serve.add_argument("--config", help="a tidings.toml file")
     serve.add_argument("--heartbeat-seconds", type=float, dest="heartbeat_seconds")
     serve.add_argument("--max-poll-seconds", type=float, dest="max_poll_seconds")
@@ -165,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "broker": args.broker,
+        "workers": args.workers,
         "heartbeat_seconds": args.heartbeat_seconds,
         "max_poll_seconds": args.max_poll_seconds,
         "lab": args.lab,
@@ -176,8 +182,11 @@ def _serve(args: argparse.Namespace) -> int:
         from tidings.server.uvloop.server import run
 
         logs.configure(args.log_level, settings.server.log_format)
+        install_loop()
+        if settings.server.workers > 1:
+            from tidings.server.uvloop.workers import Workers
 
-        _install_loop()
+            return asyncio.run(Workers(settings, args.log_level).run())
         asyncio.run(run(settings))
     except ConfigError as error:
         print(f"tidings: {error}", file=sys.stderr)
@@ -186,15 +195,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tidings: cannot listen: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _install_loop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        logging.getLogger("tidings").warning("uvloop is not installed: using asyncio's own loop")
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -237,7 +237,7 @@ def _subscribe(args: argparse.Namespace) -> int:
     except ClientError as error:
         print(f"tidings: {error}", file=sys.stderr)
         return 2
-    _install_loop()
+    install_loop()
     return command.run()
 
 
@@ -262,7 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"tidings: {error}", file=sys.stderr)
         return 2
     bar = ProgressBar(sys.stderr, enabled=args.progress or sys.stderr.isatty())
-    _install_loop()
+    install_loop()
     try:
         results = asyncio.run(run_bench(plan, bar))
     except ClientError as error:

@@ -20,6 +20,9 @@ from tidings.exceptions import ConfigError
 
 SLOW_CONSUMER_POLICIES = ("disconnect", "drop-oldest")
 LOG_FORMATS = ("text", "json")
+AUTO = "auto"
+# A count of processes: a whole number, or "auto" (the CPUs this process may run on).
+Workers = int
 
 DOCS = {
     "server.host": "address to listen on",
@@ -57,6 +60,8 @@ DOCS = {
     "within this time",
     "server.max_rewind": "most events a subscription without a cursor may ask back with "
     "rewind (larger values are lowered to it); 0: rewind is off",
+    "server.workers": "processes serving the one port (SO_REUSEPORT), sharing channels "
+    'through the broker; "auto": one per CPU. More than 1 needs a redis:// or nats:// broker',
     "server.log_format": "text or json; at log level info, one line per SSE stream or "
     "WebSocket opened and closed",
     "auth.token_secret": "HS256 secret for connection tokens, at least 32 bytes",
@@ -111,6 +116,7 @@ class ServerSettings:
     presence_ttl_seconds: float = 15.0
     redis_wait_replicas: int = 0
     max_rewind: int = 100
+    workers: Workers = 1
     log_format: str = "text"
 
 
@@ -263,6 +269,8 @@ def _convert(key: str, type_name: Any, value: Any) -> Any:
     try:
         if kind == "bool":
             return _to_bool(value)
+        if kind == "Workers":
+            return _to_workers(value)
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -280,7 +288,24 @@ def _convert(key: str, type_name: Any, value: Any) -> Any:
             raise ValueError
         return value
     except ValueError:
-        raise ConfigError(key, f"{value!r} is not a valid {kind}") from None
+        wanted = 'a whole number or "auto"' if kind == "Workers" else f"a valid {kind}"
+        raise ConfigError(key, f"{value!r} is not {wanted}") from None
+
+
+def _to_workers(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return cpu_count()
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return int(value)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _to_bool(value: Any) -> bool:
@@ -336,6 +361,14 @@ def _validate(settings: Settings) -> None:
     _require(server.presence_ttl_seconds >= 1, "server.presence_ttl_seconds", "must be at least 1")
     _require(server.max_rewind >= 0, "server.max_rewind", "must be 0 or more")
     _require(server.redis_wait_replicas >= 0, "server.redis_wait_replicas", "must be 0 or more")
+    _require(server.workers >= 1, "server.workers", 'must be 1 or more, or "auto"')
+    _require(
+        server.workers == 1 or not server.broker.startswith("memory:"),
+        "server.broker",
+        f"memory:// keeps channels inside one process, so {server.workers} workers would not "
+        "see each other's events: share them through a broker with --broker "
+        "redis://127.0.0.1:6379/0 (or nats://127.0.0.1:4222), or serve with --workers 1",
+    )
     _require(
         server.log_format in LOG_FORMATS,
         "server.log_format",

@@ -138,6 +138,7 @@ class LeanSSE:
         self.errors: list[str] = []
         self.connected = False
         self.url = ""
+        self.local_port = 0  # of the current connection: which process serves it
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -167,6 +168,7 @@ class LeanSSE:
         parts = urlsplit(url)  # a node's root, or the mount's prefix
         port = parts.port
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        self.local_port = writer.get_extra_info("sockname")[1]
         try:
             writer.write(
                 (

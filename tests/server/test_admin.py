@@ -53,6 +53,7 @@ async def test_the_feed_shows_the_node_moving(make_server: Callable[..., Running
         sse_stream(client, "/sse?channel=busy") as watcher,
     ):
         first = await next_snapshot(feed)
+        assert first["workers"] == 1
         assert first["connections"]["admin"] == 1
         assert first["connections"]["sse"] == 1
         assert first["channels"]["by_followers"] == [{"channel": "busy", "followers": 1}]

@@ -87,14 +87,28 @@ def _text_value(value: object) -> str:
     return text
 
 
-def configure(level: str, log_format: str) -> None:
+class WorkerField(logging.Filter):
+    """Adds ``worker=N`` to every line of a worker process (``server.workers``)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**getattr(record, "fields", {}), "worker": self.worker}
+        return True
+
+
+def configure(level: str, log_format: str, worker: int | None = None) -> None:
     """Send every log line to stderr as ``log_format`` (text or json) at ``level``.
 
     Below INFO, the server's own start-up and shutdown lines stay visible: they say where
-    it listens.
+    it listens. A worker's lines carry its number.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

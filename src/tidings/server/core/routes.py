@@ -21,6 +21,7 @@ from tidings.server.core.api.publish import (
     handle_publish,
 )
 from tidings.server.core.exchange import Exchange
+from tidings.server.core.figures import figures_of
 from tidings.server.core.node import Node
 from tidings.server.core.ops.admin import (
     SNAPSHOT_SECONDS,
@@ -30,6 +31,7 @@ from tidings.server.core.ops.admin import (
 )
 from tidings.server.core.ops.metrics import handle_metrics, metrics_registry
 from tidings.server.core.ops.static import StaticFiles, handle_client_script, handle_lab
+from tidings.server.core.peers import PeersView
 from tidings.server.core.request import Request
 from tidings.server.core.response import Headers
 from tidings.server.core.transports.poll import handle_poll
@@ -51,16 +53,18 @@ ALLOW_HEADERS = b"Authorization, Content-Type, Last-Event-ID, If-None-Match"
 class Routes:
     """The node's endpoints, each handler built with what it uses beyond the node."""
 
-    def __init__(self, node: Node, files: StaticFiles) -> None:
+    def __init__(self, node: Node, files: StaticFiles, peers: PeersView | None = None) -> None:
+        """``peers``: the node's other workers (``server.workers``), for the node's numbers."""
         self.node = node
-        self.metrics = metrics_registry(node)
-        self.admin_feed = AdminFeed(node)
+        self.metrics = metrics_registry(node, peers)
+        figures = partial(figures_of, node) if peers is None else partial(peers.whole, node)
+        self.admin_feed = AdminFeed(node, figures)
         node.on_control = partial(apply_control, node)
         if node.settings.server.admin:
             node.hub.timers.every(SNAPSHOT_SECONDS, self.admin_feed.tick)
         self.table: dict[str, tuple[str, Handler]] = {
             "/healthz": ("GET", handle_health),
-            "/readyz": ("GET", handle_ready),
+            "/readyz": ("GET", partial(handle_ready, peers)),
             "/api/publish": ("POST", handle_publish),
             "/api/history": ("GET", handle_history),
             "/api/presence": ("GET", handle_presence),

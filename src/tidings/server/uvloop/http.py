@@ -24,6 +24,7 @@ from tidings.server.core.limits import forwarded_for
 from tidings.server.core.logs import http_closed, http_opened
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
+from tidings.server.core.peers import PeersView
 from tidings.server.core.request import Request
 from tidings.server.core.response import Response
 from tidings.server.core.routes import Routes
@@ -53,10 +54,14 @@ class Edge:
     """What every connection of the standalone server shares."""
 
     def __init__(
-        self, node: Node, files: StaticFiles, socket_class: type[FrameSocket] = FrameSocket
+        self,
+        node: Node,
+        files: StaticFiles,
+        socket_class: type[FrameSocket] = FrameSocket,
+        peers: PeersView | None = None,
     ) -> None:
         self.node = node
-        self.routes = Routes(node, files)
+        self.routes = Routes(node, files, peers)
         self.socket_class = socket_class  # what /ws speaks: the protocol, or the test echo
 
     def protocol_factory(self) -> HttpConnection:

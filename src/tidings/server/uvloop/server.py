@@ -10,6 +10,7 @@ from tidings.config import Settings
 from tidings.server.core.limits import exposure_warning
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
+from tidings.server.core.peers import PeersView
 from tidings.server.drain import Drain
 from tidings.server.uvloop.http import Edge
 from tidings.server.uvloop.websocket import FrameSocket
@@ -21,15 +22,26 @@ BACKLOG = 4096
 class Server:
     """A node listening on a socket: ``start`` it, read ``port``, ``stop`` it.
 
-    ``socket_class`` is what ``/ws`` speaks; the Autobahn suite passes the echo.
+    ``socket_class`` is what ``/ws`` speaks; the Autobahn suite passes the echo. A worker of
+    a node of several (``server.workers``) passes ``peers``, what it knows of the others,
+    and ``reuse_port``: every worker listens on the same port (``SO_REUSEPORT``) and the
+    kernel spreads the connections over them.
     """
 
-    def __init__(self, settings: Settings, socket_class: type[FrameSocket] = FrameSocket) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        socket_class: type[FrameSocket] = FrameSocket,
+        peers: PeersView | None = None,
+        reuse_port: bool = False,
+    ) -> None:
         self.settings = settings
         self.port = 0
         self.node: Node | None = None
         self.edge: Edge | None = None
         self._socket_class = socket_class
+        self._peers = peers
+        self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._drain: Drain | None = None
 
@@ -37,19 +49,17 @@ class Server:
         loop = asyncio.get_running_loop()
         files = await StaticFiles.load()
         self.node = Node(self.settings, loop)
-        self.edge = Edge(self.node, files, self._socket_class)
+        self.edge = Edge(self.node, files, self._socket_class, self._peers)
         await self.node.start()
         server = self.settings.server
         self._server = await loop.create_server(
-            self.edge.protocol_factory, server.host, server.port, backlog=BACKLOG
+            self.edge.protocol_factory,
+            server.host,
+            server.port,
+            backlog=BACKLOG,
+            reuse_port=self._reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "tidings listening on http://%s:%d (broker %s)", server.host, self.port, server.broker
-        )
-        warning = exposure_warning(server)
-        if warning is not None:
-            log.warning(warning)
         return self.port
 
     async def stop(self) -> None:
@@ -74,6 +84,17 @@ class Server:
             self._drain.hurry.set()
 
 
+def announce(settings: Settings, port: int, workers: int = 1) -> None:
+    """The line that says where the node listens (tests and scripts read the port there)."""
+    server = settings.server
+    processes = f", {workers} workers" if workers > 1 else ""
+    where = f"http://{server.host}:{port}"
+    log.info("tidings listening on %s (broker %s%s)", where, server.broker, processes)
+    warning = exposure_warning(server)
+    if warning is not None:
+        log.warning(warning)
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then drain; a second signal ends the drain at once."""
     loop = asyncio.get_running_loop()
@@ -87,7 +108,7 @@ async def run(settings: Settings) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)  # before "listening" is announced
-    await server.start()
+    announce(settings, await server.start())
     try:
         await stop.wait()
     finally:

@@ -6,6 +6,13 @@ streams that followed it with the API key. The channel never reaches the broker:
 numbers are its own. Its name is not a valid channel name, so no subscriber can ask for it
 on ``/sse``, ``/ws`` or ``/poll``. Nobody watching, the timer job returns at once and the
 hub stops counting arrivals per channel: the feed costs nothing.
+
+On a node of several workers (``server.workers``) the numbers are the whole node's
+(``core/figures.py``): the worker that serves the page adds the other workers' latest figures
+to its own. The busiest channels by followers are the node's (each worker sends its top
+fifty); the channels by events per second are counted where the page is served, so they are
+the channels that worker follows: every worker receives every event of the channels it
+follows, so their rates are the node's.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -27,7 +35,7 @@ from tidings.protocol.event import Batch, Event
 from tidings.protocol.identity import ANONYMOUS
 from tidings.server.core.access import authorize_api
 from tidings.server.core.exchange import Exchange
-from tidings.server.core.ops.metrics import open_connections
+from tidings.server.core.figures import Figures
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.core.request import Request
 from tidings.server.core.transports.sse import SSEStream, event_bytes, stream_head
@@ -74,8 +82,9 @@ class AdminStream(SSEStream):
 class AdminFeed:
     """Builds and delivers the snapshot every second while someone watches."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, figures: Callable[[], Figures]) -> None:
         self.node = node
+        self.figures = figures  # the node's numbers: this worker's, or every worker's
         self.epoch = new_epoch()
         self.offset = 0
         self._previous: tuple[float, int, int] | None = None  # time, publishes, deliveries
@@ -103,32 +112,36 @@ class AdminFeed:
 
     def snapshot(self) -> dict[str, Any]:
         node = self.node
-        stats, tally = node.stats, node.hub.tally
+        figures = self.figures()
         now = node.loop.time()
-        deliveries = sum(tally.deliveries.values())
+        deliveries = figures.delivered
         elapsed = now - self._previous[0] if self._previous else 0.0
         arrivals, node.hub.arrivals = node.hub.arrivals or {}, {}
         snapshot = {
-            "connections": open_connections(node),
-            "subscriptions": node.hub.subscription_count(),
-            "publishes": {"total": stats.published, "per_second": self._rate(1, stats.published)},
+            "workers": figures.workers,
+            "connections": dict(figures.connections),
+            "subscriptions": figures.subscriptions,
+            "publishes": {
+                "total": figures.published,
+                "per_second": self._rate(1, figures.published),
+            },
             "deliveries": {
                 "total": deliveries,
                 "per_second": self._rate(2, deliveries),
-                "by_transport": dict(tally.deliveries),
+                "by_transport": dict(figures.deliveries),
             },
-            "lag_ms": self._lag(),
-            "refusals": dict(stats.refusals),
-            "resets": stats.resets,
-            "slow_consumer_closes": stats.slow_consumers,
+            "lag_ms": self._lag(figures.lag_counts),
+            "refusals": dict(figures.refusals),
+            "resets": figures.resets,
+            "slow_consumer_closes": figures.slow_consumers,
             "broker": {
-                "up": tally.broker_up,
-                "rtt_ms": None if tally.broker_rtt is None else tally.broker_rtt * 1000,
-                "errors": tally.broker_errors,
+                "up": figures.broker_up,
+                "rtt_ms": None if figures.broker_rtt is None else figures.broker_rtt * 1000,
+                "errors": figures.broker_errors,
             },
-            "channels": self._channels(arrivals, elapsed),
+            "channels": self._channels(figures.followers, arrivals, elapsed),
         }
-        self._previous = (now, stats.published, deliveries)
+        self._previous = (now, figures.published, deliveries)
         return snapshot
 
     def _rate(self, index: int, total: int) -> float | None:
@@ -137,14 +150,15 @@ class AdminFeed:
         elapsed = self.node.loop.time() - self._previous[0]
         return (total - self._previous[index]) / elapsed if elapsed > 0 else None
 
-    def _lag(self) -> dict[str, Any]:
-        self._lag_window.append(self.node.hub.tally.lag.snapshot())
+    def _lag(self, counts: tuple[int, ...]) -> dict[str, Any]:
+        self._lag_window.append(counts)
         newest, oldest = self._lag_window[-1], self._lag_window[0]
         recent = [a - b for a, b in zip(newest, oldest, strict=True)]
         return {"p50": quantile(recent, 0.5), "p99": quantile(recent, 0.99), "count": sum(recent)}
 
-    def _channels(self, arrivals: dict[str, int], elapsed: float) -> dict[str, Any]:
-        followers = self.node.hub.followers()
+    def _channels(
+        self, followers: Mapping[str, int], arrivals: dict[str, int], elapsed: float
+    ) -> dict[str, Any]:
         arrivals.pop(ADMIN_CHANNEL, None)
         busiest = heapq.nlargest(TOP_CHANNELS, followers.items(), key=lambda item: item[1])
         fastest = heapq.nlargest(TOP_CHANNELS, arrivals.items(), key=lambda item: item[1])

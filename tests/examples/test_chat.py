@@ -59,7 +59,11 @@ def test_two_people_chat_see_each_other_and_keep_the_conversation_across_a_reloa
     ann.wait_for_function("() => chat.messages.length === 1", timeout=WAIT_MS)
     say(ann, "Yes, ten minutes ago.")
     say(bob, "Thanks!")
-    conversation = ["Bob: Hi Ann, is the deploy done?", "Ann: Yes, ten minutes ago.", "Bob: Thanks!"]
+    conversation = [
+        "Bob: Hi Ann, is the deploy done?",
+        "Ann: Yes, ten minutes ago.",
+        "Bob: Thanks!",
+    ]
     for page in (ann, bob):
         page.wait_for_function("() => chat.messages.length === 3", timeout=WAIT_MS)
         assert texts(page) == conversation
@@ -71,7 +75,8 @@ def test_two_people_chat_see_each_other_and_keep_the_conversation_across_a_reloa
     say(bob, "See you tomorrow.")
     ann.wait_for_function("() => chat.messages.length === 1", timeout=WAIT_MS)
     assert texts(ann) == ["Bob: See you tomorrow."]  # the one received since the reload
-    assert ann.locator("#messages li").all_inner_texts() == [*conversation, "Bob: See you tomorrow."]
+    shown = ann.locator("#messages li").all_inner_texts()
+    assert shown == [*conversation, "Bob: See you tomorrow."]
 
     bob.context.close()  # Bob leaves: his connections close and the lobby says so
     wait_for_here(ann, ["Ann"])

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Browser, Page
@@ -22,6 +23,7 @@ from tests.serve_process import ServeProcess
 __all__ = ["ExampleProcess", "browser", "example", "open_page", "screenshot"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+E = TypeVar("E", bound="ExampleProcess")
 VIEWPORT = {"width": 800, "height": 500}
 
 
@@ -41,11 +43,14 @@ class ExampleProcess(ServeProcess):
 
 @pytest.fixture
 def example() -> Iterator[Callable[..., ExampleProcess]]:
-    """``example("chat")`` starts that example; every one is stopped, by its PID, at the end."""
+    """``example("chat")`` starts that example (``kind``: a subclass that knows more of its
+    output); every one is stopped, by its PID, at the end."""
     started: list[ExampleProcess] = []
 
-    def start(name: str, *flags: str, env: dict[str, str] | None = None) -> ExampleProcess:
-        process = ExampleProcess(name, *flags, env=env)
+    def start(
+        name: str, *flags: str, env: dict[str, str] | None = None, kind: type[E] = ExampleProcess
+    ) -> E:
+        process = kind(name, *flags, env=env)
         started.append(process)
         return process
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 
 import tidings
 
@@ -19,7 +20,7 @@ STEPS = 100
 RETRIES = 5  # per step, for a server that restarts or a network that drops for a moment
 
 
-def publish(channel: str, data: dict[str, object], key: str, url: str, api_key: str) -> None:
+def publish(channel: str, data: Mapping[str, object], key: str, url: str, api_key: str) -> None:
     """Publish once, even when retried: the idempotency key makes a repeat return the first
     event instead of storing a second one."""
     for attempt in range(RETRIES):

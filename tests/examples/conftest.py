@@ -12,10 +12,9 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, ViewportSize
 
 from tests.e2e.conftest import FAST_ENV, browser
 from tests.serve_process import ServeProcess
@@ -23,8 +22,7 @@ from tests.serve_process import ServeProcess
 __all__ = ["ExampleProcess", "browser", "example", "open_page", "screenshot"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-E = TypeVar("E", bound="ExampleProcess")
-VIEWPORT = {"width": 800, "height": 500}
+VIEWPORT: ViewportSize = {"width": 800, "height": 500}
 
 
 class ExampleProcess(ServeProcess):
@@ -48,8 +46,11 @@ def example() -> Iterator[Callable[..., ExampleProcess]]:
     started: list[ExampleProcess] = []
 
     def start(
-        name: str, *flags: str, env: dict[str, str] | None = None, kind: type[E] = ExampleProcess
-    ) -> E:
+        name: str,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        kind: type[ExampleProcess] = ExampleProcess,
+    ) -> ExampleProcess:
         process = kind(name, *flags, env=env)
         started.append(process)
         return process
@@ -60,12 +61,16 @@ def example() -> Iterator[Callable[..., ExampleProcess]]:
 
 
 @pytest.fixture
-def screenshot() -> Callable[[Page, str], None]:
-    """``screenshot(page, "chat")`` writes examples/chat/screenshot.png when asked to."""
+def screenshot() -> Callable[..., None]:
+    """``screenshot(page, "chat")`` writes examples/chat/screenshot.png when asked to; with
+    ``when``, a JavaScript condition to wait for first (a fuller picture)."""
 
-    def take(shown: Page, name: str) -> None:
-        if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") == "1":
-            shown.screenshot(path=str(EXAMPLES / name / "screenshot.png"))
+    def take(shown: Page, name: str, when: str | None = None) -> None:
+        if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") != "1":
+            return
+        if when is not None:
+            shown.wait_for_function(when, timeout=60_000)
+        shown.screenshot(path=str(EXAMPLES / name / "screenshot.png"))
 
     return take
 

@@ -42,7 +42,7 @@ def wait_for_here(page: Page, names: list[str]) -> None:
 def test_two_people_chat_see_each_other_and_keep_the_conversation_across_a_reload(
     example: Callable[..., ExampleProcess],
     open_page: Callable[[], Page],
-    screenshot: Callable[[Page, str], None],
+    screenshot: Callable[..., None],
 ) -> None:
     chat = example("chat")
     refused = httpx.get(f"{chat.url}/rt/poll", params={"channel": "chat:lobby"}, timeout=10)

@@ -42,14 +42,15 @@ def watch(page: Page, url: str, transport: str, ticks: int) -> list[int]:
 def test_the_numbers_arrive_over_sse_and_over_long_polling_behind_the_proxy(
     example: Callable[..., ExampleProcess],
     open_page: Callable[[], Page],
-    screenshot: Callable[[Page, str], None],
+    screenshot: Callable[..., None],
 ) -> None:
     dashboard = example("dashboard", kind=Dashboard)
+    assert isinstance(dashboard, Dashboard)
     watch(open_page(), dashboard.app_url, "sse", 2)
 
     behind = open_page()
     watch(behind, dashboard.url, "longpoll", 3)
-    screenshot(behind, "dashboard")
+    screenshot(behind, "dashboard", when="dashboard.ticks.length >= 30")
     refused = behind.evaluate(
         """() => new Promise((resolve) => {
              const socket = new WebSocket(`ws://${location.host}/rt/ws`);

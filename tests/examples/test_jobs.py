@@ -36,7 +36,7 @@ def wait_published_after(app: ExampleProcess, channel: str, cursor: str, count: 
 def test_the_bar_reaches_100_through_a_reload_and_a_network_cut(
     example: Callable[..., ExampleProcess],
     open_page: Callable[[], Page],
-    screenshot: Callable[[Page, str], None],
+    screenshot: Callable[..., None],
 ) -> None:
     app = example("jobs")
     proxy = FaultProxy(app.port).start()  # the browser's only way to the app, to cut

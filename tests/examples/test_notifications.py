@@ -41,7 +41,7 @@ def shown(page: Page) -> list[dict[str, object]]:
 def test_a_reload_shows_exactly_the_notifications_missed_while_away(
     example: Callable[..., ExampleProcess],
     open_page: Callable[[], Page],
-    screenshot: Callable[[Page, str], None],
+    screenshot: Callable[..., None],
 ) -> None:
     app = example("notifications")
     alice = open_page()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -78,6 +79,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         publisher = asyncio.create_task(publish_every_second())
         yield
         publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
 
 
 app = FastAPI(lifespan=lifespan)

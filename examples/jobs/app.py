@@ -29,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 # Publishing needs one of these keys (the workers get it in their environment). In
 # production it comes from your secret store; a fresh one per start is enough for the example.
-API_KEY = secrets.token_urlsafe(24)
-os.environ["TIDINGS_SERVER_API_KEYS"] = API_KEY
+os.environ.setdefault("TIDINGS_SERVER_API_KEYS", secrets.token_urlsafe(24))
+API_KEY = os.environ["TIDINGS_SERVER_API_KEYS"].split(",")[0].strip()
 
 realtime = tidings.asgi.app(HERE / "tidings.toml")
 jobs: set[asyncio.Task[None]] = set()  # one per running worker

@@ -1,5 +1,5 @@
-"""The application's hooks decide who may connect, subscribe and publish (docs/asgi.md,
-your app"): against a real FastAPI application with cookie sessions, on both edges."""
+"""The application's hooks decide who may connect, subscribe and publish (docs/asgi.md):
+against a real FastAPI application with cookie sessions, on both edges."""
 
 from __future__ import annotations
 

@@ -82,9 +82,11 @@ class MountedNode(ServeProcess):
         return f"ws://127.0.0.1:{self.port}{PREFIX}/ws"
 
 
-async def start_nodes(broker: str, count: int, started: list[Node]) -> list[Node]:
+async def start_nodes(
+    broker: str, count: int, started: list[Node], env: dict[str, str] | None = None
+) -> list[Node]:
     """``count`` nodes on ``broker``, started side by side; each is added to ``started``."""
-    nodes = [Node(broker) for _ in range(count)]
+    nodes = [Node(broker, env) for _ in range(count)]
     started.extend(nodes)
     await asyncio.gather(*(asyncio.to_thread(node.wait_listening) for node in nodes))
     return nodes

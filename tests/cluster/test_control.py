@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.cluster.conftest import StartNodes
 from tests.cluster.support import Node, wait_until_async
 from tests.server.tokens import SECRET, mint
 from tidings.protocol.sse import SSEMessage, SSEParser
@@ -28,25 +29,7 @@ ENV = {"TIDINGS_AUTH_TOKEN_SECRET": SECRET}  # no API keys: loopback may call th
 WAIT = 10.0
 
 
-@pytest.fixture(params=["redis", "nats"])
-def broker(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
 
-
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
-async def start(broker: str, count: int, started: list[Node]) -> list[Node]:
-    made = [Node(broker, ENV) for _ in range(count)]
-    started.extend(made)
-    await asyncio.gather(*(asyncio.to_thread(node.wait_listening) for node in made))
-    return made
 
 
 def token(sub: str, **claims: Any) -> str:
@@ -155,9 +138,9 @@ async def poll_status(http: httpx.AsyncClient, node: Node, credential: str) -> i
 
 @pytest.mark.parametrize("reconnect", [True, False])
 async def test_disconnect_reaches_the_user_on_another_node(
-    broker: str, nodes: list[Node], http: httpx.AsyncClient, reconnect: bool
+    broker: str, start: StartNodes, http: httpx.AsyncClient, reconnect: bool
 ) -> None:
-    a, b = await start(broker, 2, nodes)
+    a, b = await start(broker, 2, ENV)
     alice, bob = token("alice"), token("bob")
     async with (
         websocket(b, alice) as ws,
@@ -181,9 +164,9 @@ async def test_disconnect_reaches_the_user_on_another_node(
 
 
 async def test_a_revocation_outlives_the_node_that_took_it(
-    broker: str, nodes: list[Node], http: httpx.AsyncClient
+    broker: str, start: StartNodes, http: httpx.AsyncClient
 ) -> None:
-    a, b = await start(broker, 2, nodes)
+    a, b = await start(broker, 2, ENV)
     old = token("carol")
     assert await poll_status(http, b, old) == 200
     assert await call(http, a, "disconnect", {"sub": "carol", "reconnect": False}) == 0
@@ -193,7 +176,7 @@ async def test_a_revocation_outlives_the_node_that_took_it(
 
     await wait_until_async(refused_on_b, "the revocation to reach the other node", WAIT)
     a.stop()
-    (restarted,) = await start(broker, 1, nodes)
+    (restarted,) = await start(broker, 1, ENV)
     assert await poll_status(http, restarted, old) == 401
     assert await poll_status(http, restarted, mint(sub="carol")) == 401  # no iat: refused too
     fresh = token("carol", iat=int(time.time()) + 1)  # issued after the call
@@ -202,9 +185,9 @@ async def test_a_revocation_outlives_the_node_that_took_it(
 
 
 async def test_unsubscribe_reaches_the_user_on_another_node(
-    broker: str, nodes: list[Node], http: httpx.AsyncClient
+    broker: str, start: StartNodes, http: httpx.AsyncClient
 ) -> None:
-    a, b = await start(broker, 2, nodes)
+    a, b = await start(broker, 2, ENV)
     erin = token("erin")
     async with (
         websocket(b, erin) as ws,

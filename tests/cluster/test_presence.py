@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.cluster.conftest import StartNodes
 from tests.cluster.support import Node
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,25 +29,7 @@ PRESENCE_ENV = {
 }
 
 
-@pytest.fixture(params=["redis", "nats"])
-def broker(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
 
-
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
-async def start(broker: str, count: int, started: list[Node]) -> list[Node]:
-    made = [Node(broker, PRESENCE_ENV) for _ in range(count)]
-    started.extend(made)
-    await asyncio.gather(*(asyncio.to_thread(node.wait_listening) for node in made))
-    return made
 
 
 @asynccontextmanager
@@ -77,9 +60,9 @@ async def subscribe_and_join(ws: ClientConnection) -> None:
 
 
 async def test_joins_cross_nodes_and_a_killed_nodes_clients_leave_within_the_ttl(
-    broker: str, nodes: list[Node]
+    broker: str, start: StartNodes
 ) -> None:
-    a, b = await start(broker, 2, nodes)
+    a, b = await start(broker, 2, PRESENCE_ENV)
     async with websocket(a) as on_a:
         await subscribe_and_join(on_a)
         async with websocket(b) as on_b:

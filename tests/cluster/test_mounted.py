@@ -44,12 +44,6 @@ PRESENCE_ENV = {"TIDINGS_NAMESPACES_CHAT_PRESENCE": "true"}
 Side = Node | MountedNode
 
 
-@pytest.fixture(params=["redis", "nats"])
-def broker(request: pytest.FixtureRequest) -> str:
-    """The broker's URL, with a prefix of the test's own."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
-
 
 @pytest.fixture
 def processes() -> Iterator[list[ServeProcess]]:

@@ -1,54 +1,69 @@
-"""SIGTERM to uvicorn serving the mount drains it as ``tidings serve`` drains: an SSE stream
-is asked back with a ``retry:`` inside the window and ends, and the process exits."""
+"""SIGTERM to the ASGI server serving the mount drains it as ``tidings serve`` drains: an SSE
+stream is asked back with a ``retry:`` inside the window and ends, and the process exits.
+
+Under uvicorn, and under hypercorn in one process (``--workers 0``): with hypercorn's worker
+processes, a worker is stopped by an event the application cannot see (docs/asgi.md).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.server.support import wait_until
 from tidings.protocol.sse import SSEParser
 
-LISTENING = b"Uvicorn running on http://127.0.0.1:"
+UVICORN = (
+    [
+        *("uvicorn", "tests.asgi.host:app", "--host", "127.0.0.1", "--port", "0"),
+        *("--timeout-graceful-shutdown", "5"),
+    ],
+    re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)"),
+)
+HYPERCORN = (
+    [
+        *("hypercorn", "--bind", "127.0.0.1:0", "--workers", "0", "--graceful-timeout", "5"),
+        "tests.asgi.host:app",
+    ],
+    re.compile(r"Running on http://127\.0\.0\.1:(\d+)"),
+)
 
 
-def start_uvicorn(port_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    argv: list[str], listening: re.Pattern[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.asgi.host:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
+        [sys.executable, "-m", *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, **port_env},
+        text=True,
+        env={**os.environ, **env},
     )
     assert process.stderr is not None
     for _ in range(200):
         line = process.stderr.readline()
-        if LISTENING in line:
-            return process, int(line.split(LISTENING)[1].split()[0])
+        found = listening.search(line)
+        if found:
+            return process, int(found[1])
         if not line:
             break
     process.kill()
-    raise AssertionError("uvicorn did not start")
+    raise AssertionError(f"{argv[0]} did not start")
 
 
-async def test_sigterm_asks_an_sse_stream_back_and_the_process_exits() -> None:
+@pytest.mark.parametrize("server", [UVICORN, HYPERCORN], ids=["uvicorn", "hypercorn"])
+async def test_sigterm_asks_an_sse_stream_back_and_the_process_exits(
+    server: tuple[list[str], re.Pattern[str]],
+) -> None:
     env = {"TIDINGS_SERVER_DRAIN_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
-    process, port = start_uvicorn(env)
+    process, port = start(*server, env)
     try:
         base = f"http://127.0.0.1:{port}"
         async with (
@@ -76,4 +91,3 @@ async def test_sigterm_asks_an_sse_stream_back_and_the_process_exits() -> None:
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
-

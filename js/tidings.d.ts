@@ -42,10 +42,26 @@ export declare class TidingsError extends Error {
 export interface SubscribeOptions<Data = Json> {
   /** Resume after this cursor; default: from now (or the saved cursor with `resume`). */
   since?: Cursor;
+  /** Without a cursor: start with the channel's last N events (capped by the server). */
+  rewind?: number;
   onEvent?: (event: TidingsEvent<Data>) => void;
   onReset?: (reset: TidingsReset) => void;
   /** The server refused the channel: it is not retried. */
   onError?: (error: TidingsError) => void;
+  /** Joins and leaves, where the namespace has presence (over a WebSocket, not with `share`). */
+  onPresence?: (change: PresenceChange) => void;
+}
+
+/** A client in a channel's presence: the `sub` and `info` of its token or hook. */
+export interface PresenceClient {
+  sub: string | null;
+  info: Json;
+}
+
+export interface PresenceChange {
+  op: "join" | "leave";
+  channel: string;
+  client: PresenceClient;
 }
 
 export interface Subscription {
@@ -140,5 +156,7 @@ export declare class Tidings {
   subscribe<Data = Json>(channel: string, options?: SubscribeOptions<Data>): Subscription;
   /** Over the WebSocket; resolves with the event's cursor. */
   publish(channel: string, data: unknown, options?: PublishOptions): Promise<Cursor>;
+  /** Who is in `channel` now, over the WebSocket (not with `share`). */
+  presence(channel: string): Promise<PresenceClient[]>;
   close(): void;
 }

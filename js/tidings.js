@@ -167,9 +167,11 @@ export class Tidings {
    * defaults to the cursor the channel had when this page's previous incarnation went away.
    * Without a cursor, `rewind: N` starts with the channel's last N events (at most the server's
    * `server.max_rewind`). When the server ends the channel (POST /api/unsubscribe), `onError`
-   * gets a TidingsError `unsubscribed` and the channel is not subscribed again.
+   * gets a TidingsError `unsubscribed` and the channel is not subscribed again. Where the
+   * channel's namespace has presence, `onPresence` gets `{op: "join" | "leave", channel,
+   * client: {sub, info}}` over a WebSocket (not with `share`).
    */
-  subscribe(channel, { since, rewind, onEvent, onReset, onError } = {}) {
+  subscribe(channel, { since, rewind, onEvent, onReset, onError, onPresence } = {}) {
     if (this._closed) throw new TidingsError("closed", "this Tidings instance is closed");
     if (!CHANNEL.test(channel)) throw new TypeError(`invalid channel name: ${channel}`);
     if (since != null && !CURSOR.test(since)) throw new TypeError(`invalid cursor: ${since}`);
@@ -183,7 +185,7 @@ export class Tidings {
       this._channels.set(channel, entry);
       this._kick();
     }
-    const sub = { onEvent, onReset, onError };
+    const sub = { onEvent, onReset, onError, onPresence };
     entry.subs.add(sub);
     return {
       channel,
@@ -200,14 +202,25 @@ export class Tidings {
 
   /** Publish over the WebSocket; resolves with the event's cursor. */
   publish(channel, data, { event, idempotencyKey } = {}) {
+    const message = { op: "publish", channel, data, event, idempotency_key: idempotencyKey };
+    return this._request(message, "publish");
+  }
+
+  /** Who is in `channel` now, over the WebSocket: resolves with `[{sub, info}, ...]`. */
+  presence(channel) {
+    if (this._share)
+      return Promise.reject(new TidingsError("not_connected", "presence needs share: false"));
+    return this._request({ op: "presence", channel }, "presence");
+  }
+
+  _request(message, what) {
     return new Promise((resolve, reject) => {
       const ref = ++this._ref;
       this._pending.set(ref, [resolve, reject]);
-      const message = { op: "publish", channel, data, event, idempotency_key: idempotencyKey, ref };
-      if (!this._conn?.send?.(message)) {
+      if (!this._conn?.send?.({ ...message, ref })) {
         this._pending.delete(ref);
         const now = this._state === "connected" ? "connected over " + this.transport : this._state;
-        reject(new TidingsError("not_connected", `publish needs a WebSocket connection (${now})`));
+        reject(new TidingsError("not_connected", `${what} needs a WebSocket connection (${now})`));
       }
     });
   }
@@ -387,6 +400,12 @@ export class Tidings {
     for (const sub of entry.subs) this._call(sub.onError, error);
   }
 
+  _presence({ op, channel, client }) {
+    const entry = this._channels.get(channel);
+    if (!entry) return;
+    for (const sub of [...entry.subs]) this._call(sub.onPresence, { op, channel, client });
+  }
+
   _settle(ref, id, error) {
     const pending = this._pending.get(ref);
     if (!pending) return;
@@ -475,6 +494,8 @@ function websocket(client, ctx) {
       subscribed.delete(channel);
       client._unsubscribed(channel);
     } else if (op === "published") client._settle(ref, message.id);
+    else if (op === "presence") client._settle(ref, message.clients);
+    else if (op === "join" || op === "leave") client._presence(message);
     else if (op === "error") {
       const error = new TidingsError(message.code, message.message);
       const refused = subscribing.get(ref);

@@ -6,6 +6,8 @@ import { Tidings, TidingsError } from "tidings-client";
 import type {
   Cursor,
   Json,
+  PresenceChange,
+  PresenceClient,
   State,
   Subscription,
   TidingsEvent,
@@ -58,13 +60,21 @@ tidings.subscribe("news", {
   },
 });
 
+tidings.subscribe("chat:lobby", {
+  rewind: 20,
+  onPresence: ({ op, client }: PresenceChange) => console.log(op, client.sub, client.info),
+});
+async function here(): Promise<PresenceClient[]> {
+  return tidings.presence("chat:lobby");
+}
+
 async function send(): Promise<Cursor> {
   return tidings.publish("chat:lobby", { text: "hi" }, { event: "message", idempotencyKey: "k1" });
 }
 
 const state: State = tidings.state;
 const transport: Transport | null = tidings.transport;
-console.log(cursor, state, transport, send);
+console.log(cursor, state, transport, send, here);
 tidings.close();
 
 // @ts-expect-error: a channel is a string

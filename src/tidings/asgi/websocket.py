@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tidings.asgi.http import AsgiExchange, admission, request_from
+from tidings.asgi.http import AsgiExchange, admission, client_of, request_from
 from tidings.asgi.sink import QueueSink
 from tidings.asgi.types import Receive, Scope, Send
 from tidings.protocol import ws
 from tidings.protocol.identity import Identity
+from tidings.server.core.limits import Limits
 from tidings.server.core.node import Node
 from tidings.server.core.request import Request
 from tidings.server.core.response import Response
@@ -46,7 +47,7 @@ class AsgiSocket(WebSocketSession):
         self.on_message(payload)
 
 
-def handshake_request(scope: Scope) -> Request:
+def handshake_request(scope: Scope, limits: Limits | None = None) -> Request:
     """The handshake as the core's request, which looks for ``Upgrade: websocket``.
 
     Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441), which has no
@@ -54,7 +55,7 @@ def handshake_request(scope: Scope) -> Request:
     Chromium opens a WebSocket so when it holds an HTTP/2 connection to the server. The ASGI
     server checked the handshake either way.
     """
-    request = request_from(scope, b"")
+    request = request_from(scope, b"", limits)
     if request.header(b"upgrade") is None:
         request.headers.append((b"upgrade", b"websocket"))
     return request
@@ -66,7 +67,8 @@ class HandshakeExchange(AsgiExchange):
     __slots__ = ("session",)
 
     def __init__(self, node: Node, request_scope: Scope, address: str) -> None:
-        super().__init__(node, handshake_request(request_scope), address)
+        request = handshake_request(request_scope, node.limits)
+        super().__init__(node, request, address, client_of(request_scope))
         self.session: AsgiSocket | None = None
 
     def accept_websocket(self, identity: Identity) -> AsgiSocket:

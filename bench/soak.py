@@ -336,7 +336,10 @@ def judge(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
     t = fin["totals"]
     reasons = []
     if fin["lost"]:
-        reasons.append(f"{fin['lost']} events lost ({fin['lostBy']})")
+        reasons.append(
+            f"{fin['lost']} events not received ({fin['skipped']} skipped over, "
+            f"{fin['undelivered']} still undelivered at the end; {fin['lostBy']})"
+        )
     if t["duplicates"]:
         reasons.append(f"{t['duplicates']} duplicates")
     if t["outOfOrder"]:
@@ -380,6 +383,14 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
         else "no minute after warm-up"
     )
     published = sum(c["acked"] - c["start"] for c in fin["channels"].values())
+    refused_polls = sum(n for k, n in t["pollStatus"].items() if k.endswith(" 503"))
+    redis_files = (
+        f", of which connections to Redis {run['broker_end']} (baseline "
+        f"{run['broker_idle']}; the broker's pool keeps up to {REDIS_POOL_MAX}; most per "
+        f"minute: {max(m['broker_files'] for m in run['minutes'])})"
+        if run["broker"].startswith("redis")
+        else ""
+    )
     verdict = "PASS" if not run["reasons"] else "FAIL: " + "; ".join(run["reasons"])
     return "\n".join(
         [
@@ -403,12 +414,11 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
             f"subscriber connected: {run['rss_connected_kb'] / 1024:.1f} MB, "
             f"{run['files_connected']:,} open files.",
             f"- {rss_line}. Open files after the clients left: {run['files_end']} "
-            f"(baseline {run['files_idle']}), of which connections to Redis "
-            f"{run['broker_end']} (baseline {run['broker_idle']}; the broker's pool keeps up "
-            f"to {REDIS_POOL_MAX}; most per minute: "
-            f"{max((m['broker_files'] for m in run['minutes']), default=0)}).",
+            f"(baseline {run['files_idle']}){redis_files}.",
             f"- Published and acknowledged: {published:,}; "
-            f"lost {fin['lost']}, duplicated {t['duplicates']}, out of order {t['outOfOrder']}, "
+            f"lost {fin['lost']} ({fin['skipped']} skipped over, {fin['undelivered']} still "
+            f"undelivered at the end), duplicated {t['duplicates']}, "
+            f"out of order {t['outOfOrder']}, "
             f"foreign ids {t['foreign']}, wrong data {t['badData']}, protocol errors "
             f"{t['protocolErrors']}; every subscriber caught up: {fin['caughtUp']} "
             f"({fin['catchUpMs'] / 1000:.1f} s after the last publish).",
@@ -418,7 +428,9 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
             f"- Churn: {t['churned']:,} reconnections with the cursor; slow readers paused "
             f"{t['slowReaderPauses']} times and were cut {t['slowReaderCloses']} times; server "
             f"`tidings_slow_consumer_closes_total` {run['server_slow_closes']:g}; other "
-            f"closes by the server: {t['serverCloses'] or 'none'}.",
+            f"closes by the server: {t['serverCloses'] or 'none'}; WebSocket subscribes "
+            f"refused (and asked again): {t['subscribeRefused'] or 'none'}; polls answered "
+            f"503 (and asked again): {refused_polls}.",
             f"- Publish errors: {fin['pubErrors'] or 'none'}; publishes skipped because a "
             f"channel's publisher was behind: {fin['pubLate']}.",
             f"- Server CPU over the run: {run['cpu_pct_run']:.0f} % of a core; load generator "

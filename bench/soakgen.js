@@ -60,6 +60,7 @@ const totals = {
   churned: 0, // connections we closed on purpose and reopened with the cursor
   reconnects: 0, // every reopen, churned or not
   connectFailures: {},
+  subscribeRefused: {}, // WebSocket subscribes answered with an error (retried), by code
   pollStatus: {},
 };
 function protoError(msg) {
@@ -449,6 +450,17 @@ class WsSub extends Sub {
     } else if (m.op === 'reset') {
       const p = this.position(m.channel);
       if (p) p.reset(m.id, m.reason);
+    } else if (m.op === 'error' && Number.isInteger(m.ref) && this.positions[m.ref - 1]) {
+      // The subscribe was refused (the broker unavailable): ask again, as a client would.
+      bump(totals.subscribeRefused, m.code);
+      const p = this.positions[m.ref - 1];
+      const s = this.sock;
+      this.refusals = (this.refusals || 0) + 1;
+      setTimeout(() => {
+        if (s !== this.sock || s.destroyed || stopping) return;
+        const msg = { op: 'subscribe', channel: p.channel, since: p.cursor(), ref: m.ref };
+        s.write(maskedFrame(1, Buffer.from(JSON.stringify(msg))));
+      }, Math.min(5000, 500 * this.refusals));
     } else if (text.indexOf(SUBSCRIBED) === -1) {
       protoError(`websocket ${this.idx}: unexpected ${text.slice(0, 200)}`);
     }
@@ -560,7 +572,7 @@ class PollSub extends Sub {
     } else if (st === 204 || st === 304) {
       const cur = h.get('tidings-cursor');
       if (cur) this.cursor = cur;
-    } else {
+    } else if (st !== 503) { // 503: the broker is unavailable, asked again below
       protoError(`${this.tech} answered ${st}: ${body.toString('utf8', 0, Math.min(200, body.length))}`);
     }
     const etag = h.get('etag');
@@ -790,19 +802,26 @@ function minute() {
 
 // Lost: offsets acknowledged after a subscriber's start that it never received (nor skipped
 // by a justified reset).
+// Skipped: offsets passed over (a later one arrived) and never received. Undelivered: offsets
+// after the last one a subscriber received, still missing when the wait for them ended.
 function verify() {
   let lost = 0;
-  let behind = 0; // subscribers not caught up with the last acknowledged offset
+  let skipped = 0;
+  let undelivered = 0;
+  let behind = 0; // subscriber channels not caught up with the last acknowledged offset
   const lostBy = {};
   for (const s of subs) {
     for (const p of s.positions) {
       const acked = chanInfo.get(p.channel).acked;
-      let l = p.missing ? p.missing.size : 0;
-      if (p.last < acked) { l += acked - p.last; behind++; }
-      if (l) { lost += l; bump(lostBy, s.slow ? `slow ${s.tech}` : s.tech, l); }
+      const sk = p.missing ? p.missing.size : 0;
+      const un = p.last < acked ? acked - p.last : 0;
+      if (un) behind++;
+      skipped += sk;
+      undelivered += un;
+      if (sk + un) { lost += sk + un; bump(lostBy, s.slow ? `slow ${s.tech}` : s.tech, sk + un); }
     }
   }
-  return { lost, lostBy, behind };
+  return { lost, skipped, undelivered, lostBy, behind };
 }
 
 function caughtUp() {

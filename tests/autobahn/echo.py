@@ -14,12 +14,13 @@ import uvloop
 
 from tidings.config import load_settings
 from tidings.server.uvloop.echo import EchoSocket
-from tidings.server.uvloop.server import Server
+from tidings.server.uvloop.server import Server, announce
 
 
 async def serve(port: int) -> None:
-    server = Server(load_settings(flags={"port": port}), socket_class=EchoSocket)
-    await server.start()
+    settings = load_settings(flags={"port": port})
+    server = Server(settings, socket_class=EchoSocket)
+    announce(settings, await server.start())
     try:
         await asyncio.Event().wait()  # until the test stops the process
     finally:

@@ -108,7 +108,10 @@ async def test_kill_9_of_a_worker_loses_no_event_for_its_clients(
 
         await asyncio.to_thread(node.wait_for_log, f"worker {number} restarted", 30)
         assert "was killed by SIGKILL" in node.logs()
-        fresh = list(node.worker_pids().values())
+        restarted = await asyncio.to_thread(
+            node.wait_serving, lambda pids: victim not in pids.values(), "the new worker serving"
+        )
+        fresh = list(restarted.values())
         assert victim not in fresh and len(fresh) == 2
 
         async def whole_again() -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.cluster.support import FAST_ENV
@@ -20,6 +21,7 @@ class WorkersNode(ServeProcess):
     """``tidings serve --port 0 --workers N --broker URL --log-level info``."""
 
     def __init__(self, broker: str, workers: int = 2, env: dict[str, str] | None = None) -> None:
+        self.workers = workers
         super().__init__(
             "--no-lab",
             "--workers",
@@ -34,6 +36,22 @@ class WorkersNode(ServeProcess):
     def worker_pids(self) -> dict[int, int]:
         """Worker number -> PID of its latest process, from the workers' own log lines."""
         return {int(number): int(pid) for number, pid in SERVING.findall(self.logs())}
+
+    def wait_listening(self, timeout: float = 20.0) -> WorkersNode:
+        """The node's ``listening`` line, then every worker's own ``serving`` line: the
+        workers write to the same stderr as the supervisor, and may come after it."""
+        super().wait_listening(timeout)
+        self.wait_serving(lambda pids: len(pids) == self.workers, "every worker serving")
+        return self
+
+    def wait_serving(
+        self, condition: Callable[[dict[int, int]], bool], what: str, timeout: float = 30.0
+    ) -> dict[int, int]:
+        """Wait until the workers' ``serving`` lines satisfy ``condition``; their PIDs."""
+        with self._logged:
+            if not self._logged.wait_for(lambda: condition(self.worker_pids()), timeout):
+                raise AssertionError(f"{what}: not within {timeout} s:\n{self.logs()}")
+        return self.worker_pids()
 
 
 def _connection_inodes(server_port: int, client_port: int) -> set[str]:

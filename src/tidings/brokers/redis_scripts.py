@@ -57,6 +57,9 @@ end
 local function expire_old(now)
   if ttl_ms == 0 then return end
   local oldest_allowed = tonumber(now) - ttl_ms
+  -- most calls find nothing old: look at the oldest entry alone before reading a batch
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #oldest == 0 or tonumber(oldest[1][2][6]) >= oldest_allowed then return end
   while true do
     local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)
     local gone, ids = {}, {}

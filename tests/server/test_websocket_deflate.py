@@ -72,6 +72,7 @@ async def test_a_client_that_offers_deflate_gets_it_and_its_events(
             negotiated = extensions(ws)
             assert negotiated.startswith("permessage-deflate"), negotiated
             assert "server_no_context_takeover" in negotiated
+            assert "client_no_context_takeover" in negotiated
         await subscribe(ws, "orders")
         first = await apublish(client, "orders", ORDER)
         second = await apublish(client, "orders", {**ORDER, "status": "delivered"})
@@ -175,14 +176,19 @@ async def test_every_subscriber_gets_the_same_compressed_bytes(server: RunningSe
 
 
 @pytest.mark.standalone_only("the ASGI server frames and compresses the messages itself")
-async def test_a_client_frame_compressed_by_hand_is_inflated(server: RunningServer) -> None:
+async def test_client_messages_compressed_by_hand_are_inflated_each_on_its_own(
+    server: RunningServer,
+) -> None:
     async with await RawConnection.open(server) as connection:
-        await connection.send(deflate_handshake("permessage-deflate; client_no_context_takeover"))
+        await connection.send(deflate_handshake())  # offers no client_no_context_takeover
         head = await connection.head()
-        assert "client_no_context_takeover" in (head.header("Sec-WebSocket-Extensions") or "")
-        await connection.send(masked(deflate(orjson.dumps({"op": "ping", "ref": 7})), RSV1))
-        [(flags, answer)] = await read_frames(connection)
-        assert (flags, orjson.loads(answer)) == (0x80 | TEXT, {"op": "pong", "ref": 7})
+        answer = head.header("Sec-WebSocket-Extensions") or ""
+        # asked of the client all the same, so that no connection keeps an inflate state
+        assert "client_no_context_takeover" in answer, answer
+        for ref in (7, 8):
+            await connection.send(masked(deflate(orjson.dumps({"op": "ping", "ref": ref})), RSV1))
+            [(flags, pong)] = await read_frames(connection)
+            assert (flags, orjson.loads(pong)) == (0x80 | TEXT, {"op": "pong", "ref": ref})
 
 
 def deflate_handshake(offer: str = "permessage-deflate; client_max_window_bits") -> bytes:

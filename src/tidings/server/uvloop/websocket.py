@@ -6,7 +6,8 @@ for the core's :class:`WebSocketSession` and writes what the protocol wants sent
 
 With ``server.ws_deflate`` on, a client that offers permessage-deflate (RFC 7692) gets it
 with ``server_no_context_takeover``: every message we send is compressed on its own, so an
-event's compressed frame is the same bytes for every subscriber. The protocol object then
+event's compressed frame is the same bytes for every subscriber (and
+``client_no_context_takeover``, see :data:`DEFLATE`). The protocol object then
 holds the negotiated extension, inflates the client's compressed frames and applies the
 size limit to the inflated size.
 """
@@ -44,11 +45,18 @@ FAILURE_REASONS: dict[int, str] = {
 }
 HANDSHAKE_SLACK = 4096  # a whole message may exceed max_message_bytes by its JSON envelope
 EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
-# What we accept of a client's permessage-deflate offer: each server message compressed on
-# its own (the shared frames need it), within the window the shared frames use. The
-# client's own context takeover and window are its choice.
+# What we answer to a client's permessage-deflate offer: each server message compressed on
+# its own (the shared frames need it), within the window the shared frames use; and each
+# client message compressed on its own too (RFC 7692 lets the server ask for it even when
+# the client did not offer it). With client context takeover every connection would keep an
+# inflate state (7 KB) and its window (up to 32 KB, from the first compressed message) for
+# its life; without, a connection that negotiated deflate holds about 2.5 KB more than one
+# that did not, and client messages (subscribe, publish) are small and gain little from a
+# shared context.
 DEFLATE = ServerPerMessageDeflateFactory(
-    server_no_context_takeover=True, server_max_window_bits=ws.DEFLATE_WINDOW_BITS
+    server_no_context_takeover=True,
+    client_no_context_takeover=True,
+    server_max_window_bits=ws.DEFLATE_WINDOW_BITS,
 )
 
 
@@ -207,6 +215,9 @@ def _negotiate(ws_request: WsRequest, max_size: int) -> Handshake | None:
     if len(received) != 1 or not isinstance(received[0], WsRequest):
         return None
     response = protocol.accept(received[0])
+    # the handshake parser's frame holds the request for the connection's life: its headers
+    # would be most of what a connection that negotiated deflate holds beyond one that did not
+    received[0].headers.clear()
     if response.status_code != 101:
         return _refusal(response.body)
     protocol.send_response(response)

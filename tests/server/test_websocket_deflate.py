@@ -191,6 +191,24 @@ async def test_client_messages_compressed_by_hand_are_inflated_each_on_its_own(
             assert (flags, orjson.loads(pong)) == (0x80 | TEXT, {"op": "pong", "ref": ref})
 
 
+@pytest.mark.standalone_only("the ASGI server frames and compresses the messages itself")
+async def test_an_offer_we_cannot_accept_opens_an_uncompressed_connection(
+    server: RunningServer,
+) -> None:
+    async with await RawConnection.open(server) as connection, async_http_client(server) as client:
+        # zlib cannot compress within a 256-byte window: websockets declines this offer
+        await connection.send(deflate_handshake("permessage-deflate; server_max_window_bits=8"))
+        head = await connection.head()
+        assert (head.status, head.header("Sec-WebSocket-Extensions")) == (101, None)
+        await connection.send(client_json({"op": "subscribe", "channel": "orders", "ref": 1}))
+        [(flags, answer)] = await read_frames(connection)
+        assert orjson.loads(answer)["op"] == "subscribed"
+        cursor = await apublish(client, "orders", ORDER)
+        [(flags, event)] = await read_frames(connection)
+        assert flags == 0x80 | TEXT
+        assert orjson.loads(event)["id"] == cursor
+
+
 def deflate_handshake(offer: str = "permessage-deflate; client_max_window_bits") -> bytes:
     return get(
         "/ws",

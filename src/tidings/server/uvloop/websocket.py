@@ -50,9 +50,9 @@ EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 # client message compressed on its own too (RFC 7692 lets the server ask for it even when
 # the client did not offer it). With client context takeover every connection would keep an
 # inflate state (7 KB) and its window (up to 32 KB, from the first compressed message) for
-# its life; without, a connection that negotiated deflate holds about 2.5 KB more than one
-# that did not, and client messages (subscribe, publish) are small and gain little from a
-# shared context.
+# its life; without, a connection that negotiated deflate holds under 1 KB more than one
+# that did not (bench/README.md), and client messages (subscribe, publish) are small and
+# gain little from a shared context.
 DEFLATE = ServerPerMessageDeflateFactory(
     server_no_context_takeover=True,
     client_no_context_takeover=True,

@@ -46,13 +46,16 @@ LOADGEN = BENCH_DIR / "loadgen.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL = "bench"
 TRANSPORTS = ("ws", "sse", "longpoll")
-TARGETS = ("tidings", "nchan", "tidings-redis2", "mount", "sse-starlette")
+TARGETS = ("tidings", "nchan", "tidings-redis2", "mount", "sse-starlette", "tidings-deflate")
 REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
 MOUNT = "mount"  # Tidings mounted at /rt in a FastAPI app (bench/mount_app.py) under uvicorn
 SSE_STARLETTE = "sse-starlette"  # sse-starlette + broadcaster (bench/sse_starlette_app.py)
+# `tidings serve` as the `tidings` target, its WebSocket subscribers offering permessage-deflate
+# (the `tidings` target's do not, so they get plain frames from the same server)
+DEFLATE = "tidings-deflate"
 UVICORN_APPS = {MOUNT: ("mount_app:app", "/rt"), SSE_STARLETTE: ("sse_starlette_app:app", "")}
 # What each target can serve; the cells it cannot are skipped (sse-starlette streams only).
-TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",)}
+TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",), DEFLATE: ("ws",)}
 WORKERS_PREFIX = "tidings-w"  # tidings-w2: `tidings serve --workers 2`, from --workers
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
@@ -678,6 +681,8 @@ class LoadGen:
             "sampleEvery": args.sample_every,
             "pubConns": args.pub_conns,
             "payloadBytes": args.payload_bytes,
+            "payloadKind": args.payload_kind,
+            "deflate": server.target == DEFLATE,
             "pollTimeout": 30,
             "maxLifetimeS": 3600,
             "prefix": server.prefix,
@@ -770,6 +775,7 @@ def measure_phase(
     r["usPerMsg"] = (s1 - s0) * 1e6 / delivered if delivered else None
     r["msgsPerS"] = delivered / (r["wallMs"] / 1000) if r["wallMs"] else None
     r["missing"] = max(0, int(r["expected"]) - delivered)
+    r["bytesPerMsg"] = r["subBytes"] / delivered if delivered else None
     return r
 
 
@@ -1087,6 +1093,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     several = [t for t in args.targets if t.startswith(WORKERS_PREFIX) and workers_of(t) > 1]
     if f"{WORKERS_PREFIX}1" in args.targets and several:
         out.extend(render_workers(by_key, cells, several))
+    if "tidings" in args.targets and DEFLATE in args.targets:
+        out.extend(render_deflate(by_key, cells))
 
     notes = [(c, note) for c in results for note in c.get("notes", [])]
     notes += [(c, c["error"]) for c in results if "error" in c]
@@ -1237,6 +1245,45 @@ def render_workers(
     return out
 
 
+def render_deflate(
+    by_key: dict[tuple[str, str, int], dict[str, Any]], cells: list[tuple[str, int]]
+) -> list[str]:
+    """WebSocket with permessage-deflate (tidings-deflate) against without (tidings)."""
+    out = ["### WebSocket: permessage-deflate / plain frames\n"]
+    out.append(
+        "Bytes on the wire per delivery (WebSocket frames as the subscribers read them, "
+        "headers included) and server CPU per delivery, with the subscribers negotiating "
+        "permessage-deflate and without; the ratio is with / without.\n"
+    )
+    out.append(
+        "| subs | bytes/msg without | bytes/msg with | ratio | rate: us/msg without "
+        "| rate: us/msg with | ratio | sat: us/msg without | sat: us/msg with | ratio "
+        "| sat: msg/s without | sat: msg/s with | loadgen CPU % sat (without / with) |"
+    )
+    out.append("|" + " --- |" * 13)
+    for transport, n in cells:
+        if transport != "ws":
+            continue
+        plain, deflated = by_key.get(("tidings", "ws", n)), by_key.get((DEFLATE, "ws", n))
+        if plain is None or deflated is None:
+            out.append(f"| {n:,} | missing run |" + " |" * 11)
+            continue
+        rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
+        p, d = plain, deflated
+        out.append(
+            f"| {n:,} | {fmt(p['sat'].get('bytesPerMsg'))} | {fmt(d['sat'].get('bytesPerMsg'))} "
+            f"| {rx(d['sat'].get('bytesPerMsg'), p['sat'].get('bytesPerMsg'))} "
+            f"| {fmt(p['rate']['usPerMsg'], 2)} | {fmt(d['rate']['usPerMsg'], 2)} "
+            f"| {rx(d['rate']['usPerMsg'], p['rate']['usPerMsg'])} "
+            f"| {fmt(p['sat']['usPerMsg'], 2)} | {fmt(d['sat']['usPerMsg'], 2)} "
+            f"| {rx(d['sat']['usPerMsg'], p['sat']['usPerMsg'])} "
+            f"| {fmt(p['sat']['msgsPerS'])} | {fmt(d['sat']['msgsPerS'])} "
+            f"| {p['sat']['loadgenCpuPct']:.0f} / {d['sat']['loadgenCpuPct']:.0f} |"
+        )
+    out.append("")
+    return out
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(
@@ -1291,10 +1338,16 @@ def header(args: argparse.Namespace, meta: dict[str, Any]) -> str:
         f"Fixed rate: {fixed_rate_text(args)} for {args.duration:g} s. Saturation: up to "
         f"{args.inflight} publishes in flight (published but not yet delivered to every "
         f"subscriber), at most {args.sat_max:,} publishes or {args.sat_duration:g} s. Payload "
-        f"about {args.payload_bytes} bytes of JSON. Latency from 1 in {args.sample_every} "
+        f"{payload_text(args)}. Latency from 1 in {args.sample_every} "
         f"subscribers. Each cell is a fresh server; {args.repeat} run(s) per cell "
         f"(median).\n"
     )
+
+
+def payload_text(args: argparse.Namespace) -> str:
+    if getattr(args, "payload_kind", "pad") == "json":
+        return "a realistic order document of about 1 KB of JSON, different in every publish"
+    return f"about {args.payload_bytes} bytes of JSON"
 
 
 # --------------------------------------------------------------------------- main
@@ -1309,7 +1362,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="tidings,nchan",
         help="comma list of tidings, nchan, tidings-redis2 (two nodes through Redis), mount "
         "(Tidings inside a FastAPI app under uvicorn), sse-starlette (sse-starlette + "
-        "broadcaster under uvicorn, SSE only)",
+        "broadcaster under uvicorn, SSE only), tidings-deflate (tidings, its WebSocket "
+        "subscribers negotiating permessage-deflate)",
     )
     p.add_argument(
         "--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll"
@@ -1360,6 +1414,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sample-every", type=int, default=10, help="latency from 1 in N subscribers")
     p.add_argument("--payload-bytes", type=int, default=100)
+    p.add_argument(
+        "--payload-kind",
+        choices=("pad", "json"),
+        default="pad",
+        help="pad: a counter and --payload-bytes of x; json: a realistic order document of "
+        "about 1 KB whose ids, amounts and items change with every publish",
+    )
     p.add_argument("--pub-conns", type=int, default=16, help="publisher keep-alive connections")
     p.add_argument("--backlog", type=int, default=4096, help="nginx listen backlog")
     p.add_argument("--nchan-buffer", type=int, default=32, help="nchan_message_buffer_length")

@@ -11,6 +11,7 @@
 
 const net = require('net');
 const crypto = require('crypto');
+const zlib = require('zlib');
 const readline = require('readline');
 const { performance } = require('perf_hooks');
 
@@ -28,6 +29,11 @@ const PUB_CONNS = Math.max(1, cfg.pubConns || 16);
 const PAYLOAD_BYTES = cfg.payloadBytes || 100;
 const POLL_TIMEOUT = cfg.pollTimeout || 30;
 const MAX_LIFETIME_S = cfg.maxLifetimeS || 3600;
+// WebSocket subscribers offer permessage-deflate (RFC 7692) and inflate compressed frames.
+const DEFLATE = Boolean(cfg.deflate);
+// 'pad': {"bench_t","seq","pad":"xxx..."} (compresses to nearly nothing); 'json': a realistic
+// order document of about PAYLOAD_BYTES with ids, prices and text that vary per publish.
+const PAYLOAD_KIND = cfg.payloadKind || 'pad';
 
 if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'longpoll'].includes(TRANSPORT)) {
   process.stderr.write('loadgen: bad config ' + JSON.stringify(cfg) + '\n');
@@ -61,6 +67,7 @@ function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
 
 // ---------------------------------------------------------------- counters and latency
 let received = 0; // marks seen on all subscriber connections, since start
+let subBytes = 0; // bytes read on all subscriber connections (WebSocket frames, HTTP), since start
 let alive = 0; // subscribers ready and not closed
 const HIST_BIN_US = 10;
 const HIST_BINS = 1000000; // 10 us bins up to 10 s, plus one overflow bin
@@ -279,6 +286,10 @@ function maskedFrame(opcode, payload) {
 const SUBSCRIBE_FRAME = TARGET === 'tidings'
   ? maskedFrame(1, Buffer.from(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 }))) : null;
 const SUBSCRIBED = Buffer.from('"subscribed"');
+const DEFLATE_OFFER = DEFLATE ? 'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n' : '';
+const EMPTY_BLOCK = Buffer.from([0x00, 0x00, 0xff, 0xff]);
+// the message ends in a sync flush, not a final block: inflate up to it, do not expect an end
+const SYNC = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
 
 class Sub {
   constructor(idx, done) {
@@ -301,6 +312,7 @@ class Sub {
   }
   openSocket() {
     const s = connectSocket((c) => {
+      subBytes += c.length;
       try { this.onData(c); } catch (e) { protoError(`sub ${this.idx}: ${e.message}`); s.destroy(); }
     }, this.port);
     this.sock = s;
@@ -337,7 +349,7 @@ class WsSub extends Sub {
     s.on('connect', () => {
       const key = crypto.randomBytes(16).toString('base64');
       s.write(`GET ${PATHS.ws} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
-        + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+        + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${DEFLATE_OFFER}\r\n`);
     });
   }
   onData(chunk) {
@@ -349,6 +361,10 @@ class WsSub extends Sub {
         this.closeReason = `http ${this.head.status}`;
         this.sock.destroy();
         return;
+      }
+      const ext = this.head.get('sec-websocket-extensions');
+      if (DEFLATE && !ext.startsWith('permessage-deflate')) {
+        protoError(`permessage-deflate offered, not negotiated: '${ext}'`);
       }
       if (SUBSCRIBE_FRAME) this.sock.write(SUBSCRIBE_FRAME);
       else this.finishConnect(null);
@@ -379,7 +395,18 @@ class WsSub extends Sub {
       const ps = off + hdr;
       const pe = ps + plen;
       const op = b0 & 0x0f;
-      if (op === 1 || op === 0 || op === 2) {
+      if ((op === 1 || op === 2) && (b0 & 0x40)) {
+        // A compressed message (RFC 7692 7.2.2). Tidings sends each event as one message, so
+        // a subscriber counts compressed messages; the sampled ones inflate every message and
+        // count its marks (and latency) as usual, which also checks what the others count.
+        // Inflating on every subscriber would make this process the bottleneck.
+        if (this.sampled) {
+          const text = zlib.inflateRawSync(Buffer.concat([buf.subarray(ps, pe), EMPTY_BLOCK]), SYNC);
+          const n = countMarks(text, 0, text.length, true);
+          if (n !== 1) protoError(`a compressed message held ${n} events`);
+          got += n;
+        } else got += 1;
+      } else if (op === 1 || op === 0 || op === 2) {
         const n = countMarks(buf, ps, pe, this.sampled);
         if (n > 0) got += n;
         else if (!this.ready && this.done) {
@@ -598,6 +625,39 @@ const pubIdle = [];
 const pubConns = [];
 let pubCallback = null; // called after every publish answer
 const PAD = 'x'.repeat(Math.max(0, PAYLOAD_BYTES - 40));
+const PRODUCTS = [
+  ['Mechanical keyboard, brown switches', '129.00'], ['USB-C cable 2 m, braided', '12.95'],
+  ['Wrist rest, memory foam', '24.00'], ['Keycap set, PBT, grey', '45.00'],
+  ['Desk mat, large, felt', '26.00'], ['Monitor arm, single', '89.90'],
+  ['Webcam 1080p with privacy shutter', '59.00'], ['Noise-cancelling headset', '149.00'],
+];
+const CITIES = [['London', 'GB'], ['Lyon', 'FR'], ['Leipzig', 'DE'], ['Lisbon', 'PT'], ['Leiden', 'NL']];
+// A realistic event of about 1 KB: an order update as a shop would publish it. Ids, amounts,
+// items and times change with every publish, so compression cannot lean on repeats across
+// messages (each is compressed on its own anyway, server_no_context_takeover).
+function orderPayload(t, seq) {
+  const id = crypto.randomBytes(6).toString('hex');
+  const items = [];
+  let total = 0;
+  for (let k = 0; k < 3 + (seq % 3); k++) {
+    const [name, price] = PRODUCTS[(seq + k * 3) % PRODUCTS.length];
+    const qty = 1 + ((seq + k) % 3);
+    total += qty * Number(price);
+    items.push({ sku: `SKU-${10000 + ((seq * 7 + k * 13) % 90000)}`, name, qty, unit_price: price });
+  }
+  const [city, country] = CITIES[seq % CITIES.length];
+  const order = {
+    type: 'order.updated', order_id: `ord_${id}`, status: ['paid', 'packed', 'shipped'][seq % 3],
+    customer: { id: `cus_${seq % 9973}`, name: 'Ada Lovelace', email: `ada.${seq % 97}@example.com`, tier: 'gold' },
+    currency: 'EUR', total: total.toFixed(2), updated_at: new Date().toISOString(), items,
+    shipping: {
+      carrier: 'DHL', tracking: `JD01460000${crypto.randomBytes(5).toString('hex')}`,
+      address: { line1: `${1 + (seq % 200)} Analytical Street`, city, postcode: `N${seq % 20} 9GU`, country },
+    },
+    note: 'Leave with the neighbour if nobody answers.',
+  };
+  return `{"bench_t":${t},"seq":${seq},"order":${JSON.stringify(order)}}`;
+}
 
 class PubConn {
   constructor() {
@@ -632,7 +692,7 @@ class PubConn {
   send() {
     const t = Math.round(nowUs());
     const seq = pubSeq++;
-    const payload = `{"bench_t":${t},"seq":${seq},"pad":"${PAD}"}`;
+    const payload = PAYLOAD_KIND === 'json' ? orderPayload(t, seq) : `{"bench_t":${t},"seq":${seq},"pad":"${PAD}"}`;
     let req;
     if (TARGET === 'tidings') {
       const body = `{"channel":${JSON.stringify(CHANNEL)},"data":${payload}}`;
@@ -718,6 +778,7 @@ function phaseResult(kind, t0, rec0, published, pubErr0, cpu0, extra) {
     p99ms: percentileMs(0.99),
     maxms: histCount ? latMaxUs / 1000 : null,
     loadgenCpuMs: (cpu.user + cpu.system) / 1000,
+    subBytes: subBytes - extra.bytes0,
   }, extra);
 }
 
@@ -740,6 +801,7 @@ async function ratePhase(msg) {
   const total = Math.max(1, Math.round(rate * msg.durationS));
   resetLatency();
   const rec0 = received;
+  const bytes0 = subBytes;
   const pubErr0 = pubErrors;
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -758,7 +820,7 @@ async function ratePhase(msg) {
   });
   const sendMs = performance.now() - t0;
   const end = await drain(rec0, sent, 0, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
-  return phaseResult('rate', t0, rec0, sent, pubErr0, cpu0, { targetRate: rate, sendMs, late, drain: end });
+  return phaseResult('rate', t0, rec0, sent, pubErr0, cpu0, { targetRate: rate, sendMs, late, drain: end, bytes0 });
 }
 
 async function saturatePhase(msg) {
@@ -768,6 +830,7 @@ async function saturatePhase(msg) {
   const stallMs = msg.stallMs || 1000;
   resetLatency();
   const rec0 = received;
+  const bytes0 = subBytes;
   const pubErr0 = pubErrors;
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -807,7 +870,7 @@ async function saturatePhase(msg) {
   pubCallback = null;
   const sendMs = performance.now() - t0;
   const end = await drain(rec0, sent, forgiven, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
-  return phaseResult('saturate', t0, rec0, sent, pubErr0, cpu0, { inflight, sendMs, stalls, forgiven, drain: end });
+  return phaseResult('saturate', t0, rec0, sent, pubErr0, cpu0, { inflight, sendMs, stalls, forgiven, drain: end, bytes0 });
 }
 
 function status() {

@@ -42,6 +42,8 @@ DOCS = {
     "server.drain_seconds": "window in which clients are asked back at shutdown",
     "server.sse_retry_ms": "the retry: an SSE stream opens with (browser reconnect delay)",
     "server.ws_ping_timeout_seconds": "a WebSocket silent this long past a ping is dropped",
+    "server.ws_deflate": "offer permessage-deflate (RFC 7692) on /ws of the standalone server: "
+    "each event compressed once, the same bytes to every subscriber that negotiated it",
     "server.write_buffer_limit": "bytes queued for one connection before the slow-consumer "
     "policy applies",
     "server.max_header_bytes": "largest request line plus headers (431 beyond)",
@@ -103,6 +105,7 @@ class ServerSettings:
     drain_seconds: float = 10.0
     sse_retry_ms: int = 2000
     ws_ping_timeout_seconds: float = 20.0
+    ws_deflate: bool = True
     write_buffer_limit: int = 1_048_576
     max_header_bytes: int = 16384
     read_timeout_seconds: float = 30.0

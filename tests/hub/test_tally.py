@@ -36,6 +36,17 @@ def test_shared_writes_fold_into_deliveries_and_bytes_per_transport() -> None:
     assert tally.lag.count == 3 * (2 + 1 + 4 + 5)  # once per event per write
 
 
+def test_compressed_websocket_writes_count_the_compressed_bytes() -> None:
+    tally = Tally()
+    batch = batch_of(2, int(time.time() * 1000), {"ws": b"w" * 100, "ws-deflate": b"d" * 40})
+    tally.ws, tally.ws_deflate = 1, 3
+    tally.fold(batch)
+    assert tally.deliveries["websocket"] == 2 * (1 + 3)
+    assert tally.written_bytes["websocket"] == 100 + 3 * 40
+    assert (tally.ws, tally.ws_deflate) == (0, 0)
+    assert tally.lag.count == 2 * 4
+
+
 def test_a_batch_nobody_was_written_counts_nothing() -> None:
     tally = Tally()
     tally.fold(batch_of(2, 0, {}))

@@ -10,20 +10,32 @@ import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+from websockets.uri import parse_uri
 
 from tidings.exceptions import RequestError
 from tidings.protocol.channel import Channel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 from tidings.protocol.ws import (
+    DEFLATE_WINDOW_BITS,
     MessageError,
     Ping,
     PresenceQuery,
     Publish,
     Subscribe,
     Unsubscribe,
+    deflated_event_frame,
+    encode_deflated_text_frame,
     encode_text_frame,
     error_frame,
     event_frame,
@@ -31,6 +43,7 @@ from tidings.protocol.ws import (
     pong_frame,
     published_frame,
     reset_frame,
+    server_frames,
     subscribed_frame,
     unsubscribed_frame,
 )
@@ -429,3 +442,89 @@ def test_server_frames_give_back_the_messages_the_frames_carry() -> None:
     frames = server_frames(run)
     assert frames[:-1] == [(OPCODE_TEXT, t) for t in texts]
     assert frames[-1] == (OPCODE_CLOSE, (4001).to_bytes(2, "big") + b"bye")
+
+
+# permessage-deflate (RFC 7692): the compressed event frame, read by a client that negotiated
+# the extension with a server that offers what the standalone edge offers.
+
+
+def deflate_client(server_max_window_bits: int | None = None) -> ClientProtocol:
+    """A ``websockets`` client protocol that negotiated permessage-deflate, sans I/O."""
+    client = ClientProtocol(
+        parse_uri("ws://127.0.0.1/ws"),
+        extensions=[ClientPerMessageDeflateFactory(server_max_window_bits=server_max_window_bits)],
+    )
+    request = client.connect()
+    server = ServerProtocol(
+        extensions=[
+            ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True, server_max_window_bits=DEFLATE_WINDOW_BITS
+            )
+        ]
+    )
+    server.receive_data(request.serialize())
+    [received] = server.events_received()
+    assert isinstance(received, Request)
+    response = server.accept(received)
+    assert "permessage-deflate" in response.headers["Sec-WebSocket-Extensions"]
+    client.receive_data(response.serialize())
+    client.events_received()
+    assert client.state is State.OPEN and client.handshake_exc is None
+    return client
+
+
+def client_reads(client: ClientProtocol, data: bytes) -> list[bytes]:
+    client.receive_data(data)
+    frames = client.events_received()
+    assert client.parser_exc is None, client.parser_exc
+    assert all(isinstance(frame, Frame) and frame.opcode is Opcode.TEXT for frame in frames)
+    return [bytes(frame.data) for frame in frames if isinstance(frame, Frame)]
+
+
+@pytest.mark.parametrize("window_bits", [None, 9, 12, 15])
+def test_a_deflated_event_frame_inflates_to_the_plain_frames_message(
+    window_bits: int | None,
+) -> None:
+    event = make_event(orjson.dumps({"text": "hello " * 200, "n": list(range(100))}))
+    compressed = deflated_event_frame(event)
+    assert compressed[0] == 0xC1  # FIN, RSV1 (compressed), opcode text
+    assert len(compressed) < len(event_frame(event)) // 3
+    client = deflate_client(window_bits)
+    assert client_reads(client, compressed) == [bytes(decode_frame(event_frame(event)).data)]
+
+
+def test_each_deflated_frame_stands_alone_so_any_subscriber_can_read_it_at_any_point() -> None:
+    events = [make_event(orjson.dumps({"text": "same words again", "i": i})) for i in range(3)]
+    late = deflate_client()
+    early = deflate_client()
+    assert client_reads(early, deflated_event_frame(events[0])) == [
+        bytes(decode_frame(event_frame(events[0])).data)
+    ]
+    # a subscriber that joins at the third event reads it without having seen the others
+    assert client_reads(late, deflated_event_frame(events[2])) == [
+        bytes(decode_frame(event_frame(events[2])).data)
+    ]
+    run = deflated_event_frame(events[1]) + deflated_event_frame(events[2])
+    assert client_reads(early, run) == [
+        bytes(decode_frame(event_frame(event)).data) for event in events[1:]
+    ]
+
+
+def test_the_deflated_frame_is_built_once_and_shared() -> None:
+    event = make_event()
+    frame = deflated_event_frame(event)
+    assert deflated_event_frame(event) is frame
+    assert event.wire["ws-deflate"] is frame
+    assert event_frame(event) is not frame
+
+
+@settings(max_examples=50)
+@given(st.text(max_size=3000).map(str.encode))
+def test_any_payload_deflates_to_a_message_that_inflates_back(payload: bytes) -> None:
+    frame = encode_deflated_text_frame(payload)
+    assert client_reads(deflate_client(), frame) == [payload]
+
+
+def test_a_compressed_frame_never_reaches_an_edge_that_sends_messages() -> None:
+    with pytest.raises(ValueError, match="compressed"):
+        server_frames(encode_text_frame(b"{}") + encode_deflated_text_frame(b"{}"))

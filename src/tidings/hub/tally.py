@@ -1,9 +1,10 @@
 """What the node has written, counted so that the delivery path pays one integer addition.
 
 A subscriber written with a batch's shared bytes adds 1 to the counter of that wire format
-(``ws``, ``sse``, ``sse_envelope``, ``poll``). After the fan-out of each batch the hub calls
-``fold``: every such write carried the same bytes and the same events, so deliveries, bytes
-and the publish-to-write lag follow from the counts by multiplication, once per batch.
+(``ws``, ``ws_deflate``, ``sse``, ``sse_envelope``, ``poll``). After the fan-out of each
+batch the hub calls ``fold``: every such write carried the same bytes and the same events,
+so deliveries, bytes and the publish-to-write lag follow from the counts by multiplication,
+once per batch.
 Writes of a connection's own bytes (catch-ups from history, multi-channel SSE ids, poll
 answers gathered for one request) are off the shared path and counted with ``wrote``.
 
@@ -76,11 +77,13 @@ class Tally:
         "sse_envelope",
         "written_bytes",
         "ws",
+        "ws_deflate",
     )
 
     def __init__(self) -> None:
         # writes of the current batch's shared bytes, by wire format (zeroed by fold)
         self.ws = 0
+        self.ws_deflate = 0
         self.sse = 0
         self.sse_envelope = 0
         self.poll = 0
@@ -98,13 +101,16 @@ class Tally:
 
     def fold(self, batch: Batch) -> None:
         """Turn the shared writes of ``batch``'s fan-out into deliveries, bytes and lag."""
-        writes = self.ws + self.sse + self.sse_envelope + self.poll
+        writes = self.ws + self.ws_deflate + self.sse + self.sse_envelope + self.poll
         if not writes:
             return
         wire = batch.wire
         if self.ws:
             self._shared("websocket", self.ws, batch, wire["ws"])
             self.ws = 0
+        if self.ws_deflate:
+            self._shared("websocket", self.ws_deflate, batch, wire["ws-deflate"])
+            self.ws_deflate = 0
         if self.sse:
             self._shared("sse", self.sse, batch, wire["sse"])
             self.sse = 0

@@ -2,10 +2,15 @@
 
 Server frames are never masked, so an event's frame is built once and written to every
 subscriber as it is; the ``websockets`` sans-I/O protocol handles what clients send.
+
+With permessage-deflate (RFC 7692) negotiated with ``server_no_context_takeover``, every
+server message is compressed on its own, so an event's compressed frame is also built once
+and shared by every subscriber that negotiated the extension.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +149,14 @@ def _parse_publish(obj: dict[str, Any], ref: Ref) -> Publish:
 
 OPCODE_TEXT = 0x1
 OPCODE_CLOSE = 0x8
+RSV1 = 0x40  # RFC 7692 section 6: set on the first frame of a compressed message
+# The LZ77 window the shared compressed frames use: 2**9 bytes, the smallest zlib offers, so
+# they are valid whatever server_max_window_bits a client asks for (9 to 15), and a client
+# may inflate them with a small window. Events are small: a larger window gains little on
+# them (measured in bench/README.md).
+DEFLATE_WINDOW_BITS = 9
+DEFLATE_LEVEL = 6
+EMPTY_STORED_BLOCK = b"\x00\x00\xff\xff"
 
 
 def encode_text_frame(payload: bytes) -> bytes:
@@ -151,13 +164,26 @@ def encode_text_frame(payload: bytes) -> bytes:
     return _encode_frame(OPCODE_TEXT, payload)
 
 
+def encode_deflated_text_frame(payload: bytes) -> bytes:
+    """One text frame carrying ``payload`` compressed on its own (RFC 7692 section 7.2.1)."""
+    return _encode_frame(OPCODE_TEXT, deflate_message(payload), RSV1)
+
+
+def deflate_message(payload: bytes) -> bytes:
+    """DEFLATE with no context from earlier messages, ending in a sync flush whose empty
+    stored block's last four bytes are removed, as RFC 7692 section 7.2.1 says."""
+    compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -DEFLATE_WINDOW_BITS)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[: -len(EMPTY_STORED_BLOCK)]
+
+
 def encode_close_frame(code: int, reason: str) -> bytes:
     """A close frame: the code, then the reason in UTF-8 (at most 123 bytes)."""
     return _encode_frame(OPCODE_CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
 
 
-def _encode_frame(opcode: int, payload: bytes) -> bytes:
-    first = 0x80 | opcode
+def _encode_frame(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
+    first = 0x80 | rsv | opcode
     length = len(payload)
     if length < 126:
         header = bytes((first, length))
@@ -176,9 +202,22 @@ def event_frame(event: Event) -> bytes:
     """``{"op":"event",...}``: the event object with ``op`` first, built once per event."""
     frame = event.wire.get("ws")
     if frame is None:
-        frame = encode_text_frame(b'{"op":"event",' + event.as_json()[1:])
+        frame = encode_text_frame(_event_message(event))
         event.wire["ws"] = frame
     return frame
+
+
+def deflated_event_frame(event: Event) -> bytes:
+    """:func:`event_frame`'s message compressed (RFC 7692), built once per event."""
+    frame = event.wire.get("ws-deflate")
+    if frame is None:
+        frame = encode_deflated_text_frame(_event_message(event))
+        event.wire["ws-deflate"] = frame
+    return frame
+
+
+def _event_message(event: Event) -> bytes:
+    return b'{"op":"event",' + event.as_json()[1:]
 
 
 def subscribed_frame(ref: Ref, channel: str, cursor: Cursor, recovered: bool | None) -> bytes:
@@ -233,11 +272,14 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Split a run of our own server frames (unmasked, unfragmented) into (opcode, payload).
 
     An edge that cannot write frames (ASGI sends whole messages) uses this to turn the
-    frames the core built once into the messages they carry.
+    frames the core built once into the messages they carry; such an edge never negotiates
+    permessage-deflate, so a compressed frame here is a bug, not a message.
     """
     frames = []
     index, end = 0, len(data)
     while index < end:
+        if data[index] & RSV1:
+            raise ValueError("a compressed frame cannot be passed on as a message")
         opcode = data[index] & 0x0F
         length = data[index + 1] & 0x7F
         index += 2

@@ -4,8 +4,9 @@ For testing only: an echo speaks none of the wire contract, so no setting turns 
 Autobahn fuzzing client expects an echo server, and the point of running it is to test our
 WebSocket edge, so the echo is the real connection with one thing changed, what it does
 with a whole message. Handshake, the ``websockets`` protocol object and its size limit,
-fragment assembly, UTF-8 checks, ping and pong, and the closing handshake are the ones
-``/ws`` uses.
+permessage-deflate (``server.ws_deflate``: a negotiated extension inflates what the client
+sends, and the echo goes back compressed through the same protocol object), fragment
+assembly, UTF-8 checks, ping and pong, and the closing handshake are the ones ``/ws`` uses.
 """
 
 from __future__ import annotations

@@ -382,13 +382,13 @@ class HttpConnection(asyncio.Protocol):
     def accept_websocket(self, identity: Identity) -> FrameSocket | None:
         request = self.current
         assert request is not None
-        answer, protocol = handshake(self.node, request)
-        if protocol is None:
-            self.send(answer, False)
+        accepted = handshake(self.node, request)
+        if accepted.protocol is None:
+            self.send(accepted.answer, False)
             return None
-        session = self.edge.socket_class(self.node, protocol, identity)
+        session = self.edge.socket_class(self.node, accepted.protocol, identity, accepted.deflate)
         transport = self.hand_over(session)
-        transport.write(answer)
+        transport.write(accepted.answer)
         websocket_opened(session)
         if request.leftover:
             session.data_received(request.leftover)

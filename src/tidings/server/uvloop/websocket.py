@@ -3,18 +3,28 @@
 The ``websockets`` sans-I/O ``ServerProtocol`` answers the handshake, reads client frames,
 answers pings and runs the closing handshake; :class:`FrameSocket` assembles whole messages
 for the core's :class:`WebSocketSession` and writes what the protocol wants sent.
+
+With ``server.ws_deflate`` on, a client that offers permessage-deflate (RFC 7692) gets it
+with ``server_no_context_takeover``: every message we send is compressed on its own, so an
+event's compressed frame is the same bytes for every subscriber (and
+``client_no_context_takeover``, see :data:`DEFLATE`). The protocol object then
+holds the negotiated extension, inflates the client's compressed frames and applies the
+size limit to the inflated size.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from tidings.protocol import ws
 from tidings.protocol.fragments import Fragments, check_utf8
 from tidings.protocol.http import build_error
 from tidings.protocol.identity import ANONYMOUS, Identity
@@ -34,6 +44,20 @@ FAILURE_REASONS: dict[int, str] = {
     CloseCode.MESSAGE_TOO_BIG: "too_large",
 }
 HANDSHAKE_SLACK = 4096  # a whole message may exceed max_message_bytes by its JSON envelope
+EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
+# What we answer to a client's permessage-deflate offer: each server message compressed on
+# its own (the shared frames need it), within the window the shared frames use; and each
+# client message compressed on its own too (RFC 7692 lets the server ask for it even when
+# the client did not offer it). With client context takeover every connection would keep an
+# inflate state (7 KB) and its window (up to 32 KB, from the first compressed message) for
+# its life; without, a connection that negotiated deflate holds under 1 KB more than one
+# that did not (bench/README.md), and client messages (subscribe, publish) are small and
+# gain little from a shared context.
+DEFLATE = ServerPerMessageDeflateFactory(
+    server_no_context_takeover=True,
+    client_no_context_takeover=True,
+    server_max_window_bits=ws.DEFLATE_WINDOW_BITS,
+)
 
 
 class FrameProtocol(ServerProtocol):
@@ -54,9 +78,13 @@ class FrameSocket(WebSocketSession):
     __slots__ = ("fragments", "protocol")
 
     def __init__(
-        self, node: Node, protocol: FrameProtocol, identity: Identity = ANONYMOUS
+        self,
+        node: Node,
+        protocol: FrameProtocol,
+        identity: Identity = ANONYMOUS,
+        deflate: bool = False,
     ) -> None:
-        super().__init__(node, identity)
+        super().__init__(node, identity, deflate)
         self.protocol = protocol
         self.fragments: Fragments | None = None
 
@@ -143,19 +171,70 @@ class FrameSocket(WebSocketSession):
             self._flush()
 
 
-def handshake(node: Node, request: Request) -> tuple[bytes, FrameProtocol | None]:
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The answer to a handshake request; once it is a 101, the protocol that reads frames."""
+
+    answer: bytes
+    protocol: FrameProtocol | None = None
+    deflate: bool = False  # permessage-deflate negotiated
+
+
+def handshake(node: Node, request: Request) -> Handshake:
     """The handshake's answer, and the protocol object that reads frames once it is 101.
 
-    A second protocol object, created already OPEN, reads the frames: the handshake's
-    parser would keep the whole request alive for the life of the connection.
+    Without compression, a second protocol object, created already OPEN, reads the frames:
+    the handshake's parser would keep the whole request alive for the life of the
+    connection. A negotiated extension lives in the protocol object that negotiated it, so
+    a client offering permessage-deflate is answered by the one that then reads its frames.
     """
-    response = ServerProtocol(logger=quiet).accept(_handshake_request(request))
-    if response.status_code != 101:
-        reason = (response.body or b"invalid WebSocket handshake").decode("utf-8", "replace")
-        return build_error(400, "invalid_field", reason.strip(), keep_alive=False), None
+    ws_request = _handshake_request(request)
     max_size = node.settings.server.max_message_bytes + HANDSHAKE_SLACK
+    if node.settings.server.ws_deflate and _offers_deflate(ws_request):
+        negotiated = _negotiate(ws_request, max_size)
+        if negotiated is not None:
+            return negotiated
+    response = ServerProtocol(logger=quiet).accept(ws_request)
+    if response.status_code != 101:
+        return _refusal(response.body)
     protocol = FrameProtocol(state=State.OPEN, max_size=max_size, logger=quiet)
-    return response.serialize(), protocol
+    return Handshake(response.serialize(), protocol)
+
+
+def _negotiate(ws_request: WsRequest, max_size: int) -> Handshake | None:
+    """The documented sans-I/O handshake: the request in as bytes, the response out.
+
+    ``None`` if ``websockets`` cannot read the request back (a non-ASCII target, a header
+    line over its limits, which httptools accepted): such a client is served uncompressed.
+    """
+    if not ws_request.path.isascii():
+        return None
+    protocol = FrameProtocol(extensions=[DEFLATE], max_size=max_size, logger=quiet)
+    protocol.receive_data(ws_request.serialize())
+    received = protocol.events_received()
+    if len(received) != 1 or not isinstance(received[0], WsRequest):
+        return None
+    response = protocol.accept(received[0])
+    # the handshake parser's frame holds the request for the connection's life: its headers
+    # would be most of what a connection that negotiated deflate holds beyond one that did not
+    received[0].headers.clear()
+    if response.status_code != 101:
+        return _refusal(response.body)
+    protocol.send_response(response)
+    deflate = EXTENSIONS_HEADER in response.headers
+    return Handshake(b"".join(protocol.data_to_send()), protocol, deflate)
+
+
+def _refusal(body: bytes | bytearray | None) -> Handshake:
+    reason = bytes(body or b"invalid WebSocket handshake").decode("utf-8", "replace")
+    return Handshake(build_error(400, "invalid_field", reason.strip(), keep_alive=False))
+
+
+def _offers_deflate(ws_request: WsRequest) -> bool:
+    return any(
+        "permessage-deflate" in value.lower()
+        for value in ws_request.headers.get_all(EXTENSIONS_HEADER)
+    )
 
 
 def _handshake_request(request: Request) -> WsRequest:

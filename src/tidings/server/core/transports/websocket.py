@@ -2,7 +2,11 @@
 
 A session reads whole text messages and answers with frames built by
 :mod:`tidings.protocol.ws`: event frames are server frames (never masked), built once per
-event and written to every subscriber as they are. Reading frames, the handshake and the
+event and written to every subscriber as they are. A session whose edge negotiated
+permessage-deflate gets the event's compressed frame, also built once per event; its other
+messages (answers, errors, presence) go uncompressed, which RFC 7692 allows message by
+message: they are small, built for one connection, and compressing each would cost a
+compressor per message for a few bytes saved. Reading frames, the handshake and the
 closing handshake belong to the edge, which subclasses :class:`WebSocketSession` and
 provides :meth:`WebSocketSession.send_close`.
 """
@@ -55,11 +59,13 @@ TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 class WebSocketSession(StreamConnection):
     """One WebSocket's subscriptions, requests and answers, whatever carries its frames."""
 
-    __slots__ = ("accepting", "forwarded", "last_seen", "publishing", "restarting")
+    __slots__ = ("accepting", "deflate", "forwarded", "last_seen", "publishing", "restarting")
     kind = "websocket"
 
-    def __init__(self, node: Node, identity: Identity = ANONYMOUS) -> None:
+    def __init__(self, node: Node, identity: Identity = ANONYMOUS, deflate: bool = False) -> None:
         super().__init__(node, identity)
+        # permessage-deflate negotiated (the edge's handshake): events go out compressed
+        self.deflate = deflate
         self.accepting = True  # open: neither side has started the closing handshake
         self.publishing = 0  # publishes awaiting the broker: a drain waits for their answers
         self.restarting = False
@@ -268,15 +274,19 @@ class WebSocketSession(StreamConnection):
 
     def write_event(self, tail: Tail, event: Event) -> None:
         if self.accepting and not self.closed:
-            frame = ws.event_frame(event)
+            frame = ws.deflated_event_frame(event) if self.deflate else ws.event_frame(event)
             self.transport.write(frame)
             self.hub.tally.wrote("websocket", 1, len(frame))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
         # the hot path of WebSocket fan-out: one shared frame run, one write, one count
         if self.accepting and not self.closed:
-            self.transport.write(batch.joined("ws", ws.event_frame))
-            self.hub.tally.ws += 1
+            if self.deflate:
+                self.transport.write(batch.joined("ws-deflate", ws.deflated_event_frame))
+                self.hub.tally.ws_deflate += 1
+            else:
+                self.transport.write(batch.joined("ws", ws.event_frame))
+                self.hub.tally.ws += 1
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.node.stats.resets += 1

@@ -670,40 +670,15 @@ class LoadGenError(RuntimeError):
     pass
 
 
-class LoadGen:
-    def __init__(self, server: Server, transport: str, args: argparse.Namespace):
-        config = {
-            "host": "127.0.0.1",
-            "port": server.port,
-            "target": server.protocol,
-            "transport": transport,
-            "channel": CHANNEL,
-            "sampleEvery": args.sample_every,
-            "pubConns": args.pub_conns,
-            "payloadBytes": args.payload_bytes,
-            "payloadKind": args.payload_kind,
-            "deflate": server.target == DEFLATE,
-            "pollTimeout": 30,
-            "maxLifetimeS": 3600,
-            "prefix": server.prefix,
-        }
-        if len(server.ports) > 1:  # subscribers round-robin over the nodes, publisher on node A
-            config["ports"] = server.ports
-        argv = [*pinned(args, args.loadgen_cpu), args.node, str(LOADGEN), json.dumps(config)]
-        self.mp = ManagedProcess(
-            f"loadgen {server.target}/{transport}",
-            argv,
-            server.tmp / f"loadgen-{transport}.log",
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+class LineDriven:
+    """A Node.js load generator driven one JSON line at a time over its stdin and stdout."""
+
+    def __init__(self, mp: ManagedProcess) -> None:
+        self.mp = mp
         assert self.mp.proc.stdout is not None
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.mp.proc.stdout, selectors.EVENT_READ)
         self._buf = b""
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.mp.tree())
 
     def cmd(self, timeout: float, **msg: Any) -> dict[str, Any]:
         proc = self.mp.proc
@@ -742,6 +717,40 @@ class LoadGen:
             self.mp.proc.wait(timeout=5)
         self._sel.close()
         self.mp.stop(grace=3)
+
+
+class LoadGen(LineDriven):
+    def __init__(self, server: Server, transport: str, args: argparse.Namespace):
+        config = {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "target": server.protocol,
+            "transport": transport,
+            "channel": CHANNEL,
+            "sampleEvery": args.sample_every,
+            "pubConns": args.pub_conns,
+            "payloadBytes": args.payload_bytes,
+            "payloadKind": args.payload_kind,
+            "deflate": server.target == DEFLATE,
+            "pollTimeout": 30,
+            "maxLifetimeS": 3600,
+            "prefix": server.prefix,
+        }
+        if len(server.ports) > 1:  # subscribers round-robin over the nodes, publisher on node A
+            config["ports"] = server.ports
+        argv = [*pinned(args, args.loadgen_cpu), args.node, str(LOADGEN), json.dumps(config)]
+        super().__init__(
+            ManagedProcess(
+                f"loadgen {server.target}/{transport}",
+                argv,
+                server.tmp / f"loadgen-{transport}.log",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        )
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.mp.tree())
 
 
 # --------------------------------------------------------------------------- one cell

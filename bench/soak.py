@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import selectors
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 from fanout import (
     CLK_TCK,
     REPO_DIR,
+    LineDriven,
     ManagedProcess,
     cpu_busy_ticks,
     cpu_seconds,
@@ -77,57 +77,13 @@ history_ttl_seconds = {history_ttl}
 """
 
 
-class SoakGenError(RuntimeError):
-    pass
-
-
-class SoakGen:
-    """The Node.js load generator, driven one JSON line at a time."""
+class SoakGen(LineDriven):
+    """The soak's Node.js load generator (``soakgen.js``)."""
 
     def __init__(self, argv: list[str], log_path: Path):
-        self.mp = ManagedProcess(
-            "soakgen", argv, log_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        super().__init__(
+            ManagedProcess("soakgen", argv, log_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         )
-        assert self.mp.proc.stdout is not None
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.mp.proc.stdout, selectors.EVENT_READ)
-        self._buf = b""
-
-    def cmd(self, timeout: float, **msg: Any) -> dict[str, Any]:
-        proc = self.mp.proc
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write((json.dumps(msg) + "\n").encode())
-            proc.stdin.flush()
-        except BrokenPipeError as exc:
-            raise SoakGenError(f"load generator exited:\n{self.mp.log_tail()}") from exc
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SoakGenError(f"load generator did not answer {msg['cmd']} in {timeout}s")
-            if not self._sel.select(timeout=min(left, 1.0)):
-                if not self.mp.alive():
-                    raise SoakGenError(f"load generator exited:\n{self.mp.log_tail()}")
-                continue
-            chunk = os.read(proc.stdout.fileno(), 1 << 16)
-            if not chunk:
-                raise SoakGenError(f"load generator exited:\n{self.mp.log_tail()}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise SoakGenError(f"load generator: {msg['cmd']}: {answer['error']}")
-        return answer
-
-    def stop(self) -> None:
-        with contextlib.suppress(SoakGenError, OSError, ValueError):
-            if self.mp.alive():
-                self.cmd(5, cmd="quit")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.mp.proc.wait(timeout=5)
-        self._sel.close()
-        self.mp.stop(grace=3)
 
 
 def renice_group(mp: ManagedProcess, nice: int) -> None:

@@ -42,6 +42,21 @@ def hooked_server(
     return make_server(**settings)
 
 
+def as_user(server: RunningServer, cookie: str) -> Any:
+    """A WebSocket to ``server`` sending the app's session cookie."""
+    return connect(
+        server.ws_url, proxy=None, open_timeout=TIMEOUT, additional_headers={"Cookie": cookie}
+    )
+
+
+async def until(ws: Any, op: str, what: str) -> dict[str, Any]:
+    """The next message whose ``op`` is ``op`` (joins and leaves may come first)."""
+    while True:
+        message: dict[str, Any] = orjson.loads(await within(ws.recv(), what))
+        if message["op"] == op:
+            return message
+
+
 async def status_of(server: RunningServer, target: str, cookie: str = "") -> tuple[int, Any]:
     async with async_http_client(server) as client:
         response = await client.get(target, headers={"Cookie": cookie} if cookie else {})
@@ -123,26 +138,18 @@ async def test_a_websocket_takes_its_identity_from_the_connect_hook_and_a_denied
 ) -> None:
     server = hooked_server(make_server, hook_app)
     bob = hook_app.hooks.login("bob")
-    async with connect(
-        server.ws_url, proxy=None, open_timeout=TIMEOUT, additional_headers={"Cookie": bob}
-    ) as ws:
+    async with as_user(server, bob) as ws:
         await ws.send('{"op": "subscribe", "channel": "room:bob", "ref": 1}')
-        assert orjson.loads(await within(ws.recv(), "subscribed"))["op"] == "subscribed"
+        await until(ws, "subscribed", "subscribed")
         await ws.send('{"op": "subscribe", "channel": "room:alice", "ref": 2}')
-        refused = orjson.loads(await within(ws.recv(), "the refusal"))
-        while refused["op"] != "error":  # bob's own join may come first
-            refused = orjson.loads(await within(ws.recv(), "the refusal"))
+        refused = await until(ws, "error", "the refusal")
         assert (refused["ref"], refused["code"]) == (2, "forbidden")
         await ws.send('{"op": "presence", "channel": "room:bob", "ref": 3}')
-        answer = orjson.loads(await within(ws.recv(), "presence"))
-        while answer["op"] != "presence":
-            answer = orjson.loads(await within(ws.recv(), "presence"))
+        answer = await until(ws, "presence", "presence")
         assert answer["clients"] == [{"sub": "bob", "info": {"name": "Bob"}}]
         async with async_http_client(server) as client:
             await apublish(client, "room:bob", {"still": "here"})
-        event = orjson.loads(await within(ws.recv(), "an event"))
-        while event["op"] != "event":
-            event = orjson.loads(await within(ws.recv(), "an event"))
+        event = await until(ws, "event", "an event")
         assert event["data"] == {"still": "here"}
     assert [c["action"] for c in hook_app.hooks.calls][:1] == ["connect"]
 
@@ -161,14 +168,12 @@ async def test_publishing_over_the_websocket_asks_the_publish_hook(
 ) -> None:
     server = hooked_server(make_server, hook_app)
     bob = hook_app.hooks.login("bob")
-    async with connect(
-        server.ws_url, proxy=None, open_timeout=TIMEOUT, additional_headers={"Cookie": bob}
-    ) as ws:
+    async with as_user(server, bob) as ws:
         await ws.send('{"op": "publish", "channel": "room:bob", "data": 1, "ref": 1}')
-        assert orjson.loads(await within(ws.recv(), "published"))["op"] == "published"
+        assert (await until(ws, "published", "published"))["ref"] == 1
         await ws.send('{"op": "publish", "channel": "room:alice", "data": 1, "ref": 2}')
-        refused = orjson.loads(await within(ws.recv(), "the refusal"))
-        assert (refused["op"], refused["code"]) == ("error", "forbidden")
+        refused = await until(ws, "error", "the refusal")
+        assert (refused["ref"], refused["code"]) == (2, "forbidden")
     assert "publish" in [c["action"] for c in hook_app.hooks.calls]
 
 

@@ -45,7 +45,7 @@ REPO_DIR = BENCH_DIR.parent
 LOADGEN = BENCH_DIR / "loadgen.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL = "bench"
-TRANSPORTS = ("ws", "sse", "longpoll")
+TRANSPORTS = ("ws", "sse", "long_poll")
 TARGETS = ("tidings", "nchan", "tidings-redis2", "mount", "sse-starlette", "tidings-deflate")
 REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
 MOUNT = "mount"  # Tidings mounted at /rt in a FastAPI app (bench/mount_app.py) under uvicorn
@@ -58,7 +58,7 @@ UVICORN_APPS = {MOUNT: ("mount_app:app", "/rt"), SSE_STARLETTE: ("sse_starlette_
 TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",), DEFLATE: ("ws",)}
 WORKERS_PREFIX = "tidings-w"  # tidings-w2: `tidings serve --workers 2`, from --workers
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
-TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "longpoll": "long poll"}
+TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "long_poll": "long poll"}
 NOFILE = 65536
 LOADGEN_HOT_PCT = 85.0  # warn when the load generator used more than this much of its core
 
@@ -840,7 +840,7 @@ def quiet_phase(
 
 
 def publish_rate(args: argparse.Namespace, transport: str, n: int) -> float:
-    base = args.longpoll_rate if transport == "longpoll" else args.rate
+    base = args.long_poll_rate if transport == "long_poll" else args.rate
     return base * 1000 / n if args.rate_scaling == "deliveries" else base
 
 
@@ -1014,7 +1014,7 @@ def ratio(a: Any, b: Any) -> float | None:
 
 
 def cpu_target(transport: str, n: int) -> float:
-    if transport == "longpoll":
+    if transport == "long_poll":
         return 1.0
     return 1.5 if n <= 1000 else 1.0
 
@@ -1314,11 +1314,11 @@ def git_rev() -> str:
 def fixed_rate_text(args: argparse.Namespace) -> str:
     if args.rate_scaling == "none":
         return (
-            f"{args.rate:g} publishes/s (long poll {args.longpoll_rate:g}/s) whatever the "
+            f"{args.rate:g} publishes/s (long poll {args.long_poll_rate:g}/s) whatever the "
             "number of subscribers"
         )
     parts = []
-    for title, base in (("WebSocket and SSE", args.rate), ("long poll", args.longpoll_rate)):
+    for title, base in (("WebSocket and SSE", args.rate), ("long poll", args.long_poll_rate)):
         per = ", ".join(f"{base * 1000 / n:g}/s at {n:,}" for n in args.subs)
         parts.append(f"{title} {base * 1000:,.0f} deliveries/s (publishes {per} subscribers)")
     return "; ".join(parts)
@@ -1375,7 +1375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "subscribers negotiating permessage-deflate)",
     )
     p.add_argument(
-        "--transports", default="ws,sse,longpoll", help="comma list of ws, sse, longpoll"
+        "--transports", default="ws,sse,long_poll", help="comma list of ws, sse, long_poll"
     )
     p.add_argument("--subs", default="1000,10000", help="comma list of subscriber counts")
     p.add_argument("--duration", type=float, default=10.0, help="fixed-rate phase, seconds")
@@ -1386,7 +1386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fixed-rate publishes per second (at 1,000 subscribers, see --rate-scaling)",
     )
     p.add_argument(
-        "--longpoll-rate",
+        "--long-poll-rate",
         type=float,
         default=10.0,
         help="--rate for long poll, which costs a request per delivery",

@@ -22,7 +22,7 @@ const PORT = cfg.port; // the publisher's port (and the subscribers' unless cfg.
 // sharing one channel through a broker). Defaults to the one port.
 const PORTS = Array.isArray(cfg.ports) && cfg.ports.length ? cfg.ports : [PORT];
 const TARGET = cfg.target; // 'tidings' | 'nchan'
-const TRANSPORT = cfg.transport; // 'ws' | 'sse' | 'longpoll'
+const TRANSPORT = cfg.transport; // 'ws' | 'sse' | 'long_poll'
 const CHANNEL = cfg.channel || 'bench';
 const SAMPLE_EVERY = Math.max(1, cfg.sampleEvery || 10);
 const PUB_CONNS = Math.max(1, cfg.pubConns || 16);
@@ -35,7 +35,7 @@ const DEFLATE = Boolean(cfg.deflate);
 // order document of about PAYLOAD_BYTES with ids, prices and text that vary per publish.
 const PAYLOAD_KIND = cfg.payloadKind || 'pad';
 
-if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'longpoll'].includes(TRANSPORT)) {
+if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'long_poll'].includes(TRANSPORT)) {
   process.stderr.write('loadgen: bad config ' + JSON.stringify(cfg) + '\n');
   process.exit(2);
 }
@@ -50,10 +50,10 @@ const PATHS = TARGET === 'tidings'
   ? {
     ws: `${PREFIX}/ws`,
     sse: `${PREFIX}/sse?channel=${CH}`,
-    longpoll: `${PREFIX}/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`,
+    long_poll: `${PREFIX}/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`,
     pub: `${PREFIX}/api/publish`,
   }
-  : { ws: `/sub?channel=${CH}`, sse: `/sub?channel=${CH}`, longpoll: `/sub?channel=${CH}`, pub: `/pub?channel=${CH}` };
+  : { ws: `/sub?channel=${CH}`, sse: `/sub?channel=${CH}`, long_poll: `/sub?channel=${CH}`, pub: `/pub?channel=${CH}` };
 
 // Every published payload carries this key once; counting it counts delivered messages in any
 // framing (a WebSocket frame, an SSE event, a long-poll answer holding several events).
@@ -524,12 +524,12 @@ class PollSub extends Sub {
     let req;
     if (TARGET === 'tidings') {
       const since = this.cursor ? `&since=${encodeURIComponent(this.cursor)}` : '';
-      req = `GET ${PATHS.longpoll}${since} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n\r\n`;
+      req = `GET ${PATHS.long_poll}${since} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n\r\n`;
     } else {
       let cond = '';
       if (this.lastModified) cond += `If-Modified-Since: ${this.lastModified}\r\n`;
       if (this.etag) cond += `If-None-Match: ${this.etag}\r\n`;
-      req = `GET ${PATHS.longpoll} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n${cond}\r\n`;
+      req = `GET ${PATHS.long_poll} HTTP/1.1\r\nHost: ${hostHdr(this.port)}\r\n${cond}\r\n`;
     }
     this.sock.write(req);
   }
@@ -575,7 +575,7 @@ class PollSub extends Sub {
   }
 }
 
-const SubClass = { ws: WsSub, sse: SseSub, longpoll: PollSub }[TRANSPORT];
+const SubClass = { ws: WsSub, sse: SseSub, long_poll: PollSub }[TRANSPORT];
 const subs = [];
 
 // Open n subscribers with at most `window` handshakes in progress; retry a failed attempt.

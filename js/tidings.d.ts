@@ -1,7 +1,7 @@
 // Types of tidings.js, the browser client of Tidings (wire protocol version 1).
 
 /** A technique of the ladder, from the most capable down. */
-export type Transport = "websocket" | "sse" | "longpoll" | "poll";
+export type Transport = "websocket" | "sse" | "long_poll" | "poll";
 
 /** The life of a client. */
 export type State = "connecting" | "connected" | "disconnected" | "closed";

@@ -9,7 +9,7 @@
 // (sockets, fetch, timers, randomness, storage, the window) can be passed in, which is how the
 // tests drive it.
 
-const LADDER = ["websocket", "sse", "longpoll", "poll"];
+const LADDER = ["websocket", "sse", "long_poll", "poll"];
 const CHANNEL = /^[\w\-.:@/]{1,128}$/;
 const CURSOR = /^[A-Za-z\d]{1,16}\.(0|[1-9]\d*)$/;
 const CATCH_UP = 1000; // events per history request when a shared tab catches up
@@ -140,7 +140,7 @@ export class Tidings {
     this._kick();
   }
 
-  /** The technique in use or being tried: "websocket", "sse", "longpoll", "poll" or null. */
+  /** The technique in use or being tried: "websocket", "sse", "long_poll", "poll" or null. */
   get transport() {
     return this._conn?.name ?? null;
   }
@@ -703,7 +703,7 @@ function polling(long) {
   };
 }
 
-const TRANSPORTS = { websocket, sse, longpoll: polling(true), poll: polling(false) };
+const TRANSPORTS = { websocket, sse, long_poll: polling(true), poll: polling(false) };
 
 // POST /api/disconnect (docs/protocol.md section 7): WebSocket close 4002 asks us back at once;
 // 4003 (an SSE stream's tidings.disconnect without reconnect) means the server refuses this

@@ -103,7 +103,7 @@ test("a channel the server ends is dropped with onError and never subscribed aga
 });
 
 test("SSE and polls: the server's unsubscribed leaves the channel out from then on", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll"] });
   const refused = [];
   client.subscribe("news", { since: "e1.4", onError: (error) => refused.push(error.code) });
   client.subscribe("chat", { since: "c1.1" });

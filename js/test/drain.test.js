@@ -46,7 +46,7 @@ test("WebSocket: after 1012 it waits its random pause and resubscribes from its 
 });
 
 test("long polling: a held poll answered 204 polls again at once from its cursor", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll"] });
   client.subscribe("news");
   await settle();
   requests[0].respond(200, { events: [], cursor: "e1.3" });

@@ -48,7 +48,7 @@ test("a WebSocket handshake that never completes moves down after openTimeout", 
 });
 
 test("an SSE stream whose first byte does not come in time moves down to long polling", async () => {
-  const { client, clock, requests, events } = setup({ transports: ["sse", "longpoll"] });
+  const { client, clock, requests, events } = setup({ transports: ["sse", "long_poll"] });
   client.subscribe("news");
   await settle();
   requests[0].stream(); // headers, then nothing: a buffering proxy
@@ -62,8 +62,8 @@ test("an SSE stream whose first byte does not come in time moves down to long po
   assert.equal(first.param("timeout"), "0"); // the first poll proves the technique at once
   first.respond(200, { events: [], cursor: "e1.4" }, { "Tidings-Cursor": "e1.4" });
   await clock.advance(0);
-  assert.equal(client.transport, "longpoll");
-  assert.deepEqual(events.at(-1), ["connected", "longpoll"]);
+  assert.equal(client.transport, "long_poll");
+  assert.deepEqual(events.at(-1), ["connected", "long_poll"]);
   assert.equal(requests.length, 3);
   assert.equal(requests[2].param("timeout"), "25");
   assert.equal(requests[2].param("since"), "e1.4");
@@ -80,7 +80,7 @@ test("firstByteTimeout is configurable", async () => {
 });
 
 test("long polling that cannot reach the server moves down to short polling", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll", "poll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll", "poll"] });
   client.subscribe("news");
   await settle();
   requests[0].fail();
@@ -116,14 +116,14 @@ test("when nothing opens, the ladder starts again from the top after a backoff",
   assert.deepEqual(clock.delays, [250]); // random 0.5 times the first bound, 500 ms
   assert.deepEqual(
     events.map((event) => event.join(" ")),
-    ["connecting websocket", "connecting sse", "connecting longpoll", "connecting poll"],
+    ["connecting websocket", "connecting sse", "connecting long_poll", "connecting poll"],
   );
   await clock.advance(250);
   assert.equal(sockets.length, 2);
 });
 
 test("transports restricts and reorders the ladder", async () => {
-  const { client, clock, sockets, requests } = setup({ transports: ["longpoll", "sse"] });
+  const { client, clock, sockets, requests } = setup({ transports: ["long_poll", "sse"] });
   client.subscribe("news");
   await settle();
   assert.equal(requests[0].path, "/poll");
@@ -139,12 +139,12 @@ test("transports restricts and reorders the ladder", async () => {
 test("an unknown transport is refused", () => {
   assert.throws(() => new Tidings(BASE, { transports: ["websocket", "carrier-pigeon"] }), {
     name: "TypeError",
-    message: "unknown transport carrier-pigeon: use websocket,sse,longpoll,poll",
+    message: "unknown transport carrier-pigeon: use websocket,sse,long_poll,poll",
   });
 });
 
 test("a remembered technique is where the next client starts", async () => {
-  const storage = fakeStorage({ [KEY]: "longpoll" });
+  const storage = fakeStorage({ [KEY]: "long_poll" });
   const { client, sockets, requests } = setup({ storage });
   client.subscribe("news");
   await settle();

@@ -83,7 +83,7 @@ test("a retry: shorter than the backoff does not shorten it", async () => {
 });
 
 test("Retry-After of a 503 is respected, on the same technique", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll", "poll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll", "poll"] });
   client.subscribe("news");
   await settle();
   const error = { error: { code: "unavailable", message: "the broker is unreachable" } };
@@ -93,7 +93,7 @@ test("Retry-After of a 503 is respected, on the same technique", async () => {
   await clock.advance(5000);
   assert.equal(requests[1].path, "/poll");
   assert.equal(requests[1].param("timeout"), "0"); // still long polling: its first request
-  assert.equal(client.transport, "longpoll");
+  assert.equal(client.transport, "long_poll");
 });
 
 test("WebSocket close 1012 and 1001 come back at a random moment of the drain window", async () => {
@@ -243,7 +243,7 @@ test("an event stream silent for heartbeatTimeout is replaced; : ping keeps it",
 });
 
 test("a long poll unanswered past its timeout is replaced", async () => {
-  const { client, clock, requests, events } = setup({ transports: ["longpoll"] });
+  const { client, clock, requests, events } = setup({ transports: ["long_poll"] });
   client.subscribe("news");
   await settle();
   requests[0].respond(200, { events: [], cursor: "e1.4" });

@@ -144,7 +144,7 @@ test("SSE: a new channel reopens the stream from the cursors, asking the new one
 });
 
 test("long polling: each request continues from the cursor list of the last answer", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll"] });
   const a = record(client, "a");
   const b = record(client, "b");
   await settle();
@@ -248,7 +248,7 @@ test("SSE reset: tidings.reset calls onReset and the stream goes on from it", as
 });
 
 test("poll reset: resets[] calls onReset beside other channels' events", async () => {
-  const { client, clock, requests } = setup({ transports: ["longpoll"] });
+  const { client, clock, requests } = setup({ transports: ["long_poll"] });
   const a = record(client, "a", { since: "e1.40" });
   const b = record(client, "b", { since: "f2.1" });
   await settle();

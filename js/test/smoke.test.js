@@ -49,7 +49,7 @@ function inbox(tidings, channel, options = {}) {
   return { sub, next };
 }
 
-for (const transport of ["websocket", "sse", "longpoll", "poll"]) {
+for (const transport of ["websocket", "sse", "long_poll", "poll"]) {
   test(`${transport}: events arrive, and a new client resumes from a cursor`, { skip }, async () => {
     const channel = `smoke-${transport}-${run}`;
     const first = client(transport);
@@ -93,7 +93,7 @@ test("sse with several channels: one stream, each event tagged with its channel"
   tidings.close();
 });
 
-for (const transport of ["websocket", "sse", "longpoll", "poll"]) {
+for (const transport of ["websocket", "sse", "long_poll", "poll"]) {
   test(`${transport}: rewind starts with the last events, then goes live`, { skip }, async () => {
     const channel = `smoke-rewind-${transport}-${run}`;
     const old = [await publish(channel, 1), await publish(channel, 2), await publish(channel, 3)];

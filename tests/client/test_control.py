@@ -28,7 +28,7 @@ from tidings import ClientError, ServerRejected, Subscription, connect
 from tidings.client import TRANSPORTS
 
 MakeServer = Callable[..., RunningServer]
-HELD = ("websocket", "sse", "longpoll")  # techniques with a connection the server can reach
+HELD = ("websocket", "sse", "long_poll")  # techniques with a connection the server can reach
 
 
 def tokened(make_server: MakeServer) -> RunningServer:

@@ -47,7 +47,7 @@ async def test_a_buffering_proxy_moves_down_to_long_polling(make_server: MakeSer
     server = make_server(**QUICK_SERVER)
     async with proxy(server.port, refuse_upgrades=True, buffer_sse=True) as middlebox:
         transport = await deliver_one(server, middlebox.url, first_byte_timeout=0.3)
-        assert transport == "longpoll"
+        assert transport == "long_poll"
         assert (middlebox.count("GET /ws"), middlebox.count("GET /sse")) == (1, 1)
 
 
@@ -66,7 +66,7 @@ async def test_what_worked_is_remembered_for_the_life_of_the_client(
         await first.aclose()
         again = client.subscribe("news")
         await again.open()
-        assert {first.transport, second.transport, again.transport} == {"longpoll"}
+        assert {first.transport, second.transport, again.transport} == {"long_poll"}
         assert (middlebox.count("GET /ws"), middlebox.count("GET /sse")) == (1, 1)
         async with collect(second) as seen:
             ids = await publish_many(server, "sport", [1, 2])

@@ -78,17 +78,17 @@ def down(reason: str = "refused", delay: float | None = None) -> Unavailable:
 
 async def test_it_walks_down_in_order_and_remembers_what_worked() -> None:
     feed = FakeFeed([])
-    ws, sse, longpoll, poll = (
+    ws, sse, long_poll, poll = (
         FakeTechnique("websocket", down("upgrade refused")),
         FakeTechnique("sse", down("buffered")),
-        FakeTechnique("longpoll", feed),
+        FakeTechnique("long_poll", feed),
         FakeTechnique("poll", FakeFeed([])),
     )
-    ladder = Ladder([ws, sse, longpoll, poll])
-    assert await ladder.open("news", None) == (longpoll, feed)
-    assert ladder.chosen is longpoll
+    ladder = Ladder([ws, sse, long_poll, poll])
+    assert await ladder.open("news", None) == (long_poll, feed)
+    assert ladder.chosen is long_poll
     await ladder.open("other", "e.4")
-    assert (ws.cursors, sse.cursors, longpoll.cursors, poll.cursors) == (
+    assert (ws.cursors, sse.cursors, long_poll.cursors, poll.cursors) == (
         [None],
         [None],
         [None, "e.4"],

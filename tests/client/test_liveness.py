@@ -19,7 +19,7 @@ MakeServer = Callable[..., RunningServer]
 SILENCE = {
     "websocket": "no answer to ping",  # our {"op": "ping"} got no pong
     "sse": "no bytes for",  # not even a ": ping" comment
-    "longpoll": "ReadTimeout",  # the held request outlived poll_timeout plus the margin
+    "long_poll": "ReadTimeout",  # the held request outlived poll_timeout plus the margin
 }
 
 

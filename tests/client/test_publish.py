@@ -60,7 +60,7 @@ async def test_the_http_fallback_without_a_key_reports_the_refusal(
     assert (refused.value.status, refused.value.code) == (401, "unauthorized")
 
 
-@pytest.mark.parametrize("transport", ["sse", "longpoll", "poll"])
+@pytest.mark.parametrize("transport", ["sse", "long_poll", "poll"])
 async def test_publish_goes_over_http_without_a_websocket(
     make_server: MakeServer, transport: str
 ) -> None:

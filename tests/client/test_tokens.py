@@ -118,7 +118,7 @@ async def test_a_fixed_token_refused_is_raised_at_once(
     assert [(p.token, p.where) for p in gate.presented] == [("stale", "header")]
 
 
-@pytest.mark.parametrize("transport", ["sse", "longpoll", "poll"])
+@pytest.mark.parametrize("transport", ["sse", "long_poll", "poll"])
 async def test_a_forbidden_channel_is_raised_once_and_the_others_go_on(
     make_server: MakeServer, transport: str
 ) -> None:

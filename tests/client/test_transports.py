@@ -27,7 +27,7 @@ from tidings.client import TRANSPORTS
 pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
 
 MakeServer = Callable[..., RunningServer]
-STREAMS = ("websocket", "sse", "longpoll")  # techniques that hold a connection the server sees
+STREAMS = ("websocket", "sse", "long_poll")  # techniques that hold a connection the server sees
 
 
 async def test_events_arrive_in_order_with_their_fields(
@@ -88,7 +88,7 @@ async def test_resume_across_cuts_loses_nothing_and_repeats_nothing(
     if transport in STREAMS:
         # Every cut of a held connection was noticed (a long poll may be between requests
         # when the cut comes after a publish; the stream transports never are).
-        least = rounds - 1 if transport != "longpoll" else rounds // 2
+        least = rounds - 1 if transport != "long_poll" else rounds // 2
         assert subscription.reconnects >= least
 
 

@@ -48,7 +48,7 @@ NODE_ENV = {
     "redis+sentinel": {"TIDINGS_SERVER_REDIS_WAIT_REPLICAS": "1"},
     "nats-cluster": {},
 }
-TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
+TRANSPORTS = ("websocket", "sse", "long_poll", "poll")
 MAX_ATTEMPTS = 3000  # publishes in one test, at most
 PACE = 0.02  # seconds between publishes: a steady stream, not a flood
 

@@ -14,7 +14,7 @@ from tests.client.support import FAST, collect
 from tests.cluster.conftest import StartNodes
 from tests.cluster.support import offset, publish
 
-TRANSPORTS = ["websocket", "sse", "longpoll", "poll"]
+TRANSPORTS = ["websocket", "sse", "long_poll", "poll"]
 COUNT = 30
 
 

@@ -36,7 +36,7 @@ from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.timeout(120)
 
-TRANSPORTS = ["websocket", "sse", "longpoll"]
+TRANSPORTS = ["websocket", "sse", "long_poll"]
 COUNT = 30
 ROOM = "chat:room"
 ANONYMOUS = {"sub": None, "info": None}

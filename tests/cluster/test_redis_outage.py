@@ -78,7 +78,7 @@ async def test_redis_restart_loses_no_acknowledged_event(
     async with contextlib.AsyncExitStack() as stack:
         clients = []
         for node in (a, b):
-            for transport in ("websocket", "sse", "longpoll", "poll"):
+            for transport in ("websocket", "sse", "long_poll", "poll"):
                 client = await stack.enter_async_context(
                     tidings.connect(node.url, transport=transport, **FAST)
                 )

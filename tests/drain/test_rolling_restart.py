@@ -22,7 +22,7 @@ from tests.redis.support import REDIS_URL, require_redis
 from tests.serve_process import ServeProcess
 
 WINDOW = 2.0
-KINDS = {"websocket": 20, "sse": 20, "longpoll": 20}
+KINDS = {"websocket": 20, "sse": 20, "long_poll": 20}
 ROUTED_WITHIN = 20.0  # nginx tries a node it saw refuse again after fail_timeout (5 s)
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,5 +122,5 @@ async def test_a_rolling_restart_behind_nginx_loses_and_repeats_nothing(
         assert member.ids == publisher.acked, (member.kind, len(member.ids), len(publisher.acked))
         assert member.data == publisher.values
         assert member.resets == 0
-        if member.kind != "longpoll":  # every stream was on a node that restarted
+        if member.kind != "long_poll":  # every stream was on a node that restarted
             assert member.reconnected_after(restarted_at), member.kind

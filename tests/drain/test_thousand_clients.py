@@ -26,7 +26,7 @@ from tests.serve_process import ServeProcess
 from tidings.server.drain import GRACE_SECONDS
 
 WINDOW = 4.0
-KINDS = {"websocket": 400, "sse": 400, "longpoll": 200}
+KINDS = {"websocket": 400, "sse": 400, "long_poll": 200}
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,14 +93,14 @@ async def test_a_thousand_clients_leave_a_draining_node_and_miss_nothing(
 
     # The WebSocket and SSE clients that were on the draining node: the delay each was asked
     # to wait (SSE retry:, or the pause a 1012 makes the client draw) and when it came back.
-    moved = [m for m in fleet.members if m.kind != "longpoll" and m.asked_after(sigterm_at)]
+    moved = [m for m in fleet.members if m.kind != "long_poll" and m.asked_after(sigterm_at)]
     asked = [m.asked_after(sigterm_at)[0] for m in moved]
     delays = [delay or 0.0 for _, delay in asked]
     back = [m.reconnected_after(sigterm_at)[0] for m in moved]
     counts = histogram(delays, WINDOW)
     back_counts = histogram(back, WINDOW)
     print(
-        f"\n{len(moved)} WebSocket and SSE clients and {KINDS['longpoll']} long polls"
+        f"\n{len(moved)} WebSocket and SSE clients and {KINDS['long_poll']} long polls"
         " left the draining node"
         f" (drain_seconds={WINDOW:g}; it exited after {exited_after:.2f} s;"
         f" {published_during} events published meanwhile, {publisher.resent} sent again)."

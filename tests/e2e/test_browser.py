@@ -19,7 +19,7 @@ from tests.e2e.conftest import ServerProcess
 from tests.e2e.proxy import FaultProxy
 
 CHANNEL = "e2e"
-TRANSPORTS = ["websocket", "sse", "longpoll", "poll"]
+TRANSPORTS = ["websocket", "sse", "long_poll", "poll"]
 # Fast reconnects, so that cuts and restarts cost little time.
 FAST = {"minDelay": 100, "maxDelay": 1000, "drainWindow": 300, "interval": 100}
 WAIT_MS = 15_000
@@ -180,7 +180,7 @@ def test_auto_lands_on_long_polling_when_the_proxy_also_buffers_streams(
     proxy.refuse_websocket = True
     proxy.buffer_streams = True
     proxy.one_request_per_connection = True  # or a kept-alive connection carries the stream
-    assert start_auto_and_receive(e2e, tidings_server, firstByteTimeout=500) == "longpoll"
+    assert start_auto_and_receive(e2e, tidings_server, firstByteTimeout=500) == "long_poll"
     assert proxy.refused_upgrades >= 1
     assert proxy.buffered_streams >= 1
 

@@ -13,7 +13,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.conftest import ServerProcess
 
-TRANSPORTS = ["websocket", "sse", "longpoll", "poll"]
+TRANSPORTS = ["websocket", "sse", "long_poll", "poll"]
 CHANNEL = "lab-test"
 WAIT_MS = 15_000
 SHOWN = """() => Object.fromEntries([...document.querySelectorAll(".pane")].map((pane) => [
@@ -95,7 +95,7 @@ def test_every_pane_counts_exactly_the_events_published(
         assert counts[transport]["resets"] == 0
     assert counts["websocket"]["requests"] == 1  # one handshake, every event on it
     assert counts["sse"]["requests"] == 1  # one stream
-    assert counts["longpoll"]["requests"] >= 2
+    assert counts["long_poll"]["requests"] >= 2
     assert counts["poll"]["requests"] >= 2
     assert lab.tally()["failed"] == 0 and lab.errors == []
 

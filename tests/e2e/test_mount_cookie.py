@@ -86,7 +86,7 @@ def inbox_app() -> Iterator[RunningServer]:
     running.stop()
 
 
-@pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll", "poll"])
+@pytest.mark.parametrize("transport", ["websocket", "sse", "long_poll", "poll"])
 def test_a_signed_in_page_follows_its_private_channel_with_the_session_cookie(
     page: Page, inbox_app: RunningServer, transport: str
 ) -> None:

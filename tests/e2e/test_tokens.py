@@ -155,7 +155,7 @@ def token_server(serve: Callable[..., ServerProcess]) -> ServerProcess:
     return serve(env=TOKEN_ENV)
 
 
-@pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll", "poll"])
+@pytest.mark.parametrize("transport", ["websocket", "sse", "long_poll", "poll"])
 def test_a_token_function_keeps_the_page_receiving_across_expiries(
     page: Page, token_server: ServerProcess, transport: str
 ) -> None:

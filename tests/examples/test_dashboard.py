@@ -49,7 +49,7 @@ def test_the_numbers_arrive_over_sse_and_over_long_polling_behind_the_proxy(
     watch(open_page(), dashboard.app_url, "sse", 2)
 
     behind = open_page()
-    watch(behind, dashboard.url, "longpoll", 3)
+    watch(behind, dashboard.url, "long_poll", 3)
     screenshot(behind, "dashboard", when="dashboard.ticks.length >= 30")
     refused = behind.evaluate(
         """() => new Promise((resolve) => {

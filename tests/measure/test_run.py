@@ -77,11 +77,11 @@ def test_bench_prints_the_table_with_measured_numbers(served: ServeProcess) -> N
     assert sum(_seconds(row["server CPU/event"]) for row in table.values()) > 0
     requests = {name: _number(row["HTTP requests/event"]) for name, row in table.items()}
     assert requests["websocket"] == requests["sse"] == 0
-    assert 0.8 <= requests["longpoll"] <= 1.5
+    assert 0.8 <= requests["long_poll"] <= 1.5
     assert requests["poll"] > 0
     down = {name: _number(row["bytes down/event"]) for name, row in table.items()}
-    assert down["websocket"] < down["longpoll"]
-    assert down["sse"] < down["longpoll"]
+    assert down["websocket"] < down["long_poll"]
+    assert down["sse"] < down["long_poll"]
     latency = {name: _seconds(row["latency p50"]) for name, row in table.items()}
     assert latency["poll"] > latency["websocket"]
 

@@ -74,7 +74,7 @@ class Client:
         built: dict[str, Technique] = {
             "websocket": WebSocketTechnique(endpoint, options),
             "sse": SSETechnique(http, endpoint, options),
-            "longpoll": PollTechnique(http, endpoint, options, long=True),
+            "long_poll": PollTechnique(http, endpoint, options, long=True),
             "poll": PollTechnique(http, endpoint, options, long=False),
         }
         if transport == AUTO:

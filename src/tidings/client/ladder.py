@@ -19,7 +19,7 @@ from tidings.exceptions import ClientError, ServerRejected
 
 __all__ = ["AUTO", "TRANSPORTS", "Feed", "Ladder", "Publisher", "Technique"]
 
-TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
+TRANSPORTS = ("websocket", "sse", "long_poll", "poll")
 AUTO = "auto"
 
 

@@ -37,12 +37,12 @@ UNSUBSCRIBED = "the server ended the subscription (unsubscribed by the server)"
 
 
 class PollTechnique:
-    """``longpoll`` (``long=True``) or ``poll``."""
+    """``long_poll`` (``long=True``) or ``poll``."""
 
     def __init__(
         self, http: httpx.AsyncClient, endpoint: Endpoint, options: ClientOptions, *, long: bool
     ) -> None:
-        self.name = "longpoll" if long else "poll"
+        self.name = "long_poll" if long else "poll"
         self.http = http
         self.endpoint = endpoint
         self.options = options

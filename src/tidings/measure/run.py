@@ -48,7 +48,7 @@ OPEN_SECONDS = 30.0  # every subscriber of a technique must be following by then
 DRAIN_SECONDS = 5.0  # after the last publish, beyond one short-poll interval
 # The requests a subscriber has made once it is in its steady state: the handshake or stream
 # request; the opening poll and the held one; the opening poll (then idle until its interval).
-STEADY_REQUESTS = {"websocket": 1, "sse": 1, "longpoll": 2, "poll": 1}
+STEADY_REQUESTS = {"websocket": 1, "sse": 1, "long_poll": 2, "poll": 1}
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction of the run done)
 

@@ -14,13 +14,13 @@ __all__ = ["render"]
 DIRECTION = {
     "websocket": "both ways",
     "sse": "server to client",
-    "longpoll": "client asks, server holds",
+    "long_poll": "client asks, server holds",
     "poll": "client asks, server answers",
 }
 CHOOSE_WHEN = {
     "websocket": "the client pushes too",
     "sse": "a one-way stream",
-    "longpoll": "dead simple, maximally compatible",
+    "long_poll": "dead simple, maximally compatible",
     "poll": "occasional, non-urgent",
 }
 HEADERS = (

@@ -46,16 +46,46 @@ LOADGEN = BENCH_DIR / "loadgen.js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL = "bench"
 TRANSPORTS = ("ws", "sse", "long_poll")
-TARGETS = ("tidings", "nchan", "tidings-redis2", "mount", "sse-starlette", "tidings-deflate")
+TARGETS = (
+    "tidings",
+    "nchan",
+    "tidings-redis2",
+    "mount",
+    "sse-starlette",
+    "fastapi-sse",
+    "socketio",
+    "channels",
+    "tidings-deflate",
+)
 REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
 MOUNT = "mount"  # Tidings mounted at /rt in a FastAPI app (bench/mount_app.py) under uvicorn
 SSE_STARLETTE = "sse-starlette"  # sse-starlette + broadcaster (bench/sse_starlette_app.py)
+FASTAPI_SSE = "fastapi-sse"  # FastAPI's own fastapi.sse.EventSourceResponse (fastapi_sse_app.py)
+SOCKETIO = "socketio"  # python-socketio, one room (bench/socketio_app.py)
+CHANNELS = "channels"  # Django Channels, InMemoryChannelLayer (bench/channels_app.py)
+# What Python teams use instead of Tidings, each under the same uvicorn as the mount
+PEERS = (SSE_STARLETTE, FASTAPI_SSE, SOCKETIO, CHANNELS)
 # `tidings serve` as the `tidings` target, its WebSocket subscribers offering permessage-deflate
 # (the `tidings` target's do not, so they get plain frames from the same server)
 DEFLATE = "tidings-deflate"
-UVICORN_APPS = {MOUNT: ("mount_app:app", "/rt"), SSE_STARLETTE: ("sse_starlette_app:app", "")}
-# What each target can serve; the cells it cannot are skipped (sse-starlette streams only).
-TARGET_TRANSPORTS = {SSE_STARLETTE: ("sse",), DEFLATE: ("ws",)}
+UVICORN_APPS = {
+    MOUNT: ("mount_app:app", "/rt"),
+    SSE_STARLETTE: ("sse_starlette_app:app", ""),
+    FASTAPI_SSE: ("fastapi_sse_app:app", ""),
+    SOCKETIO: ("socketio_app:app", ""),
+    CHANNELS: ("channels_app:application", ""),
+}
+# What each target can serve; the cells it cannot are skipped (the SSE peers stream only, the
+# WebSocket peers have no SSE or poll endpoint).
+TARGET_TRANSPORTS = {
+    SSE_STARLETTE: ("sse",),
+    FASTAPI_SSE: ("sse",),
+    SOCKETIO: ("ws",),
+    CHANNELS: ("ws",),
+    DEFLATE: ("ws",),
+}
+# How the load generator's WebSocket subscribers subscribe on each target (loadgen.js WS_FLAVOUR)
+WS_FLAVOURS = {SOCKETIO: ("socketio", None), CHANNELS: ("plain", f"/ws/{CHANNEL}/")}
 WORKERS_PREFIX = "tidings-w"  # tidings-w2: `tidings serve --workers 2`, from --workers
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "long_poll": "long poll"}
@@ -377,6 +407,12 @@ http {{
             nchan_subscriber_timeout 0;
             nchan_websocket_ping_interval 0;
         }}
+
+        # short polling (bench/shortpoll.py): answered at once, 304 when nothing is newer
+        location = /poll {{
+            nchan_subscriber intervalpoll;
+            nchan_channel_id $arg_channel;
+        }}
     }}
 }}
 """
@@ -536,7 +572,8 @@ def start_uvicorn(target: str, args: argparse.Namespace, port: int, tmp: Path) -
         "--ws",
         args.uvicorn_ws,
         "--lifespan",
-        "on",
+        # Channels' ProtocolTypeRouter routes http and websocket only and refuses lifespan
+        "off" if target == CHANNELS else "on",
         "--backlog",
         str(args.backlog),
         "--log-level",
@@ -736,6 +773,10 @@ class LoadGen(LineDriven):
             "maxLifetimeS": 3600,
             "prefix": server.prefix,
         }
+        flavour, ws_path = WS_FLAVOURS.get(server.target, ("tidings", None))
+        config["wsFlavour"] = flavour
+        if ws_path:
+            config["wsPath"] = ws_path
         if len(server.ports) > 1:  # subscribers round-robin over the nodes, publisher on node A
             config["ports"] = server.ports
         argv = [*pinned(args, args.loadgen_cpu), args.node, str(LOADGEN), json.dumps(config)]
@@ -1097,8 +1138,10 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
 
     if "tidings" in args.targets and REDIS2 in args.targets:
         out.extend(render_redis2(by_key, cells))
-    if "tidings" in args.targets and ({MOUNT, SSE_STARLETTE} & set(args.targets)):
+    if "tidings" in args.targets and MOUNT in args.targets:
         out.extend(render_uvicorn(by_key, cells, args.targets))
+    if "tidings" in args.targets and (set(PEERS) & set(args.targets)):
+        out.extend(render_peers(by_key, cells, args.targets))
     several = [t for t in args.targets if t.startswith(WORKERS_PREFIX) and workers_of(t) > 1]
     if f"{WORKERS_PREFIX}1" in args.targets and several:
         out.extend(render_workers(by_key, cells, several))
@@ -1180,7 +1223,7 @@ def render_uvicorn(
         "| rate: p50 | rate: p99 | sat: p99 | CPU target | at fixed rate | at saturation |"
     )
     out.append("|" + " --- |" * 13)
-    for target in (t for t in (MOUNT, SSE_STARLETTE) if t in targets):
+    for target in (t for t in (MOUNT,) if t in targets):
         for transport, n in cells:
             if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
                 continue
@@ -1210,6 +1253,79 @@ def render_uvicorn(
                 f"| {goal} "
                 f"| {check(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
                 f"| {check(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} |"
+            )
+    out.append("")
+    return out
+
+
+# What Tidings is to beat each Python peer by, peer / tidings of the same run (issue "Every
+# core, every rate"): CPU per delivery at the fixed rate and at saturation, idle memory per
+# connection.
+PEER_TARGETS = {"rate": 3.0, "sat": 10.0, "mem": 10.0}
+PEER_LIMITS = {
+    SSE_STARLETTE: "no history: no resume (Last-Event-ID ignored), no poll, SSE only",
+    FASTAPI_SSE: "no history: no resume (Last-Event-ID ignored), no poll, SSE only; the "
+    "fan-out (a queue per stream) is the app's own code",
+    SOCKETIO: "no history: a reconnecting client gets nothing it missed; no poll of history "
+    "(Engine.IO long-polling carries live packets only); its own client protocol, not plain "
+    "WebSocket/SSE",
+    CHANNELS: "no history: no resume, no poll; WebSocket only; the in-memory layer is one "
+    "process (Channels recommends it for tests)",
+}
+
+
+def render_peers(
+    by_key: dict[tuple[str, str, int], dict[str, Any]],
+    cells: list[tuple[str, int]],
+    targets: list[str],
+) -> list[str]:
+    """What Python teams use instead, against `tidings serve` of the same run."""
+    out = ["### Python peers / Tidings\n"]
+    out.append(
+        "Each peer under uvicorn divided by `tidings serve` (the `tidings` target) of the same "
+        "run, on the transport it serves: how many times more CPU per delivery and idle memory "
+        "per connection it needs (above 1.0x is Tidings' advantage). Targets: at least "
+        f"{PEER_TARGETS['rate']:.0f}x at the fixed rate, {PEER_TARGETS['sat']:.0f}x at "
+        f"saturation, {PEER_TARGETS['mem']:.0f}x idle memory. `sat: msg/s` is Tidings' "
+        "deliveries per second over the peer's.\n"
+    )
+    out.append(
+        "| target | transport | subs | idle KB/conn (peer / tidings) | idle memory "
+        "| rate: us/msg (peer / tidings) | rate: CPU | sat: us/msg (peer / tidings) | sat: CPU "
+        "| sat: msg/s tidings / peer | rate: p99 ms (peer / tidings) | cannot |"
+    )
+    out.append("|" + " --- |" * 12)
+    for target in (t for t in PEERS if t in targets):
+        for transport, n in cells:
+            if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
+                continue
+            t = by_key.get(("tidings", transport, n))
+            u = by_key.get((target, transport, n))
+            if t is None or u is None:
+                out.append(
+                    f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 8
+                )
+                continue
+
+            def cmp(a: Any, b: Any, goal: float) -> tuple[str, str]:
+                r = ratio(a, b)
+                if r is None:
+                    return "-", "-"
+                return (
+                    f"{fmt(a, 2)} / {fmt(b, 2)} = {fmt(r, 1)}x",
+                    "pass" if r >= goal else "FAIL",
+                )
+
+            mem, mem_ok = cmp(u["memKbPerConn"], t["memKbPerConn"], PEER_TARGETS["mem"])
+            rate, rate_ok = cmp(u["rate"]["usPerMsg"], t["rate"]["usPerMsg"], PEER_TARGETS["rate"])
+            sat, sat_ok = cmp(u["sat"]["usPerMsg"], t["sat"]["usPerMsg"], PEER_TARGETS["sat"])
+            thr = ratio(t["sat"]["msgsPerS"], u["sat"]["msgsPerS"])
+            out.append(
+                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | {mem} | {mem_ok} "
+                f"| {rate} | {rate_ok} | {sat} | {sat_ok} "
+                f"| {fmt(thr, 1) + 'x' if thr is not None else '-'} "
+                f"| {fmt(u['rate']['p99ms'], 2)} / {fmt(t['rate']['p99ms'], 2)} "
+                f"| {PEER_LIMITS[target]} |"
             )
     out.append("")
     return out
@@ -1371,7 +1487,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="tidings,nchan",
         help="comma list of tidings, nchan, tidings-redis2 (two nodes through Redis), mount "
         "(Tidings inside a FastAPI app under uvicorn), sse-starlette (sse-starlette + "
-        "broadcaster under uvicorn, SSE only), tidings-deflate (tidings, its WebSocket "
+        "broadcaster under uvicorn, SSE only), fastapi-sse (FastAPI's fastapi.sse, SSE only), "
+        "socketio (python-socketio, WebSocket only), channels (Django Channels with the "
+        "in-memory layer, WebSocket only), tidings-deflate (tidings, its WebSocket "
         "subscribers negotiating permessage-deflate)",
     )
     p.add_argument(
@@ -1484,7 +1602,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--uvicorn-cmd",
         default=f"{REPO_DIR / '.venv' / 'bin' / 'python'} -m uvicorn",
-        help="how to run uvicorn, for the mount and sse-starlette targets",
+        help="how to run uvicorn, for the mount and the Python peer targets",
     )
     p.add_argument("--uvicorn-ws", default="websockets-sansio", help="uvicorn's --ws")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
@@ -1530,6 +1648,13 @@ def python_versions(args: argparse.Namespace, targets: list[str]) -> dict[str, s
         names.append("fastapi")
     if SSE_STARLETTE in targets:
         names += ["starlette", "sse-starlette", "broadcaster"]
+    if FASTAPI_SSE in targets:
+        names += ["fastapi", "starlette", "pydantic"]
+    if SOCKETIO in targets:
+        names += ["python-socketio", "python-engineio", "starlette"]
+    if CHANNELS in targets:
+        names += ["channels", "django"]
+    names = list(dict.fromkeys(names))
     python = args.uvicorn_cmd.split()[0]
     script = (
         "import importlib.metadata as m, json, sys\n"

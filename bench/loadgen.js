@@ -34,8 +34,17 @@ const DEFLATE = Boolean(cfg.deflate);
 // 'pad': {"bench_t","seq","pad":"xxx..."} (compresses to nearly nothing); 'json': a realistic
 // order document of about PAYLOAD_BYTES with ids, prices and text that vary per publish.
 const PAYLOAD_KIND = cfg.payloadKind || 'pad';
+// How a WebSocket subscriber subscribes, for servers that take the Tidings publish body
+// (target 'tidings'): 'tidings' sends {"op":"subscribe"} and waits for "subscribed"; 'plain' is
+// subscribed once the handshake is answered (the channel is in the path, cfg.wsPath: Django
+// Channels); 'socketio' speaks Engine.IO v4 / Socket.IO v5 over the WebSocket (python-socketio):
+// waits for the open packet `0{...}`, connects with `40{"channel":...}`, is subscribed on `40`,
+// answers every ping `2` with a pong `3`, and counts events `42["message",{...}]`. Nchan's
+// WebSocket subscribers are always 'plain'.
+const WS_FLAVOUR = TARGET === 'nchan' ? 'plain' : (cfg.wsFlavour || 'tidings');
 
-if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'long_poll'].includes(TRANSPORT)) {
+if (!PORT || !['tidings', 'nchan'].includes(TARGET) || !['ws', 'sse', 'long_poll'].includes(TRANSPORT)
+  || !['tidings', 'plain', 'socketio'].includes(WS_FLAVOUR)) {
   process.stderr.write('loadgen: bad config ' + JSON.stringify(cfg) + '\n');
   process.exit(2);
 }
@@ -48,7 +57,7 @@ const CH = encodeURIComponent(CHANNEL);
 const PREFIX = cfg.prefix || '';
 const PATHS = TARGET === 'tidings'
   ? {
-    ws: `${PREFIX}/ws`,
+    ws: cfg.wsPath || (WS_FLAVOUR === 'socketio' ? '/socket.io/?EIO=4&transport=websocket' : `${PREFIX}/ws`),
     sse: `${PREFIX}/sse?channel=${CH}`,
     long_poll: `${PREFIX}/poll?channel=${CH}&timeout=${POLL_TIMEOUT}`,
     pub: `${PREFIX}/api/publish`,
@@ -283,9 +292,12 @@ function maskedFrame(opcode, payload) {
   for (let k = 0; k < len; k++) body[k] = payload[k] ^ key[k & 3];
   return Buffer.concat([hdr, key, body]);
 }
-const SUBSCRIBE_FRAME = TARGET === 'tidings'
+const SUBSCRIBE_FRAME = WS_FLAVOUR === 'tidings'
   ? maskedFrame(1, Buffer.from(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 }))) : null;
 const SUBSCRIBED = Buffer.from('"subscribed"');
+// Socket.IO: the CONNECT packet with the channel as auth data, and the Engine.IO pong.
+const SIO_CONNECT = WS_FLAVOUR === 'socketio' ? maskedFrame(1, Buffer.from(`40${JSON.stringify({ channel: CHANNEL })}`)) : null;
+const EIO_PONG = WS_FLAVOUR === 'socketio' ? maskedFrame(1, Buffer.from('3')) : null;
 const DEFLATE_OFFER = DEFLATE ? 'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n' : '';
 const EMPTY_BLOCK = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 // the message ends in a sync flush, not a final block: inflate up to it, do not expect an end
@@ -367,7 +379,8 @@ class WsSub extends Sub {
         protoError(`permessage-deflate offered, not negotiated: '${ext}'`);
       }
       if (SUBSCRIBE_FRAME) this.sock.write(SUBSCRIBE_FRAME);
-      else this.finishConnect(null);
+      else if (WS_FLAVOUR === 'plain') this.finishConnect(null);
+      // socketio: the server speaks first (the Engine.IO open packet)
       if (r[1] < r[0].length) this.frames(r[0].subarray(r[1]));
       return;
     }
@@ -409,6 +422,7 @@ class WsSub extends Sub {
       } else if (op === 1 || op === 0 || op === 2) {
         const n = countMarks(buf, ps, pe, this.sampled);
         if (n > 0) got += n;
+        else if (WS_FLAVOUR === 'socketio') this.engineIo(buf, ps, pe);
         else if (!this.ready && this.done) {
           if (buf.indexOf(SUBSCRIBED, ps) !== -1 && buf.indexOf(SUBSCRIBED, ps) < pe) this.finishConnect(null);
           else protoError(`unexpected frame before subscribed: ${buf.toString('utf8', ps, Math.min(pe, ps + 200))}`);
@@ -429,6 +443,19 @@ class WsSub extends Sub {
     if (got) { received += got; if (onDelivery) onDelivery(); }
   }
 }
+
+// Engine.IO / Socket.IO packets that are not events: the open packet, the connect answer, pings.
+WsSub.prototype.engineIo = function engineIo(buf, ps, pe) {
+  const c0 = buf[ps];
+  const c1 = pe - ps > 1 ? buf[ps + 1] : -1;
+  if (c0 === 50 && pe - ps === 1) { this.sock.write(EIO_PONG); return; } // '2': ping
+  if (c0 === 48 && this.done) { this.sock.write(SIO_CONNECT); return; } // '0{...}': open
+  if (c0 === 52 && c1 === 48 && this.done) { this.finishConnect(null); return; } // '40{"sid"}'
+  const text = buf.toString('utf8', ps, Math.min(pe, ps + 300));
+  if (c0 === 52 && c1 === 52) { this.closeReason = 'socket.io connect error'; protoError(`socket.io: ${text}`); return; }
+  if (c0 === 49) { this.closeReason = 'engine.io close'; return; } // '1': close
+  if (!(c0 === 52 && c1 === 50)) protoError(`socket.io: unexpected packet ${text}`);
+};
 
 class SseSub extends Sub {
   start() {

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Install what the fan-out benchmark needs besides Python 3.11 and Node.js 18+: nginx with the
-# Nchan module (the peer we compare against), and for the uvicorn targets the project's .venv
-# (scripts/env.sh: the package, uvicorn, FastAPI) plus bench/requirements.txt (sse-starlette and
-# broadcaster, the reference; not dependencies of Tidings). The load generator (loadgen.js)
-# has no npm dependencies. Run as root (apt-get).
+# Install what the benchmarks need besides Python 3.11 and Node.js 18+: nginx with the Nchan
+# module (the peer we compare against), wrk (shortpoll.py, publish.py), and for the uvicorn
+# targets the project's .venv (scripts/env.sh: the package, uvicorn, FastAPI) plus
+# bench/requirements.txt (the Python peers: sse-starlette, broadcaster, python-socketio, Django
+# Channels; not dependencies of Tidings). The load generator (loadgen.js) has no npm
+# dependencies. Run as root (apt-get).
 set -euo pipefail
-if ! dpkg -s nginx-light libnginx-mod-nchan >/dev/null 2>&1; then
+if ! dpkg -s nginx-light libnginx-mod-nchan wrk >/dev/null 2>&1; then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx-light libnginx-mod-nchan
+        nginx-light libnginx-mod-nchan wrk
 fi
 # Debian may start nginx as a service on install; the benchmark runs its own instances only.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
@@ -24,4 +25,6 @@ echo "nginx: $(nginx -v 2>&1)"
 echo "nchan module: $(dpkg -L libnginx-mod-nchan | grep -E 'ngx_nchan_module\.so$' | head -1)"
 echo "node: $(node --version)"
 echo "bench Python packages: $("$ROOT/.venv/bin/python" -m pip list 2>/dev/null \
-    | grep -iE '^(uvicorn|fastapi|sse-starlette|broadcaster) ' | tr -s ' ' | paste -sd, -)"
+    | grep -iE '^(uvicorn|fastapi|sse-starlette|broadcaster|python-socketio|channels|django) ' \
+    | tr -s ' ' | paste -sd, -)"
+echo "wrk: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"

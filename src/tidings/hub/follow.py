@@ -122,6 +122,8 @@ class Follower:
         while page is not None:
             if not self._apply(tail, page):
                 return
+            if not page.events and page.reset is None:
+                break  # the broker knows nothing beyond the tail locally: history in full
             page = self.hub.broker.history_nowait(tail.channel, tail.cursor, PAGE_SIZE)
         self.hub.spawn(self._catch_up_async(tail))
 

@@ -13,7 +13,7 @@ from tests.redis.conftest import MakeNode
 from tests.redis.support import Probe, Recorder, clients_named, kill_clients
 from tidings.brokers import redis_link
 from tidings.brokers.base import HistoryPage
-from tidings.brokers.redis import POOL_SIZE, READS_AT_ONCE
+from tidings.brokers.redis import COMMAND_TIMEOUT, POOL_SIZE, READS_AT_ONCE
 from tidings.config import Settings
 from tidings.hub.hub import Hub
 from tidings.protocol.cursor import Cursor
@@ -98,3 +98,19 @@ async def test_resyncs_after_a_rebuild_are_bounded_and_lose_no_follower(
         assert await clients_named(redis_url, node.client_name("commands")) <= READS_AT_ONCE + 2
     finally:
         await hub.close()
+
+
+async def test_a_read_that_waits_its_turn_longer_than_a_command_may_take_still_reads(
+    make_node: MakeNode,
+) -> None:
+    node = make_node()
+    published = await node.publish("news", "m", b"1")
+    turns = node._reads  # every turn taken, as a burst of catch-ups would
+    for _ in range(READS_AT_ONCE):
+        await turns.acquire()
+    reading = asyncio.get_running_loop().create_task(node.history("news", None, 10))
+    await asyncio.sleep(COMMAND_TIMEOUT + 1)
+    assert not reading.done()  # still waiting, not failed
+    for _ in range(READS_AT_ONCE):
+        turns.release()
+    assert (await reading).cursor == published.cursor

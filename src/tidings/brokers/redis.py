@@ -128,9 +128,12 @@ _PREFIX = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 POOL_SIZE = 32
-# History reads in flight at once (the others wait their turn, up to COMMAND_TIMEOUT): a
-# burst of catch-ups leaves the rest of the pool to publishes and presence.
+# History reads in flight at once: a burst of catch-ups leaves the rest of the pool to
+# publishes and presence. The others wait their turn, up to READ_TURN_WAIT seconds: a wait
+# is no failure of Redis (each read in flight fails on its own within COMMAND_TIMEOUT when
+# Redis does), and a follower that gave up would reconnect and read again.
 READS_AT_ONCE = POOL_SIZE // 2
+READ_TURN_WAIT = 30.0
 CHECK_TIMEOUT = 2.0
 META_GRACE_MS = 600_000
 META_REFRESH_SECONDS = 60.0
@@ -420,9 +423,9 @@ class RedisBroker:
     @contextlib.asynccontextmanager
     async def _read_turn(self) -> AsyncIterator[None]:
         """One of READS_AT_ONCE turns to read history; BrokerUnavailable after waiting
-        COMMAND_TIMEOUT, as the pool itself would raise."""
+        READ_TURN_WAIT."""
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
+            async with asyncio.timeout(READ_TURN_WAIT):
                 await self._reads.acquire()
         except TimeoutError as error:
             raise BrokerUnavailable("Redis is busy: history reads waited too long") from error

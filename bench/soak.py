@@ -421,6 +421,8 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    revision = git_rev()  # the code the server runs: the tree may move during the run
     workdir = Path(tempfile.mkdtemp(prefix="tidings-soak-"))
     prefix = f"soak-{secrets.token_hex(4)}"
     config = workdir / "tidings.toml"
@@ -540,8 +542,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files_end = wait_files(server.pid, files_idle - broker_idle, 30.0)
         broker_end = broker_sockets(server.pid, REDIS_PORT)
         return {
-            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "git": git_rev(),
+            "date": started,
+            "git": revision,
             "command": "python3 bench/soak.py " + " ".join(sys.argv[1:]),
             "broker": broker.split("?")[0],
             "counts": counts,

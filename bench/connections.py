@@ -396,7 +396,7 @@ def start_server(args: argparse.Namespace, tmp: Path) -> Server:
         "taskset", "-c", args.server_cpus,
         str(Path(sys.executable).parent / "tidings"), "serve",
         "--config", str(config),
-        "--host", "0.0.0.0",
+        "--host", "127.0.0.1",
         "--port", str(args.port),
         "--broker", broker,
         "--workers", str(args.workers),
@@ -408,7 +408,10 @@ def start_server(args: argparse.Namespace, tmp: Path) -> Server:
             raise RuntimeError(f"the server exited:\n{proc.log_path.read_text()[-3000:]}")
         text = proc.log_path.read_text(errors="replace")
         if "tidings listening on" in text:
-            server = Server(proc, args.port)
+            # the port the supervisor chose: a fixed one could be shared (SO_REUSEPORT) with
+            # another node still listening there, which would take half the connections
+            port = int(text.split("tidings listening on http://127.0.0.1:", 1)[1].split()[0])
+            server = Server(proc, port)
             server.worker_pids()
             log(f"server: {len(server.workers)} workers on cores {args.server_cpus}, {broker}")
             return server
@@ -774,6 +777,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for mode in args.modes:
             have = 0
+            rate = args.expected_rate
             for target in sorted(args.stages):
                 if _STOP.is_set():
                     break
@@ -781,8 +785,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     _WHY.append(f"time limit of {args.time_limit_minutes} minutes")
                     _STOP.set()
                     break
+                holding = mode in args.hold_modes and args.hold_seconds > 0
+                reserve = (args.hold_seconds + 90 if holding else 0) + window + 60
+                left = deadline - time.monotonic() - reserve
+                needed = (target - have) / rate if rate else 0
+                if have and needed > left:
+                    why = (
+                        f"time: climbing from {have:,} to {target:,} at {rate:,.0f}/s would take "
+                        f"{needed:.0f} s, {max(left, 0):.0f} s were left before the hold"
+                    )
+                    log(f"{mode}: {why}")
+                    _WHY.append(why)
+                    break
+                args.climb_timeout = max(60.0, min(args.climb_timeout, left))
                 log(f"{mode}: climbing to {target:,}")
                 climbed = climb(server, gens, redis_pid, mode, have, target, args, seq)
+                rate = climbed["rate"] or rate
                 log(
                     f"  opened {climbed['opened']:,}"
                     f" in {climbed['seconds']:.1f} s ({climbed['rate']:.0f}/s), failed {climbed['failed']} {climbed['reasons']}, cores {climbed['cores']}, "
@@ -841,9 +859,11 @@ def open_files(pids: list[int]) -> int:
 
 
 def wait_closed(server: Server, base_files: int) -> None:
-    """Until the workers hold no more files than with no connection (at most 2 minutes)."""
+    """Until the workers hold about the files they held with no connection (their broker
+    pools grow a little meanwhile), at most 2 minutes."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and open_files(server.worker_pids()) > base_files + 100:
+    workers = server.worker_pids()
+    while time.monotonic() < deadline and open_files(workers) > base_files + 50 * len(workers):
         time.sleep(1)
     time.sleep(2)
 
@@ -913,11 +933,17 @@ def main() -> None:
     )
     parser.add_argument("--broadcasts", type=int, default=2, help="events broadcast per stage")
     parser.add_argument("--broadcast-timeout", type=float, default=60)
-    parser.add_argument("--climb-timeout", type=float, default=600)
+    parser.add_argument("--climb-timeout", type=float, default=1200)
+    parser.add_argument(
+        "--expected-rate",
+        type=float,
+        default=800,
+        help="connections a second assumed before the first climb (to plan within the time)",
+    )
     parser.add_argument("--window", type=int, default=64, help="handshakes in flight per holder")
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--shortfall", type=float, default=0.01, help="stop when more are missing")
-    parser.add_argument("--port", type=int, default=18700)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--load-cpus", default="1")
     parser.add_argument("--memory-floor-gib", type=float, default=2.0)

@@ -28,7 +28,6 @@ from tidings.protocol.cursor import new_epoch
 from tidings.protocol.http import error_body
 from tidings.protocol.query import PollRequest
 from tidings.server.core.access import TokenVerifier
-from tidings.server.core.admission import Admission
 from tidings.server.core.connections import Connections
 from tidings.server.core.exchange import Exchange
 from tidings.server.core.hooks import HookFunctions, Hooks
@@ -75,7 +74,6 @@ class Node:
         self.broker: Broker = broker_for(settings.server.broker, settings)
         self.hub = Hub(self.broker, settings, loop)
         self.connections = Connections()
-        self.admission = Admission(loop)  # new connections start a batch per loop iteration
         self.drain: Draining | None = None  # set once the node drains
         self.stats = Stats()
         self.limits = Limits(settings.server, self.stats)

@@ -145,16 +145,6 @@ class HttpConnection(asyncio.Protocol):
         self.node.connections.add(self)
         http_opened(self, self.node.loop.time())
         self._await_request()
-        self.node.admission.admit(self)
-
-    def hold_back(self) -> None:
-        """A connection storm: this one's requests are read once its turn comes."""
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def let_in(self) -> None:
-        if self.transport is not None and not self._busy:
-            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

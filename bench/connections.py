@@ -545,7 +545,8 @@ def memory_guard(floor_kb: int) -> None:
         lowest = available if lowest is None else min(lowest, available)
         if available < floor_kb:
             _WHY.append(
-                f"MemAvailable fell to {available / 1048576:.2f} GiB (floor {floor_kb / 1048576:.1f})"
+                f"MemAvailable fell to {available / 1048576:.2f} GiB "
+                f"(floor {floor_kb / 1048576:.1f})"
             )
             log(f"memory: {_WHY[-1]}: stopping")
             _STOP.set()
@@ -572,6 +573,7 @@ def climb(
     connected = failed = 0
     reasons: dict[str, int] = {}
     during: list[dict[str, Any]] = []
+    halted: list[str] = []
     for kind in kinds:
         share = [n // len(kinds) + (n % len(kinds) if kind == kinds[0] else 0) for n in per]
         messages = [
@@ -593,6 +595,15 @@ def climb(
         ):
             if time.monotonic() > end:
                 break
+            available = meminfo()["MemAvailable"]
+            if not halted and available < args.climb_floor_gib * 1048576:
+                halted.append(
+                    f"memory: MemAvailable fell to {available / 1048576:.2f} GiB while "
+                    f"connecting (climbing stops below {args.climb_floor_gib:g} GiB)"
+                )
+                log(halted[0])
+                for gen in gens:
+                    gen.send({"cmd": "halt"})
             if have + connected > 0 and seq is not None:
                 seq[0] += 1
                 during.append(broadcast(gens, server.port, args.channel, seq[0], 20))
@@ -608,6 +619,7 @@ def climb(
         "opened": connected, "failed": failed, "reasons": reasons, "seconds": seconds,
         "rate": connected / seconds if seconds else 0, "cores": meter.cores(),
         "broadcasts_during": during,
+        "halted": halted[0] if halted else None,
     }  # fmt: skip
 
 
@@ -718,7 +730,8 @@ def hold(
         result["at_s"] = time.monotonic() - started
         checks.append(result)
         log(
-            f"  hold {result['at_s']:.0f} s: alive {result['alive']}, broadcast p99 {result['p99_ms']:.0f} ms, missing {result['missing']}"
+            f"  hold {result['at_s']:.0f} s: alive {result['alive']}, "
+            f"broadcast p99 {result['p99_ms']:.0f} ms, missing {result['missing']}"
         )
     gaps = heartbeat_gaps(gens)
     return {
@@ -747,7 +760,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         target=memory_guard, args=(int(args.memory_floor_gib * 1048576),), daemon=True
     )
     guard.start()
-    deadline = time.monotonic() + args.time_limit_minutes * 60
+    limit = args.time_limit_minutes * 60
+    if args.end_by:
+        hours, minutes = (int(x) for x in args.end_by.split(":"))
+        now = dt.datetime.now(dt.UTC)
+        end = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+        limit = min(limit, (end - now).total_seconds())
+        log(f"ends by {args.end_by} UTC: {limit / 60:.1f} minutes")
+    deadline = time.monotonic() + limit
     server = start_server(args, tmp)
     redis_pid = find_redis_pid()
     top = max(args.stages)
@@ -782,7 +802,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if _STOP.is_set():
                     break
                 if time.monotonic() > deadline:
-                    _WHY.append(f"time limit of {args.time_limit_minutes} minutes")
+                    _WHY.append(f"time limit of {limit / 60:.0f} minutes")
                     _STOP.set()
                     break
                 holding = mode in args.hold_modes and args.hold_seconds > 0
@@ -801,10 +821,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{mode}: climbing to {target:,}")
                 climbed = climb(server, gens, redis_pid, mode, have, target, args, seq)
                 rate = climbed["rate"] or rate
+                if climbed["halted"]:
+                    _WHY.append(climbed["halted"])
                 log(
                     f"  opened {climbed['opened']:,}"
-                    f" in {climbed['seconds']:.1f} s ({climbed['rate']:.0f}/s), failed {climbed['failed']} {climbed['reasons']}, cores {climbed['cores']}, "
-                    f"broadcast p99 while connecting {[round(b['p99_ms']) for b in climbed['broadcasts_during']]}"
+                    f" in {climbed['seconds']:.1f} s ({climbed['rate']:.0f}/s), "
+                    f"failed {climbed['failed']} {climbed['reasons']}, cores {climbed['cores']}, "
+                    "broadcast p99 while connecting "
+                    f"{[round(b['p99_ms']) for b in climbed['broadcasts_during']]}"
                 )
                 stage = measure_stage(
                     mode,
@@ -822,6 +846,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["stages"].append(stage)
                 print_stage(stage, args)
                 have = stage["alive"]
+                if climbed["halted"]:
+                    break  # hold where memory let it get
                 if have < target * (1 - args.shortfall):
                     _WHY.append(
                         f"{mode}: {have:,} of {target:,} connections held ({climbed['reasons']})"
@@ -830,6 +856,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if _STOP.is_set():
                     break
             if not _STOP.is_set() and mode in args.hold_modes and args.hold_seconds > 0:
+                left = deadline - time.monotonic() - 60
+                if left < args.hold_seconds:
+                    log(
+                        f"{mode}: {left:.0f} s left: the hold is that long, "
+                        f"not {args.hold_seconds:.0f}"
+                    )
+                    args.hold_seconds = max(0.0, left)
                 result["holds"].append(hold(mode, server, gens, redis_pid, args, seq))
             log(f"{mode}: closing every connection")
             ask_all(gens, [{"cmd": "close"}] * len(gens), 90)
@@ -876,8 +909,9 @@ def print_stage(stage: dict[str, Any], args: argparse.Namespace) -> None:
         f"kernel {stage['kernel_per_conn_b']:.0f} B/conn (slab {stage['slab_per_conn_b']:.0f}), "
         f"gen {stage['gens_rss_per_conn_b']:.0f} B/conn; max gap {g['max_gap_s']:.2f} s "
         f"(hb {args.heartbeat_seconds}), silent {g['silent']}; broadcast p50/p99/max "
-        f"{b.get('p50_ms', 0):.0f}/{b.get('p99_ms', 0):.0f}/{b.get('max_ms', 0):.0f} ms missing {b.get('missing')}; "
-        f"idle cores/100k {stage['idle_cores_per_100k']}; busiest gen {stage['busiest_gen_cores']:.2f}; "
+        f"{b.get('p50_ms', 0):.0f}/{b.get('p99_ms', 0):.0f}/{b.get('max_ms', 0):.0f} ms "
+        f"missing {b.get('missing')}; idle cores/100k {stage['idle_cores_per_100k']}; "
+        f"busiest gen {stage['busiest_gen_cores']:.2f}; "
         f"available {stage['available_gib']:.1f} GiB"
     )
 
@@ -901,7 +935,8 @@ def table(result: dict[str, Any], heartbeat: float) -> str:
         storm = max((b["p99_ms"] for b in during), default=float("nan"))
         storm_miss = sum(b["missing"] for b in during)
         rows.append(
-            f"| {s['mode']} | {s['alive']:,} | {s['climb']['rate']:,.0f} | {s['server_rss_per_conn_b']:,.0f} "
+            f"| {s['mode']} | {s['alive']:,} | {s['climb']['rate']:,.0f} "
+            f"| {s['server_rss_per_conn_b']:,.0f} "
             f"| {s['kernel_per_conn_b']:,.0f} | {s['gaps']['max_gap_s']:.2f} / {heartbeat:g} "
             f"| {p50:.0f} / {p99:.0f} / {mx:.0f}{f' ({miss} missed)' if miss else ''} "
             f"| {storm:.0f}{f' ({storm_miss} missed)' if storm_miss else ''} "
@@ -946,8 +981,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--load-cpus", default="1")
-    parser.add_argument("--memory-floor-gib", type=float, default=2.0)
+    parser.add_argument(
+        "--memory-floor-gib",
+        type=float,
+        default=2.0,
+        help="stop everything below this MemAvailable",
+    )
+    parser.add_argument(
+        "--climb-floor-gib",
+        type=float,
+        default=3.0,
+        help="stop connecting below this MemAvailable, and hold what is open",
+    )
     parser.add_argument("--time-limit-minutes", type=float, default=35)
+    parser.add_argument("--end-by", default="", help="HH:MM (UTC): end by then, whenever it starts")
     parser.add_argument(
         "--tune",
         action="store_true",
@@ -988,7 +1035,8 @@ def main() -> None:
     print(table(result, args.heartbeat_seconds))
     for h in result["holds"]:
         print(
-            f"\nheld {h['mode']} for {h['seconds']:.0f} s: max heartbeat gap {h['gaps']['max_gap_s']:.2f} s, "
+            f"\nheld {h['mode']} for {h['seconds']:.0f} s: "
+            f"max heartbeat gap {h['gaps']['max_gap_s']:.2f} s, "
             f"silent {h['gaps']['silent']}, fewest alive {h['alive_min']:,}, broadcast p99 worst "
             f"{max((b['p99_ms'] for b in h['broadcasts']), default=float('nan')):.0f} ms, "
             f"missing {sum(b['missing'] for b in h['broadcasts'])}, cores {h['cores']}"

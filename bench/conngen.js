@@ -217,7 +217,9 @@ class Conn {
 
 // Open n more connections of `kind`, at most `window` handshakes in flight; failed attempts
 // are retried (a worker at its connection limit refuses; the retry hashes to another).
+let halted = false; // `halt`: the climb ends where it is (the machine's memory runs short)
 function connectMany(n, kind, windowSize, timeoutMs, retries) {
+  halted = false;
   return new Promise((resolve) => {
     const t0 = nowMs();
     let started = 0;
@@ -252,6 +254,7 @@ function connectMany(n, kind, windowSize, timeoutMs, retries) {
     }
     function pump() {
       if (finished) return;
+      if (halted) { if (pending === 0) finish('halted'); return; }
       while (pending < windowSize && started < n) { attempt(free.pop(), retries); started++; }
       if (started >= n && pending === 0) finish('done');
     }
@@ -306,6 +309,7 @@ const commands = {
     return connectMany(msg.n, msg.kind, msg.window || 200, msg.timeoutMs || 120000, msg.retries === undefined ? 5 : msg.retries);
   },
   async close() { return closeAll(); },
+  async halt() { halted = true; return { alive }; },
   async mark() { markAt = nowMs(); maxGap.fill(0); beats.fill(0); return { markAt }; },
   async gaps() { return gaps(); },
   async watch(msg) {
@@ -332,7 +336,7 @@ const commands = {
 
 // connect and close run one after the other; the measurements (watch, collect, gaps,
 // status) answer at once, also while connections are being opened.
-const MEASURES = new Set(['watch', 'collect', 'gaps', 'status', 'mark', 'hello']);
+const MEASURES = new Set(['watch', 'collect', 'gaps', 'status', 'mark', 'hello', 'halt']);
 let chain = Promise.resolve();
 async function answer(msg) {
   const fn = commands[msg.cmd];

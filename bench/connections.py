@@ -939,7 +939,8 @@ def table(result: dict[str, Any], heartbeat: float) -> str:
             f"| {s['server_rss_per_conn_b']:,.0f} "
             f"| {s['kernel_per_conn_b']:,.0f} | {s['gaps']['max_gap_s']:.2f} / {heartbeat:g} "
             f"| {p50:.0f} / {p99:.0f} / {mx:.0f}{f' ({miss} missed)' if miss else ''} "
-            f"| {storm:.0f}{f' ({storm_miss} missed)' if storm_miss else ''} "
+            f"| {'-' if storm != storm else f'{storm:.0f}'}"
+            f"{f' ({storm_miss} missed)' if storm_miss else ''} "
             f"| {100 * c['server']:.1f} / {100 * c['gens']:.1f} / {100 * c['redis']:.1f} |"
         )
     return head + "\n".join(rows)

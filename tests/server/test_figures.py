@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_open_files_are_counted_every_30_s_and_cpu_and_memory_every_time(
 ) -> None:
     # listing /proc/self/fd costs in proportion to the files: not every second at 18,000
     now = [1000.0]
-    monkeypatch.setattr(figures_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     readings = figures_module.ProcessReadings()
     first = readings.now()
     if "process_open_fds" not in first:

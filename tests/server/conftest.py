@@ -23,8 +23,6 @@ STANDALONE_MODULES = {
     "test_http": "raw HTTP/1.1 parsing, pipelining and 408/431 are the ASGI server's",
     "test_websocket_frames": "RFC 6455 framing is the ASGI server's",
     "test_echo": "the Autobahn echo is built on the standalone edge's framing",
-    "test_slow_consumer": "not yet on the mount: its bounded queue needs tests of its own "
-    "(these stall a raw socket under the standalone edge's write buffer)",
     "test_logs": "connection log lines are the standalone edge's (the ASGI server logs its "
     "own connections)",
 }

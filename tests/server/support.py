@@ -463,3 +463,59 @@ def stalled_socket(server: RunningServer, request: bytes) -> socket.socket:
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(under_prefix(server.prefix.encode(), request))
     return sock
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read a blocking socket up to the end of a response head: the head, and whatever bytes
+    of the body came with it (a reader that goes on must start from those)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(4096)
+        assert data, f"the connection ended inside the head: {received!r}"
+        received += data
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def is_chunked(head: bytes) -> bool:
+    """Whether a response head announces a chunked body (as an ASGI server sends a stream)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            return True
+    return False
+
+
+class Dechunker:
+    """A chunked body (RFC 9112 section 7.1) decoded as it arrives, in pieces of any size."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.left = -1  # bytes of the current chunk's data still to come; -1: a size line
+        self.crlf = 0  # bytes of the CRLF after the current chunk's data still to come
+        self.done = False  # the last chunk (size 0) came
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in ``data`` (and in what was held back before it)."""
+        self.buffer += data
+        body: list[bytes] = []
+        while not self.done:
+            if self.left < 0:
+                line, found, rest = self.buffer.partition(b"\r\n")
+                if not found:
+                    break
+                size = int(line.partition(b";")[0], 16)
+                self.buffer = rest
+                self.done = size == 0
+                self.left, self.crlf = size, 2
+            part = self.buffer[: self.left]
+            body.append(part)
+            self.buffer = self.buffer[len(part) :]
+            self.left -= len(part)
+            skipped = min(self.crlf, len(self.buffer)) if self.left == 0 else 0
+            self.buffer = self.buffer[skipped:]
+            self.crlf -= skipped
+            if self.left or self.crlf:
+                break
+            self.left = -1
+        return b"".join(body)

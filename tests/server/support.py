@@ -208,6 +208,7 @@ class RawConnection:
         self.reader = reader
         self.writer = writer
         self.prefix = prefix  # where the node is mounted: request targets go under it
+        self.dechunker: Dechunker | None = None  # the last head announced a chunked body
 
     @classmethod
     async def open(cls, server: RunningServer) -> RawConnection:
@@ -233,7 +234,30 @@ class RawConnection:
                 break
             name, _, value = line.decode("latin-1").partition(":")
             headers.append((name.strip(), value.strip()))
-        return Response(status, headers, b"")
+        response = Response(status, headers, b"")
+        chunked = "chunked" in (response.header("Transfer-Encoding") or "").lower()
+        self.dechunker = Dechunker() if chunked else None
+        return response
+
+    async def body(self, what: str, timeout: float = TIMEOUT) -> bytes:
+        """The next bytes of a body read until the server closes (a stream's), dechunked
+        where the head announced chunks (as an ASGI server sends a stream); b"" at the end."""
+        while True:
+            try:
+                data = await within(self.reader.read(65536), what, timeout)
+            except ConnectionResetError:
+                data = b""
+            if not data or self.dechunker is None:
+                return bytes(data)
+            if body := self.dechunker.feed(data):
+                return body
+
+    async def body_until_closed(self, timeout: float = TIMEOUT) -> bytes:
+        """The rest of a body read until the server closes (fail if it stays open)."""
+        parts = []
+        while part := await self.body("the server to close", timeout):
+            parts.append(part)
+        return b"".join(parts)
 
     async def response(self) -> Response:
         """The next complete response (Content-Length framed; 204 and 304 have no body)."""
@@ -309,7 +333,7 @@ class SSEStream:
     async def next(self, timeout: float = TIMEOUT) -> SSEMessage:
         """The next dispatched event of the stream."""
         while not self.pending:
-            chunk = await within(self.connection.reader.read(65536), "an SSE event", timeout)
+            chunk = await self.connection.body("an SSE event", timeout)
             if not chunk:
                 raise AssertionError("the SSE stream ended")
             self.pending.extend(self.parser.feed(chunk))
@@ -318,7 +342,7 @@ class SSEStream:
     async def feed_until(self, condition: Callable[[], bool], what: str) -> None:
         """Read and parse until ``condition()`` holds (for ids, retry and comments)."""
         while not condition():
-            chunk = await within(self.connection.reader.read(65536), what)
+            chunk = await self.connection.body(what)
             if not chunk:
                 raise AssertionError(f"the SSE stream ended before {what}")
             self.pending.extend(self.parser.feed(chunk))

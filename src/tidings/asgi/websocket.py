@@ -18,6 +18,7 @@ from tidings.asgi.types import Receive, Scope, Send
 from tidings.protocol import ws
 from tidings.protocol.identity import Identity
 from tidings.server.core.limits import Limits
+from tidings.server.core.logs import close_reason
 from tidings.server.core.node import Node
 from tidings.server.core.request import Request
 from tidings.server.core.response import Response
@@ -32,6 +33,8 @@ class AsgiSocket(WebSocketSession):
     __slots__ = ()
 
     def send_close(self, code: int, reason: str) -> None:
+        # the ASGI server answers a client's close itself: this close is the server's own
+        self.ended = close_reason(code)
         self.transport.write(ws.encode_close_frame(code, reason))
 
     def heartbeat(self, now: float) -> None:
@@ -90,7 +93,7 @@ async def serve_websocket(
     if refusal is not None:
         await _deny(scope, send, refusal)
         return
-    exchange = HandshakeExchange(node, scope, peer if node.limits.max_per_address else "")
+    exchange = HandshakeExchange(node, scope, peer)
     request = exchange.current
     assert request is not None
     routes.dispatch(exchange, request)

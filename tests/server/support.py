@@ -1,6 +1,6 @@
 """Clients for the server tests: raw HTTP on asyncio streams, SSE, WebSocket frames, waiting.
 
-Everything here waits on what it expects with a deadline (STYLE.md 14): a read that does not
+Everything here waits on what it expects with a deadline: a read that does not
 come fails the test with a message, never a hang and never a sleep that hopes it is enough.
 """
 

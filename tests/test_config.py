@@ -1,4 +1,4 @@
-"""Configuration (DESIGN.md "Configuration"): defaults < TOML file < TIDINGS_* env < flags."""
+"""Configuration : defaults < TOML file < TIDINGS_* env < flags."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Work that must run for the node's life: what it did not expect is logged, counted, survived.
 
 A timer job, a fan-out write or a broker's link keeper that raises must neither take the rest
-of the node down with it nor end without a word (STYLE.md 6c). Each runs under its node's one
+of the node down with it nor end without a word. Each runs under its node's one
 ``Supervisor``, which logs the error with its traceback, counts it in ``failures`` under the
 name of the loop or job that raised (the ``/metrics`` counter of unexpected errors), and lets
 the work go on:

@@ -1,4 +1,4 @@
-"""The broker conformance suite (DESIGN.md "Brokers", brokers/base.py, docs/protocol.md 1 and 2).
+"""The broker conformance suite (the contract in brokers/base.py, docs/protocol.md 1 and 2).
 
 Every test runs against every URL in conftest.BROKER_URLS through ``broker_for``.
 """

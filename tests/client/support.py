@@ -1,6 +1,6 @@
 """Helpers for the client tests: fast client settings, publishing, cutting, collecting.
 
-Everything waits on what it expects with a deadline (STYLE.md 14): a collector wakes on each
+Everything waits on what it expects with a deadline: a collector wakes on each
 item it receives, server-side conditions are checked on the server's own loop.
 """
 

@@ -1,4 +1,4 @@
-"""The broker seam: what every broker promises the hub (DESIGN.md "Brokers").
+"""The broker seam: what every broker promises the hub.
 
 Guarantees every implementation keeps, checked by one conformance suite:
 

@@ -1,4 +1,4 @@
-"""NATS's exceptions end here: the hub only ever sees BrokerUnavailable (STYLE.md 8)."""
+"""NATS's exceptions end here: the hub only ever sees BrokerUnavailable."""
 
 from __future__ import annotations
 

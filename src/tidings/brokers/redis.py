@@ -195,7 +195,7 @@ def link_options(connection_kwargs: dict[str, Any], client_name: str) -> dict[st
 
 @contextlib.contextmanager
 def translated(action: str) -> Iterator[None]:
-    """Redis and socket errors leave this adapter as BrokerUnavailable (STYLE.md 8)."""
+    """Redis and socket errors leave this adapter as BrokerUnavailable."""
     try:
         yield
     except (RedisError, RedisClusterException, OSError) as error:

@@ -130,7 +130,7 @@ class Follower:
     async def _catch_up_async(self, tail: Tail) -> None:
         try:
             while True:
-                page = await self.hub.broker.history(tail.channel, tail.cursor, PAGE_SIZE)
+                page = await self.hub.reads.history(tail.channel, tail.cursor, PAGE_SIZE)
                 if self.tails.get(tail.channel) is not tail or not self._apply(tail, page):
                     return
         except BrokerUnavailable as error:

@@ -15,15 +15,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.presence import Presence
+from tidings.hub.reads import SharedReads
 from tidings.hub.tally import Tally
-from tidings.hub.timers import TimerWheel
+from tidings.hub.timers import Rounds, TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
 from tidings.supervisor import Supervisor, name_of
@@ -65,6 +66,10 @@ class Beating(Protocol):
     def heartbeat(self, now: float) -> None: ...
 
 
+def _heartbeat_of(connection: Beating) -> Callable[[float], None]:
+    return connection.heartbeat
+
+
 class Hub:
     def __init__(self, broker: Broker, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.broker = broker
@@ -72,7 +77,10 @@ class Hub:
         self.loop = loop
         self.supervisor = Supervisor()
         self.timers = TimerWheel(loop, supervisor=self.supervisor)
-        self.beating: set[Beating] = set()
+        # every stream's heartbeat, spread over the interval a slice per tick
+        self.beating: Rounds[Beating] = self.timers.rounds(
+            settings.server.heartbeat_seconds, _heartbeat_of
+        )
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._waiters: dict[str, set[Waiter]] = {}
         self._interest: set[str] = set()
@@ -87,6 +95,7 @@ class Hub:
         # events that reached the node per channel, counted only while the admin page watches
         self.arrivals: dict[str, int] | None = None
         self.presence = Presence(broker, settings, self.spawn)
+        self.reads = SharedReads(broker, loop, self.spawn)  # history reads, shared in a storm
 
     def start(self, control: ControlSink | None = None) -> None:
         """Start the broker's fan-out; ``control`` receives every node's control messages."""
@@ -97,7 +106,6 @@ class Hub:
             supervisor=self.supervisor,
             control=control,
         )
-        self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
         self.timers.every(BROKER_CHECK_SECONDS, self._check_broker_soon)
@@ -296,9 +304,3 @@ class Hub:
             self._interest.discard(channel)
             self.heads.pop(channel, None)
             self.spawn(self.broker.unsubscribe(channel))
-
-    def _heartbeat(self) -> None:
-        now = self.loop.time()
-        run = self.supervisor.run
-        for connection in tuple(self.beating):
-            run(connection.heartbeat, now)

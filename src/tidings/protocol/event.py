@@ -1,7 +1,7 @@
 """The event model (docs/protocol.md section 1) and its once-per-format encodings.
 
 An event is serialised once per wire format the first time a subscriber of that format needs
-it; every subscriber then gets the same ``bytes`` object (STYLE.md 6).
+it; every subscriber then gets the same ``bytes`` object (encode once, write many).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Server-Sent Events framing (docs/protocol.md section 4), both ways, without I/O.
 
 The encoder is the server's hot path: every event is framed once when it is published and the
-same bytes go to every subscriber (STYLE.md 6), so it is plain ``bytes`` concatenation with a
+same bytes go to every subscriber, so it is plain ``bytes`` concatenation with a
 fast path for the only case Tidings produces (compact JSON never holds a raw line break).
 
 The parser is the client's: an incremental implementation of the WHATWG "parse an event

@@ -57,9 +57,9 @@ SHORT = {"websocket": "ws", "sse": "sse", "long_poll": "lp", "short_poll": "sp"}
 RSS_FLAT = 0.05  # after warm-up, RSS stays within 5 % (max over min)
 CORES = list(range(os.cpu_count() or 1))
 REDIS_PORT = 6379
-# The Redis broker's command pool (brokers/redis.py POOL_SIZE) plus its pub/sub link: it opens
-# connections as concurrency needs them and keeps them, up to this many.
-REDIS_POOL_MAX = 32 + 1
+# The Redis broker's command pool (brokers/redis.py POOL_SIZE) plus its pub/sub link and the
+# link's ping connection: it opens connections as concurrency needs them and keeps them.
+REDIS_POOL_MAX = 32 + 2
 
 CONFIG = """\
 [server]
@@ -105,6 +105,21 @@ def open_files(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
+
+
+def heap_kb(pid: int) -> int:
+    """The size of the process's C heap (the ``[heap]`` mapping that malloc grows with brk),
+    resident or not: it grows only when the allocator needs more room, whereas the RSS also
+    grows as pages of the heap already there are written for the first time."""
+    size = 0
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as smaps:
+        in_heap = False
+        for line in smaps:
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                in_heap = line.rstrip().endswith("[heap]")
+            elif in_heap and line.startswith("Size:"):
+                size += int(line.split()[1])
+    return size
 
 
 def broker_sockets(pid: int, port: int) -> int:
@@ -243,6 +258,7 @@ def row(m: dict[str, Any]) -> list[str]:
     return [
         str(m["minute"]),
         f"{m['rss_kb'] / 1024:.1f}",
+        f"{m['heap_kb'] / 1024:.1f}",
         f"{m['files']:,}",
         f"{sum(conn.values()):,}",
         f"{m['gen']['acked']:,}",
@@ -263,6 +279,7 @@ def row(m: dict[str, Any]) -> list[str]:
 HEADER = [
     "min",
     "RSS MB",
+    "heap MB",
     "open files",
     "connected",
     "published",
@@ -332,9 +349,12 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
     t = fin["totals"]
     counts = run["counts"]
     after = [m["rss_kb"] for m in run["minutes"] if m["minute"] > args.warmup_minutes]
+    heaps = [m["heap_kb"] for m in run["minutes"] if m["minute"] > args.warmup_minutes]
     rss_line = (
         f"RSS after minute {args.warmup_minutes}: {min(after) / 1024:.1f} to "
-        f"{max(after) / 1024:.1f} MB ({run.get('rss_spread', 0):.1%})"
+        f"{max(after) / 1024:.1f} MB ({run.get('rss_spread', 0):.1%}); C heap "
+        f"{min(heaps) / 1024:.1f} to {max(heaps) / 1024:.1f} MB "
+        f"({max(heaps) / max(1, min(heaps)) - 1:.1%})"
         if after
         else "no minute after warm-up"
     )
@@ -401,6 +421,8 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    revision = git_rev()  # the code the server runs: the tree may move during the run
     workdir = Path(tempfile.mkdtemp(prefix="tidings-soak-"))
     prefix = f"soak-{secrets.token_hex(4)}"
     config = workdir / "tidings.toml"
@@ -499,6 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             m = {
                 "minute": minute,
                 "rss_kb": rss_kb([server.pid]),
+                "heap_kb": heap_kb(server.pid),
                 "files": open_files(server.pid),
                 "broker_files": broker_sockets(server.pid, REDIS_PORT),
                 "cpu_pct": 100 * (cpu_now - cpu_last) / (t_now - t_last),
@@ -519,8 +542,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files_end = wait_files(server.pid, files_idle - broker_idle, 30.0)
         broker_end = broker_sockets(server.pid, REDIS_PORT)
         return {
-            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "git": git_rev(),
+            "date": started,
+            "git": revision,
             "command": "python3 bench/soak.py " + " ".join(sys.argv[1:]),
             "broker": broker.split("?")[0],
             "counts": counts,

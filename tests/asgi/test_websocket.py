@@ -14,6 +14,8 @@ import orjson
 from tests.conftest import settings_with
 from tidings.asgi import TidingsApp
 from tidings.asgi.types import Message, Scope
+from tidings.asgi.websocket import LastRun
+from tidings.protocol import ws
 
 TIMEOUT = 5.0
 
@@ -73,3 +75,15 @@ async def test_an_http11_websocket_is_accepted_as_before() -> None:
     upgrade = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
     sent = await converse(websocket_scope("1.1", upgrade))
     assert subscribed(sent)["op"] == "subscribed"
+
+
+def test_a_run_of_frames_written_to_many_subscribers_is_taken_apart_once() -> None:
+    runs = LastRun()
+    run = ws.encode_text_frame(b'{"op":"event","n":1}') + ws.encode_text_frame(b'{"n":"\xc3\xa9"}')
+    carried = runs.messages(run)
+    assert carried == [('{"op":"event","n":1}', None), ('{"n":"é"}', None)]
+    assert runs.messages(run) is carried  # the same bytes object: not decoded again
+    copy = bytes(bytearray(run))
+    assert runs.messages(copy) == carried and runs.messages(copy) is not carried
+    closing = ws.encode_text_frame(b"{}") + ws.encode_close_frame(4000, "too slow")
+    assert runs.messages(closing) == [("{}", None), ("too slow", 4000)]

@@ -7,12 +7,13 @@ poll and heartbeat is isolated, and what raised is logged and counted by the sup
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from tests.hub.conftest import MakeHub
 from tests.hub.support import Broken, Changes, Seen, Woken
-from tidings.hub.hub import Hub
+from tidings.hub.hub import RESYNC_SLICE, RESYNC_STEP, Hub
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -25,6 +26,15 @@ async def subscribed(hub: Hub, channel: str, *subscribers: Seen | Broken) -> Non
     hub.attach(channel, probe)
     await probe.until(lambda: probe.resyncs == [channel], f"the subscription to {channel}")
     hub.detach(channel, probe)
+
+
+async def polled(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a condition over many followers (no one of them tells when all are done)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_events_reach_every_subscriber_of_their_channel_only(hub: Hub) -> None:
@@ -134,3 +144,36 @@ async def test_waiting_lists_the_held_long_polls_of_a_channel_or_of_all_once_eac
     hub.unwait("news", news)
     hub.unwait("sport", news)
     assert hub.waiting() == {sport}
+
+
+async def test_a_resync_of_many_followers_is_paced_each_once_skipping_those_gone(
+    hub: Hub,
+) -> None:
+    followers = [Seen() for _ in range(RESYNC_SLICE * 3)]
+    await subscribed(hub, "news", *followers)
+    await polled(lambda: all(seen.resyncs for seen in followers), "the subscription's resyncs")
+    for seen in followers:
+        seen.resyncs.clear()
+    waiter = Woken(hub, "news")
+    started = asyncio.get_running_loop().time()
+    hub.resync("news")
+    now = [seen for seen in followers if seen.resyncs]
+    assert len(now) == RESYNC_SLICE  # the first slice at once, the rest later
+    hub.resync("news")  # again: the first slice is queued anew, the others stay queued once
+    later = [seen for seen in followers if not seen.resyncs]
+    gone = later[:10]
+    for seen in gone:
+        hub.detach("news", seen)
+    staying = later[10:]
+    await polled(
+        lambda: (
+            all(len(seen.resyncs) == 2 for seen in now)
+            and all(seen.resyncs for seen in staying)
+            and waiter.rechecks == 1
+        ),
+        "every follower's resync",
+    )
+    assert asyncio.get_running_loop().time() - started >= 2 * RESYNC_STEP
+    assert all(seen.resyncs == ["news", "news"] for seen in now)
+    assert all(seen.resyncs == ["news"] for seen in staying)
+    assert all(seen.resyncs == [] for seen in gone)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tidings.hub.timers import TimerWheel
+from tidings.hub.timers import Rounds, TimerWheel
 from tidings.supervisor import Supervisor
 
 RESOLUTION = 0.05
@@ -276,3 +276,98 @@ async def test_what_raised_is_logged_and_counted_by_its_name(
         "a broken job",
         "a broken expiry",
     }
+
+
+# Rounds: members visited once per interval, a slice per tick (heartbeats)
+
+
+class Visits:
+    """What a Rounds visit records: each member's visit times."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+
+    def of(self, member: int) -> Callable[[float], None]:
+        return lambda now: self.times.setdefault(member, []).append(now)
+
+
+def run(call: Callable[[float], None], now: float) -> None:
+    call(now)
+
+
+def test_rounds_fill_their_slices_evenly() -> None:
+    rounds: Rounds[int] = Rounds(1.0, RESOLUTION, Visits().of)
+    for member in range(600):
+        rounds.add(member)
+    assert len(rounds) == 600
+    assert rounds.slice_sizes() == [30] * 20
+    for member in range(0, 600, 2):
+        rounds.discard(member)
+    for member in range(600, 900):
+        rounds.add(member)
+    assert max(rounds.slice_sizes()) - min(rounds.slice_sizes()) <= 30
+
+
+def test_each_member_is_visited_once_per_interval_a_slice_per_tick() -> None:
+    visits = Visits()
+    rounds: Rounds[int] = Rounds(1.0, RESOLUTION, visits.of)
+    for member in range(2000):
+        rounds.add(member)
+    per_tick = [rounds.tick(step * RESOLUTION + 1e-9, run) for step in range(1000, 1040)]
+    assert per_tick == [100] * 40  # 2000 members over 20 slices, never all at once
+    assert sorted(visits.times) == list(range(2000))
+    for times in visits.times.values():
+        assert len(times) == 2
+        assert times[1] - times[0] == pytest.approx(1.0)
+
+
+def test_a_late_tick_visits_every_slice_it_missed_and_no_member_twice() -> None:
+    visits = Visits()
+    rounds: Rounds[int] = Rounds(1.0, RESOLUTION, visits.of)
+    for member in range(200):
+        rounds.add(member)
+    rounds.tick(100 * RESOLUTION, run)
+    assert rounds.tick(105 * RESOLUTION, run) == 50  # five slices late: five slices
+    assert rounds.tick(105 * RESOLUTION, run) == 0  # the same step again: nothing
+    assert rounds.tick(200 * RESOLUTION, run) == 200  # a whole interval late: everyone once
+    assert all(len(times) <= 3 for times in visits.times.values())
+
+
+def test_a_discarded_member_is_not_visited_and_adding_twice_is_once() -> None:
+    visits = Visits()
+    rounds: Rounds[int] = Rounds(0.1, RESOLUTION, visits.of)
+    rounds.add(1)
+    rounds.add(1)
+    rounds.add(2)
+    rounds.discard(2)
+    rounds.discard(3)
+    rounds.tick(1.0, run)
+    rounds.tick(1.0 + 0.1, run)
+    assert list(visits.times) == [1]
+    assert 2 not in rounds and 1 in rounds and len(rounds) == 1
+
+
+async def test_the_wheel_spreads_rounds_over_the_interval(wheel: TimerWheel) -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[float] = []
+    members = 400
+    enough = asyncio.Event()
+
+    def visit(member: int) -> Callable[[float], None]:
+        def beat(now: float) -> None:
+            seen.append(loop.time())
+            if len(seen) == members:
+                enough.set()
+
+        return beat
+
+    rounds = wheel.rounds(0.5, visit)
+    for member in range(members):
+        rounds.add(member)
+    await asyncio.wait_for(enough.wait(), WAIT)
+    # ten slices of forty, a tick apart: never more than two slices in one loop turn
+    bursts: dict[float, int] = {}
+    for at in seen:
+        bursts[at] = bursts.get(at, 0) + 1
+    assert max(bursts.values()) <= 2 * members // 10
+    assert max(seen) - min(seen) >= 0.5 - 2 * RESOLUTION - SLACK

@@ -142,3 +142,24 @@ def test_poll_body_holds_exactly_events_cursor_and_resets(
 
 def test_a_poll_with_nothing_new_has_no_resets_field() -> None:
     assert strict_json(poll_body([], "k3x9.42")) == {"events": [], "cursor": "k3x9.42"}
+
+
+def test_data_and_the_event_object_kept_in_history_take_no_more_than_their_size() -> None:
+    """orjson's buffers are over-allocated (about 128 KB for 10 KB) and history keeps what
+    encode_data and as_json return: they must hold about their own length, no more."""
+    import tracemalloc
+
+    pad = "x" * 10_240
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        events = [
+            Event("news", "e", n, "m", encode_data({"k": n, "pad": pad}), 0) for n in range(100)
+        ]
+        for event in events:
+            event.as_json()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    size = sum(len(event.data) + len(event.as_json()) for event in events)
+    assert held < 1.5 * size

@@ -145,6 +145,32 @@ async def eventually(attempt: Callable[[], Awaitable[object]], what: str) -> Non
         await asyncio.sleep(0.05)
 
 
+async def kill_clients(url: str, name: str) -> int:
+    """CLIENT KILL, by id, every pub/sub connection named ``name`` (no one else's)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        listed = await client.client_list(_type="pubsub")
+        ids = [entry["id"] for entry in listed if entry["name"] == name]
+        for client_id in ids:
+            await client.client_kill_filter(_id=client_id)
+        return len(ids)
+    finally:
+        await client.aclose()
+
+
+async def clients_named(url: str, name: str) -> int:
+    """How many connections named ``name`` Redis holds open."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        return sum(1 for entry in await client.client_list() if entry["name"] == name)
+    finally:
+        await client.aclose()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

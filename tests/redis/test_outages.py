@@ -11,11 +11,17 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.redis.conftest import MakeNode, MakeRedis
 from tests.redis.proxy import StallingProxy
-from tests.redis.support import Recorder, eventually, following, free_port, until_changed
+from tests.redis.support import (
+    Recorder,
+    eventually,
+    following,
+    free_port,
+    kill_clients,
+    until_changed,
+)
 from tidings.brokers import broker_for, redis_link
 from tidings.brokers import redis as redis_broker
 from tidings.brokers.redis import RedisBroker
@@ -63,19 +69,6 @@ class Publisher:
 
     async def until(self, condition: Callable[[], bool], what: str) -> None:
         await until_changed(self._changed, condition, what)
-
-
-async def kill_clients(url: str, name: str) -> int:
-    """CLIENT KILL, by id, every pub/sub connection named ``name`` (no one else's)."""
-    client = Redis.from_url(url)
-    try:
-        listed = await client.client_list(_type="pubsub")
-        ids = [entry["id"] for entry in listed if entry["name"] == name]
-        for client_id in ids:
-            await client.client_kill_filter(_id=client_id)
-        return len(ids)
-    finally:
-        await client.aclose()
 
 
 async def test_a_restart_that_lost_history_resets_the_followers(

@@ -16,40 +16,24 @@ from tidings.server.uvloop.websocket import FrameSocket
 EDGES = ("standalone", "mount")
 
 
-# Whole modules that prove what only the standalone edge does (the ASGI server parses HTTP
-# and frames WebSockets itself), and those not yet proven on the mount: see README, "Inside
-# your app", for what is weaker there.
+# What only the standalone edge does, and an ASGI server does in its place under the mount
+# (parsing HTTP, framing WebSockets, accepting sockets, logging its connections): whole
+# modules, then single tests. Every other server test runs on both edges; docs/asgi.md,
+# "What is weaker under ASGI", says what differs.
 STANDALONE_MODULES = {
     "test_http": "raw HTTP/1.1 parsing, pipelining and 408/431 are the ASGI server's",
     "test_websocket_frames": "RFC 6455 framing is the ASGI server's",
     "test_echo": "the Autobahn echo is built on the standalone edge's framing",
-    "test_slow_consumer": "not yet on the mount: its bounded queue needs tests of its own "
-    "(these stall a raw socket under the standalone edge's write buffer)",
-    "test_logs": "connection log lines are the standalone edge's (the ASGI server logs its "
-    "own connections)",
 }
 STANDALONE_TESTS = {
-    "test_a_proxy_is_counted_by_forwarded_address": "the mount counts a client's requests in "
-    "flight, not a proxy's pooled sockets",
     "test_over_max_connections_answers_503_at_once": "refused at accept, before any request: "
     "the ASGI server owns the socket (the mount refuses at the request)",
     "test_over_max_connections_per_address_answers_429": "refused at accept, before any "
     "request: the ASGI server owns the socket (the mount refuses at the request)",
     "test_idle_connections_close_new_ones_are_refused_and_readyz_answers_503": "idle "
     "keep-alive connections and requests still being sent are the ASGI server's",
-    "test_a_stream_asked_for_while_draining_is_refused_and_counted": "the mount meets a "
-    "request only once its head is complete (tests/asgi/test_signals.py drains the mount)",
     "test_a_websocket_that_ignores_the_close_is_dropped_at_the_deadline": "the ASGI server "
     "runs the closing handshake and its timeout",
-    "test_drain_sends_retry_and_ends_the_stream": "not yet on the mount (drain)",
-    "test_drain_retry_is_spread_over_the_window": "not yet on the mount (drain)",
-    "test_an_expiring_token_ends_the_sse_stream": "it reads the raw stream, which the ASGI "
-    "server sends chunked",
-    "test_a_token_in_the_query_never_reaches_the_log": "not yet on the mount (logs)",
-    "test_long_poll_deliveries_count_every_shared_answer": "the mount answers each poll "
-    "on its own: no shared answer",
-    "test_short_poll_answers_count_their_events_and_bytes": "bytes counted are the body's "
-    "on the mount: the ASGI server writes the head",
 }
 
 

@@ -208,6 +208,7 @@ class RawConnection:
         self.reader = reader
         self.writer = writer
         self.prefix = prefix  # where the node is mounted: request targets go under it
+        self.dechunker: Dechunker | None = None  # the last head announced a chunked body
 
     @classmethod
     async def open(cls, server: RunningServer) -> RawConnection:
@@ -233,7 +234,30 @@ class RawConnection:
                 break
             name, _, value = line.decode("latin-1").partition(":")
             headers.append((name.strip(), value.strip()))
-        return Response(status, headers, b"")
+        response = Response(status, headers, b"")
+        chunked = "chunked" in (response.header("Transfer-Encoding") or "").lower()
+        self.dechunker = Dechunker() if chunked else None
+        return response
+
+    async def body(self, what: str, timeout: float = TIMEOUT) -> bytes:
+        """The next bytes of a body read until the server closes (a stream's), dechunked
+        where the head announced chunks (as an ASGI server sends a stream); b"" at the end."""
+        while True:
+            try:
+                data = await within(self.reader.read(65536), what, timeout)
+            except ConnectionResetError:
+                data = b""
+            if not data or self.dechunker is None:
+                return bytes(data)
+            if body := self.dechunker.feed(data):
+                return body
+
+    async def body_until_closed(self, timeout: float = TIMEOUT) -> bytes:
+        """The rest of a body read until the server closes (fail if it stays open)."""
+        parts = []
+        while part := await self.body("the server to close", timeout):
+            parts.append(part)
+        return b"".join(parts)
 
     async def response(self) -> Response:
         """The next complete response (Content-Length framed; 204 and 304 have no body)."""
@@ -309,7 +333,7 @@ class SSEStream:
     async def next(self, timeout: float = TIMEOUT) -> SSEMessage:
         """The next dispatched event of the stream."""
         while not self.pending:
-            chunk = await within(self.connection.reader.read(65536), "an SSE event", timeout)
+            chunk = await self.connection.body("an SSE event", timeout)
             if not chunk:
                 raise AssertionError("the SSE stream ended")
             self.pending.extend(self.parser.feed(chunk))
@@ -318,7 +342,7 @@ class SSEStream:
     async def feed_until(self, condition: Callable[[], bool], what: str) -> None:
         """Read and parse until ``condition()`` holds (for ids, retry and comments)."""
         while not condition():
-            chunk = await within(self.connection.reader.read(65536), what)
+            chunk = await self.connection.body(what)
             if not chunk:
                 raise AssertionError(f"the SSE stream ended before {what}")
             self.pending.extend(self.parser.feed(chunk))
@@ -463,3 +487,59 @@ def stalled_socket(server: RunningServer, request: bytes) -> socket.socket:
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(under_prefix(server.prefix.encode(), request))
     return sock
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read a blocking socket up to the end of a response head: the head, and whatever bytes
+    of the body came with it (a reader that goes on must start from those)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(4096)
+        assert data, f"the connection ended inside the head: {received!r}"
+        received += data
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def is_chunked(head: bytes) -> bool:
+    """Whether a response head announces a chunked body (as an ASGI server sends a stream)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            return True
+    return False
+
+
+class Dechunker:
+    """A chunked body (RFC 9112 section 7.1) decoded as it arrives, in pieces of any size."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.left = -1  # bytes of the current chunk's data still to come; -1: a size line
+        self.crlf = 0  # bytes of the CRLF after the current chunk's data still to come
+        self.done = False  # the last chunk (size 0) came
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in ``data`` (and in what was held back before it)."""
+        self.buffer += data
+        body: list[bytes] = []
+        while not self.done:
+            if self.left < 0:
+                line, found, rest = self.buffer.partition(b"\r\n")
+                if not found:
+                    break
+                size = int(line.partition(b";")[0], 16)
+                self.buffer = rest
+                self.done = size == 0
+                self.left, self.crlf = size, 2
+            part = self.buffer[: self.left]
+            body.append(part)
+            self.buffer = self.buffer[len(part) :]
+            self.left -= len(part)
+            skipped = min(self.crlf, len(self.buffer)) if self.left == 0 else 0
+            self.buffer = self.buffer[skipped:]
+            self.crlf -= skipped
+            if self.left or self.crlf:
+                break
+            self.left = -1
+        return b"".join(body)

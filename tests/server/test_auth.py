@@ -275,7 +275,7 @@ async def test_an_expiring_token_ends_the_sse_stream(tokened: RunningServer) -> 
     async with await RawConnection.open(tokened) as connection:
         await connection.send(get("/sse?channel=secret", bearer(token)))
         assert (await connection.head()).status == 200
-        rest = await connection.closed_by_server(timeout=TIMEOUT)
+        rest = await connection.body_until_closed()
         assert rest.startswith(b"retry: ") and rest.endswith(b"\n\n")
         assert rest.endswith(b"\n\nretry: 0\n\n")  # come back at once: the 401 renews
     assert await refused(tokened, "/sse?channel=secret", bearer(token)) == (401, "unauthorized")
@@ -351,7 +351,10 @@ async def test_a_token_does_not_open_the_history_api(tokened: RunningServer) -> 
 
 
 async def test_a_token_in_the_query_never_reaches_the_log(
-    tokened: RunningServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tokened: RunningServer,
+    edge: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     good, bad = mint(sub="secret-holder", channels=["*"]), BAD_TOKENS["bad signature"]
@@ -360,7 +363,10 @@ async def test_a_token_in_the_query_never_reaches_the_log(
             await answer(tokened, f"{path}&token={token}")
         async with await RawConnection.open(tokened) as connection:  # a failed handshake
             await connection.send(handshake(f"/ws?token={token}", version="99"))
-            assert (await connection.response()).status == (400 if token is good else 401)
+            # the standalone edge checks the token first; an ASGI server checks the
+            # handshake before the app sees it (docs/asgi.md, "What is weaker under ASGI")
+            refused = 400 if token is good or edge == "mount" else 401
+            assert (await connection.response()).status == refused
 
     def failing(self: TokenVerifier, token: str) -> Any:
         raise RuntimeError("the verifier failed")

@@ -247,7 +247,7 @@ def test_a_kept_token_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> 
         calls.append(1)
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(auth.jwt, "decode", counting)
+    monkeypatch.setattr(jwt, "decode", counting)  # PyJWT is imported where used
     verifier, token = hs256(), mint(sub="u")
     for _ in range(5):
         assert verifier.verify(token).sub == "u"

@@ -20,6 +20,7 @@ from tests.conftest import RunningServer
 from tests.server.support import (
     RawConnection,
     client_frame,
+    connection_count,
     get,
     wait_until,
     waiter_count,
@@ -98,13 +99,27 @@ async def test_idle_connections_close_new_ones_are_refused_and_readyz_answers_50
         await late.close()
 
 
-async def test_a_stream_asked_for_while_draining_is_refused_and_counted(
-    make_server: Callable[..., RunningServer],
+async def test_while_draining_a_stream_is_refused_and_counted_and_readyz_answers_503(
+    make_server: Callable[..., RunningServer], edge: str
 ) -> None:
     server = make_server(drain_seconds=WINDOW)
-    async with await RawConnection.open(server) as late:
+    entered = threading.Event()
+    gate = hold_publishes(server, entered)  # a publish in flight keeps the drain going
+    async with (
+        await RawConnection.open(server) as late,
+        await RawConnection.open(server) as ready,
+        await RawConnection.open(server) as publisher,
+    ):
+        # sent before the drain: a draining standalone node accepts no new connection
         await late.send(b"GET /sse?channel=late HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        await wait_until(lambda: server.call(lambda: len(server.node.connections)) == 1, "it")
+        await ready.send(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await publisher.send(publish_request("inflight"))
+        assert await asyncio.to_thread(entered.wait, 5), "the publish never reached the broker"
+        # the standalone edge counts every connection from its accept; the mount counts
+        # the publish, the one request it has met (an ASGI app sees a request once its
+        # head is complete)
+        accepted = 3 if edge == "standalone" else 1
+        await wait_until(lambda: connection_count(server) == accepted, "the connections")
         stopped = begin_drain(server)
         await draining(server)
         await late.send(b"\r\n")
@@ -112,7 +127,22 @@ async def test_a_stream_asked_for_while_draining_is_refused_and_counted(
         assert answer.status == 503 and answer.error_code() == "unavailable"
         refusals = server.call(lambda: dict(server.node.stats.refusals))
         assert refusals == {"draining": 1}
+        await ready.send(b"\r\n")
+        not_ready = await ready.response()
+        assert not_ready.status == 503 and not_ready.error_code() == "unavailable"
+        assert 1 <= int(not_ready.header("Retry-After") or 0) <= WINDOW
+        assert not_ready.header("Connection") == "close"
+        server.call(gate.set)
+        assert (await publisher.response()).status == 200
         await finished(stopped, WINDOW / 2)
+
+
+def publish_request(channel: str) -> bytes:
+    body = orjson.dumps({"channel": channel, "data": 1})
+    return (
+        b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def hold_publishes(server: RunningServer, entered: threading.Event) -> asyncio.Event:
@@ -140,12 +170,8 @@ async def test_a_publish_awaiting_the_broker_finishes_before_the_node_stops(
     server = make_server(drain_seconds=WINDOW)
     entered = threading.Event()
     gate = hold_publishes(server, entered)
-    body = orjson.dumps({"channel": "inflight", "data": 1})
     async with await RawConnection.open(server) as connection:
-        await connection.send(
-            b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        await connection.send(publish_request("inflight"))
         assert await asyncio.to_thread(entered.wait, 5), "the publish never reached the broker"
         stopped = begin_drain(server)
         await draining(server)

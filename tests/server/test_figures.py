@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from tidings.hub.tally import LAG_BUCKETS_MS
+from tidings.server.core import figures as figures_module
 from tidings.server.core.figures import Figures
 from tidings.server.core.peers import Peers
 
@@ -101,3 +105,28 @@ def test_figures_and_peers_cross_the_pipe_unchanged() -> None:
 def test_a_garbled_line_is_refused(line: bytes) -> None:
     with pytest.raises((ValueError, TypeError)):
         Figures.from_json(line)
+
+
+def test_open_files_are_counted_every_30_s_and_cpu_and_memory_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # listing /proc/self/fd costs in proportion to the files: not every second at 18,000
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    readings = figures_module.ProcessReadings()
+    first = readings.now()
+    if "process_open_fds" not in first:
+        pytest.skip("no /proc here: prometheus_client reads no process figures")
+    opened = [open(os.devnull) for _ in range(20)]  # noqa: SIM115 - closed below
+    try:
+        sum(range(200_000))  # some CPU time
+        cached = readings.now()
+        assert cached["process_open_fds"] == first["process_open_fds"]
+        assert cached["process_cpu_seconds_total"] >= first["process_cpu_seconds_total"]
+        assert cached["process_resident_memory_bytes"] > 0
+        now[0] += figures_module.FILES_SECONDS
+        fresh = readings.now()
+        assert fresh["process_open_fds"] >= first["process_open_fds"] + 20
+    finally:
+        for file in opened:
+            file.close()

@@ -294,3 +294,36 @@ async def test_a_peer_that_stops_acknowledging_is_dropped_within_the_dead_peer_w
             ]
 
         assert server.call(user_timeouts) == [5000]
+
+
+@pytest.mark.timeout(30)
+async def test_a_connection_storm_is_taken_a_connection_per_loop_turn(
+    server: RunningServer,
+) -> None:
+    # The loop is held while 200 clients connect and send their requests, so the kernel
+    # has all of them queued when it comes back. The edge takes them one per loop turn,
+    # each turn also running what else is due (a delivery, a heartbeat): a storm cannot hold
+    # the loop for the length of the queue.
+    node = server.node
+    assert node is not None
+    grown: list[int] = []
+
+    def watch(before: int, turns: int) -> None:
+        now = len(node.connections)
+        grown.append(now - before)
+        if turns:
+            server.loop.call_soon(watch, now, turns - 1)
+
+    publisher = await RawConnection.open(server)
+    server.loop.call_soon_threadsafe(time.sleep, 0.5)
+    server.loop.call_soon_threadsafe(lambda: watch(len(node.connections), 5000))
+    storm = [await RawConnection.open(server) for _ in range(200)]
+    for connection in storm:
+        connection.writer.write(get("/healthz"))
+    await publisher.send(post("/api/publish", orjson.dumps({"channel": "c", "data": 1})))
+    assert (await publisher.response()).status == 200
+    for connection in storm:
+        assert (await connection.response()).status == 200
+    assert max(grown) <= 2, grown
+    for connection in [publisher, *storm]:
+        connection.writer.close()

@@ -151,6 +151,12 @@ async def test_sse_deliveries_and_bytes_match_what_the_streams_read(
     assert lag_count(after) - lag_count(before) == 3 * EVENTS
 
 
+def counted(edge: str, raw: bytes, body: bytes) -> int:
+    """The bytes of a poll answer the node counts as written: the whole answer, where the
+    edge writes it (the standalone edge), else its body (an ASGI server writes the head)."""
+    return len(raw) if edge == "standalone" else len(body)
+
+
 async def read_response(connection: RawConnection) -> tuple[bytes, bytes]:
     """The next response's raw bytes (head and body) and its body."""
     head = await within(connection.reader.readuntil(b"\r\n\r\n"), "a response head")
@@ -164,7 +170,7 @@ async def read_response(connection: RawConnection) -> tuple[bytes, bytes]:
 
 
 async def test_long_poll_deliveries_count_every_shared_answer(
-    make_server: Callable[..., RunningServer],
+    make_server: Callable[..., RunningServer], edge: str
 ) -> None:
     server = make_server(**QUIET)
     connections = [await RawConnection.open(server) for _ in range(SUBSCRIBERS)]
@@ -185,7 +191,7 @@ async def test_long_poll_deliveries_count_every_shared_answer(
             answer = orjson.loads(body)
             assert len(answer["events"]) == 1
             cursors[index] = answer["cursor"]
-            written += len(raw)
+            written += counted(edge, raw, body)
     after = scrape(server)
     for connection in connections:
         await connection.close()
@@ -193,11 +199,14 @@ async def test_long_poll_deliveries_count_every_shared_answer(
         EVENTS * SUBSCRIBERS
     )
     assert delta(before, after, "tidings_written_bytes_total", transport="long_poll") == written
-    assert lag_count(after) - lag_count(before) == EVENTS * SUBSCRIBERS
+    # lag is observed on writes of the fan-out's shared bytes (docs/production.md): the
+    # mount answers each poll on its own, through the ASGI server
+    shared = EVENTS * SUBSCRIBERS if edge == "standalone" else 0
+    assert lag_count(after) - lag_count(before) == shared
 
 
 async def test_short_poll_answers_count_their_events_and_bytes(
-    make_server: Callable[..., RunningServer],
+    make_server: Callable[..., RunningServer], edge: str
 ) -> None:
     server = make_server()
     async with async_http_client(server) as client:
@@ -212,7 +221,8 @@ async def test_short_poll_answers_count_their_events_and_bytes(
     after = scrape(server)
     assert len(orjson.loads(body)["events"]) == EVENTS
     assert delta(before, after, "tidings_deliveries_total", transport="poll") == EVENTS
-    assert delta(before, after, "tidings_written_bytes_total", transport="poll") == len(raw)
+    written = counted(edge, raw, body)
+    assert delta(before, after, "tidings_written_bytes_total", transport="poll") == written
     assert lag_count(after) == lag_count(before)  # a poll answer is read, not fanned out
 
 

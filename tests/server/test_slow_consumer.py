@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import RunningServer
 from tests.server.support import (
+    Dechunker,
     FrameReader,
     Record,
     apublish_batch,
@@ -31,7 +32,9 @@ from tests.server.support import (
     client_json,
     close_code,
     get,
+    is_chunked,
     offset,
+    read_head,
     sse_stream,
     stalled_socket,
     wait_until,
@@ -86,49 +89,67 @@ def shrink_send_buffer(server: RunningServer, connection: Any) -> None:
     server.call(shrink)
 
 
-async def stalled_sse(server: RunningServer, channel: str) -> tuple[socket.socket, Any]:
-    sock = stalled_socket(server, get(f"/sse?channel={channel}"))
-    connection = await wait_until(lambda: server_side(server, sock), "the SSE stream to open")
-    return sock, connection
+async def stalled_sse(server: RunningServer, channel: str) -> tuple[SlowReader, Any]:
+    reader = SlowReader(stalled_socket(server, get(f"/sse?channel={channel}")))
+    found = await wait_until(lambda: server_side(server, reader.sock), "the SSE stream to open")
+    return reader, found
 
 
-async def stalled_websocket(server: RunningServer, channel: str) -> tuple[socket.socket, Any]:
+async def stalled_websocket(server: RunningServer, channel: str) -> tuple[SlowReader, Any]:
+    """A WebSocket that subscribes to ``channel``, then stops reading.
+
+    It reads the 101 before it sends a frame, as a client must (RFC 6455 section 4.1): an
+    ASGI server may take only the handshake from the bytes that came with it. What the
+    server sent after the 101 is kept for the reader.
+    """
     sock = stalled_socket(server, ws_handshake())
+    head, rest = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 101"), head
     sock.sendall(client_json({"op": "subscribe", "channel": channel, "ref": 1}))
 
     def subscribed() -> Any:
         found = server_side(server, sock)
         return found if found is not None and server.call(lambda: channel in found.tails) else None
 
-    return sock, await wait_until(subscribed, "the WebSocket to subscribe")
+    found = await wait_until(subscribed, "the WebSocket to subscribe")
+    return SlowReader(sock, head, rest), found
 
 
 class SlowReader:
-    """Reads the stalled socket once the test lets it: the HTTP head, then the stream."""
+    """Reads the stalled socket once the test lets it: the HTTP head (unless it was read
+    before: then ``head`` and ``rest``, the bytes that came after it), then the body,
+    dechunked where the server sends it in chunks (as an ASGI server sends a stream)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+    def __init__(self, sock: socket.socket, head: bytes | None = None, rest: bytes = b"") -> None:
         self.sock = sock
-        self.head: bytes | None = None
-        self.buffer = b""
+        self.head = head
+        self.buffer = b""  # the head so far
+        self.pending = rest  # bytes read already, given out first
+        self.dechunker = Dechunker() if head is not None and is_chunked(head) else None
 
     async def chunk(self, size: int = 65536) -> bytes:
         """The next bytes of the body; b"" once the server has ended the connection."""
-        loop = asyncio.get_running_loop()
         while True:
-            try:
-                data = await within(loop.sock_recv(self.sock, size), "the slow socket to read")
-            except ConnectionResetError:
-                data = b""
+            data, self.pending = self.pending or await self._receive(size), b""
             if not data:
                 return b""
-            if self.head is not None:
-                return data
-            self.buffer += data
-            if b"\r\n\r\n" in self.buffer:
-                self.head, _, rest = self.buffer.partition(b"\r\n\r\n")
-                if rest:
-                    return rest
+            if self.head is None:
+                self.buffer += data
+                if b"\r\n\r\n" not in self.buffer:
+                    continue
+                self.head, _, data = self.buffer.partition(b"\r\n\r\n")
+                self.dechunker = Dechunker() if is_chunked(self.head) else None
+            body = data if self.dechunker is None else self.dechunker.feed(data)
+            if body:
+                return body
+
+    async def _receive(self, size: int) -> bytes:
+        self.sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            return bytes(await within(loop.sock_recv(self.sock, size), "the slow socket to read"))
+        except ConnectionResetError:
+            return b""
 
 
 @dataclass
@@ -164,7 +185,7 @@ async def test_slow_sse_reader_is_disconnected_while_others_get_everything(
     server = make_server(write_buffer_limit=LIMIT)
     app = server.node
     assert app is not None
-    sock, slow = await stalled_sse(server, "feed")
+    reader, slow = await stalled_sse(server, "feed")
     progress = Progress()
     try:
         async with (
@@ -179,7 +200,7 @@ async def test_slow_sse_reader_is_disconnected_while_others_get_everything(
 
             async with background(read_fast()):
                 published = 0
-                while server_side(server, sock) is not None:
+                while server_side(server, reader.sock) is not None:
                     assert published < 20000, "the slow reader was never disconnected"
                     await progress.at_least(published - 200)
                     await publish_numbered(client, "feed", published + 1, STEP)
@@ -192,7 +213,6 @@ async def test_slow_sse_reader_is_disconnected_while_others_get_everything(
         assert server.call(lambda: slow not in app.connections)
         assert app.stats.slow_consumers >= 1
         # What reached the slow socket is the start of the stream, in order, then its end.
-        reader = SlowReader(sock)
         parser = SSEParser()
         numbers = []
         while chunk := await reader.chunk():
@@ -200,7 +220,7 @@ async def test_slow_sse_reader_is_disconnected_while_others_get_everything(
         assert numbers == list(range(1, len(numbers) + 1))
         assert len(numbers) < published
     finally:
-        sock.close()
+        reader.sock.close()
 
 
 async def test_slow_websocket_is_closed_with_4000_and_memory_stays_bounded(
@@ -209,7 +229,7 @@ async def test_slow_websocket_is_closed_with_4000_and_memory_stays_bounded(
     server = make_server(write_buffer_limit=LIMIT)
     app = server.node
     assert app is not None
-    sock, slow = await stalled_websocket(server, "wfeed")
+    reader, slow = await stalled_websocket(server, "wfeed")
     progress = Progress()
     try:
         async with (
@@ -241,7 +261,6 @@ async def test_slow_websocket_is_closed_with_4000_and_memory_stays_bounded(
                 assert buffered(server, slow) <= held
         assert progress.seen == list(range(1, published + 1))
         assert app.stats.slow_consumers >= 1
-        reader = SlowReader(sock)
         frames = FrameReader()
         received: list[tuple[int, bytes]] = []
         while not any(opcode == 0x8 for opcode, _ in received):
@@ -253,11 +272,11 @@ async def test_slow_websocket_is_closed_with_4000_and_memory_stays_bounded(
         assert orjson.loads(messages[0][1])["op"] == "subscribed"
         numbers = [orjson.loads(p)["data"]["n"] for _, p in messages[1:]]
         assert numbers == list(range(1, len(numbers) + 1))
-        sock.setblocking(True)
-        sock.sendall(client_frame(payload[:2], opcode=0x8))  # finish the closing handshake
+        reader.sock.setblocking(True)
+        reader.sock.sendall(client_frame(payload[:2], opcode=0x8))  # finish the closing handshake
         await wait_until(lambda: server.call(lambda: slow not in app.connections), "the close")
     finally:
-        sock.close()
+        reader.sock.close()
 
 
 # --- drop-oldest ---------------------------------------------------------------------------
@@ -299,7 +318,7 @@ async def test_drop_oldest_reader_gets_every_event_or_a_reset(
         namespaces__default__slow_consumer="drop-oldest",
         namespaces__default__history_size=200,
     )
-    sock, slow = await stalled_sse(server, "drop")
+    reader, slow = await stalled_sse(server, "drop")
     shrink_send_buffer(server, slow)
     try:
         async with async_http_client(server) as client:
@@ -317,20 +336,20 @@ async def test_drop_oldest_reader_gets_every_event_or_a_reset(
 
             # The slow reader starts reading, 4 KB at a time, while publishing goes on.
             async with background(keep_publishing()) as publisher:
-                await read_sse_record(SlowReader(sock), record, total, 4096)
+                await read_sse_record(reader, record, total, 4096)
                 await within(publisher, "the publisher")
         assert record.check() == total
         assert record.resets >= 1, "events left history: a reset is due"
-        assert server_side(server, sock) is slow  # still connected: nothing was dropped
+        assert server_side(server, reader.sock) is slow  # still connected: nothing was dropped
     finally:
-        sock.close()
+        reader.sock.close()
 
 
 async def test_drop_oldest_stalled_reader_holds_a_bounded_buffer(
     make_server: Callable[..., RunningServer],
 ) -> None:
     server = make_server(write_buffer_limit=LIMIT, namespaces__default__slow_consumer="drop-oldest")
-    sock, slow = await stalled_sse(server, "stall")
+    reader, slow = await stalled_sse(server, "stall")
     shrink_send_buffer(server, slow)
     try:
         async with async_http_client(server) as client:
@@ -342,7 +361,7 @@ async def test_drop_oldest_stalled_reader_holds_a_bounded_buffer(
                 published += 100
                 assert buffered(server, slow) <= held  # nothing more is queued
     finally:
-        sock.close()
+        reader.sock.close()
 
 
 async def test_drop_oldest_buffer_stays_bounded_after_a_catch_up(
@@ -353,7 +372,7 @@ async def test_drop_oldest_buffer_stays_bounded_after_a_catch_up(
         namespaces__default__slow_consumer="drop-oldest",
         namespaces__default__history_size=5000,
     )
-    sock, slow = await stalled_sse(server, "again")
+    reader, slow = await stalled_sse(server, "again")
     shrink_send_buffer(server, slow)
     try:
         async with async_http_client(server) as client:
@@ -365,7 +384,7 @@ async def test_drop_oldest_buffer_stays_bounded_after_a_catch_up(
             # Read until an event published during the lag arrives: the server has resumed
             # writing and caught up from history. Then the reader stalls again.
             record = Record()
-            await read_sse_record(SlowReader(sock), record, lagged_at + 10, 4096)
+            await read_sse_record(reader, record, lagged_at + 10, 4096)
             after_catch_up = buffered(server, slow)
             for _ in range(10):
                 await publish_numbered(client, "again", published + 1, 100)
@@ -373,7 +392,7 @@ async def test_drop_oldest_buffer_stays_bounded_after_a_catch_up(
             grown = buffered(server, slow) - after_catch_up
             assert grown <= LIMIT, f"the buffer grew by {grown} bytes while the reader stalled"
     finally:
-        sock.close()
+        reader.sock.close()
 
 
 async def test_drop_oldest_applies_to_websocket_too(
@@ -384,7 +403,7 @@ async def test_drop_oldest_applies_to_websocket_too(
         namespaces__feed__slow_consumer="drop-oldest",
         namespaces__feed__history_size=200,
     )
-    sock, slow = await stalled_websocket(server, "feed:x")
+    reader, slow = await stalled_websocket(server, "feed:x")
     shrink_send_buffer(server, slow)
     try:
         async with async_http_client(server) as client:
@@ -392,7 +411,6 @@ async def test_drop_oldest_applies_to_websocket_too(
             for _ in range(20):
                 await publish_numbered(client, "feed:x", published + 1, 100)
                 published += 100
-            reader = SlowReader(sock)
             frames = FrameReader()
             record = Record()
             while record.position < published:
@@ -407,4 +425,4 @@ async def test_drop_oldest_applies_to_websocket_too(
                         record.reset(message["id"])
             assert record.check() == published
     finally:
-        sock.close()
+        reader.sock.close()

@@ -294,7 +294,7 @@ async def drain_retries(streams: list[SSEStream], server: RunningServer) -> list
     await asyncio.to_thread(server.stop)
     retries = []
     for stream in streams:
-        rest = await stream.connection.closed_by_server()
+        rest = await stream.connection.body_until_closed()
         await stream.close()
         assert rest.startswith(b"retry: ") and rest.endswith(b"\n\n"), rest
         stream.parser.retry = None

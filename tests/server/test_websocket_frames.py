@@ -7,6 +7,7 @@ Autobahn suite (tests/autobahn) covers the same edge through the test echo.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -154,3 +155,46 @@ async def test_a_message_over_the_limit_across_fragments_closes_with_1009(
         await client.send(*(frame(b"x" * 2000, TEXT if i == 0 else CONT, False) for i in range(3)))
         assert await client.closed_with() == 1009
     assert refusals(server).get("too_large") == 1
+
+
+async def test_a_heartbeat_pong_alone_marks_the_peer_alive_and_changes_nothing(
+    server: RunningServer,
+) -> None:
+    async with peer(server) as client:
+        for _ in range(3):
+            await client.send(frame(b"", PONG))
+        await client.send(frame(b'{"op": "ping", "ref": 1}'))
+        assert await client.next() == (TEXT, b'{"op":"pong","ref":1}')
+
+
+async def test_pong_like_bytes_inside_a_frame_are_read_as_the_frame(
+    server: RunningServer,
+) -> None:
+    # the mask makes "ab" inside the payload travel as 8a 80, the head of an empty pong;
+    # those six bytes arrive alone, in the middle of the frame, and must reach the parser
+    message = b'{"op": "ping", "ref": 2, "pad": "ab-cdefgh"}'
+    cut = message.index(b"ab")
+    mask = bytearray(os.urandom(4))
+    mask[cut % 4] = 0x8A ^ ord("a")
+    mask[(cut + 1) % 4] = 0x80 ^ ord("b")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(message))
+    whole = struct.pack("!BB", 0x80 | TEXT, 0x80 | len(message)) + bytes(mask) + masked
+    start = 6 + cut
+    assert whole[start : start + 2] == b"\x8a\x80"
+    async with peer(server) as client:
+        for chunk in (whole[:start], whole[start : start + 6], whole[start + 6 :]):
+            await client.send(chunk)
+            await asyncio.sleep(0.05)  # read apart by the server
+        assert await client.next() == (TEXT, b'{"op":"pong","ref":2}')
+
+
+async def test_a_pong_after_a_header_split_across_reads_goes_to_the_parser(
+    server: RunningServer,
+) -> None:
+    async with peer(server) as client:
+        text = frame(b'{"op": "ping", "ref": 3}')
+        await client.send(text[:1])
+        await client.send(text[1:] + frame(b"", PONG))
+        assert await client.next() == (TEXT, b'{"op":"pong","ref":3}')
+        await client.send(frame(b"", PONG), frame(b'{"op": "ping", "ref": 4}'))
+        assert await client.next() == (TEXT, b'{"op":"pong","ref":4}')

@@ -47,7 +47,9 @@ class AsgiExchange:
         self.node = node
         self.client = client  # the ASGI scope's (host, port)
         self.current: Request | None = request
-        self.address = address  # counted by the per-address limit while the request lasts
+        # the client's: counted by the per-address limit while the request lasts (where that
+        # limit is on), and named in the log lines of the stream it may become
+        self.address = address
         self.closed = False
         self.response: Response | None = None
         self.stream: tuple[Session, Response, QueueSink] | None = None
@@ -241,8 +243,7 @@ async def serve_http(
     if refusal is not None:
         await send_response(send, refusal)
         return
-    address = request.peer if node.limits.max_per_address else ""
-    exchange = AsgiExchange(node, request, address, client_of(scope))
+    exchange = AsgiExchange(node, request, request.peer, client_of(scope))
     node.connections.add(exchange)
     try:
         await _exchange(routes, exchange, request, receive, send)

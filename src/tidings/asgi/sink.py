@@ -5,6 +5,12 @@ writes into this sink, and one writer task per stream sends what is queued. Past
 ``write_buffer_limit`` bytes waiting, the sink calls the session's ``pause_writing``, whose
 slow-consumer policy then acts as on the standalone edge; ``resume_writing`` follows once
 the queue drained to a quarter of it. Nothing grows without bound.
+
+What waits is counted as an asyncio transport counts its buffer: a transport hands a write
+to its socket at once and buffers only what the socket did not take. Here a write that finds
+the writer idle goes to ``send`` at once, so it is not waiting; what is written while a
+``send`` is under way (the ASGI server has not taken the last chunk) is. A batch larger than
+the limit thus reaches a client that keeps up, as it does on the standalone edge.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ class QueueSink:
     __slots__ = (
         "_closing",
         "_ended",
+        "_handed",
         "_limit",
         "_paused",
         "_queue",
         "_queued",
         "_ready",
+        "_sending",
         "ended",
         "gone",
         "peer",
@@ -36,6 +44,8 @@ class QueueSink:
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._queued = 0
+        self._handed = 0  # bytes queued that the idle writer takes at once: not waiting
+        self._sending = False  # the writer holds a chunk the ASGI server has not taken yet
         self._paused = False
         self._closing = False  # close(): end once the queue is sent
         self._ended = False  # abort(), or the client left: end now
@@ -48,10 +58,12 @@ class QueueSink:
     def write(self, data: bytes) -> None:
         if self._closing or self._ended:
             return
+        if not self._sending and not self._queue:
+            self._handed = len(data)
         self._queue.append(data)
         self._queued += len(data)
         self._ready.set()
-        if not self._paused and self._queued > self._limit:
+        if not self._paused and self._queued - self._handed > self._limit:
             self._paused = True
             self.session.pause_writing()
 
@@ -62,7 +74,7 @@ class QueueSink:
     def abort(self) -> None:
         self._ended = True
         self._queue.clear()
-        self._queued = 0
+        self._queued = self._handed = 0
         self._ready.set()
         self.ended.set()
 
@@ -70,8 +82,8 @@ class QueueSink:
         return self._closing or self._ended
 
     def get_write_buffer_size(self) -> int:
-        """Bytes written and not yet handed to the ASGI server."""
-        return self._queued
+        """Bytes written and waiting for the ASGI server to take what it was given."""
+        return self._queued - self._handed
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """``peername``, as an asyncio transport gives it; ASGI lends nothing else."""
@@ -90,11 +102,13 @@ class QueueSink:
             return None
         chunk = b"".join(self._queue)
         self._queue.clear()
-        self._queued = 0
+        self._queued = self._handed = 0
+        self._sending = True
         return chunk
 
     def sent(self) -> None:
         """A chunk went out: a paused session may write again."""
+        self._sending = False
         if self._paused and self._queued <= self._limit // 4:
             self._paused = False
             self.session.resume_writing()

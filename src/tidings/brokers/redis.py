@@ -7,8 +7,8 @@ channel's keys are described in redis_scripts; its events are published on
 ``<prefix>:live:<channel>``, and each node pings itself on ``<prefix>:ping:<node>``. Control
 messages between nodes go over ``<prefix>:control``, and revocations live in one hash,
 ``<prefix>:revoked`` (sub -> times), which expires with its longest revocation. A node's
-connections are named ``<prefix>:<node>:commands`` and ``<prefix>:<node>:pubsub`` (CLIENT
-LIST shows which node holds what).
+connections are named ``<prefix>:<node>:commands``, ``<prefix>:<node>:pubsub`` and, for the
+link's pings, ``<prefix>:<node>:ping`` (CLIENT LIST shows which node holds what).
 
 What it guarantees, beyond brokers/base.py:
 
@@ -39,7 +39,10 @@ What it guarantees, beyond brokers/base.py:
 - **Outages.** Every Redis error becomes BrokerUnavailable at this boundary. The fan-out
   link (redis_link.PubSubLink) is watched by a ping through pub/sub; when it fails or goes
   quiet it is rebuilt with backoff, and once each channel is subscribed again the node's
-  ``resync(channel)`` makes every follower read what it missed from history.
+  ``resync(channel)`` makes every follower read what it missed from history. The pings go
+  through a connection of their own, so a pool busy with commands cannot stall them.
+- **Caught-up reads.** ``history_nowait`` answers a cursor at the newest event the link
+  delivered of a followed channel without asking Redis (see its docstring).
 - **Presence** has keys and a pub/sub channel of its own, apart from events
   (redis_presence.py).
 """
@@ -52,7 +55,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -125,6 +128,12 @@ _PREFIX = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 POOL_SIZE = 32
+# History reads in flight at once: a burst of catch-ups leaves the rest of the pool to
+# publishes and presence. The others wait their turn, up to READ_TURN_WAIT seconds: a wait
+# is no failure of Redis (each read in flight fails on its own within COMMAND_TIMEOUT when
+# Redis does), and a follower that gave up would reconnect and read again.
+READS_AT_ONCE = POOL_SIZE // 2
+READ_TURN_WAIT = 30.0
 CHECK_TIMEOUT = 2.0
 META_GRACE_MS = 600_000
 META_REFRESH_SECONDS = 60.0
@@ -217,11 +226,14 @@ class RedisBroker:
         self._control_fanout = f"{self.prefix}:control".encode()
         self._revoked_key = f"{self.prefix}:revoked"
         self._control_sink: ControlSink | None = None
+        # the newest event the link delivered, per followed channel (see history_nowait)
+        self._heads: dict[str, Cursor] = {}
         self._link = self._fanout_link()
         self._sink: EventSink | None = None
         self._presence_sink: PresenceSink | None = None
         self._resync: GapSink | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
         self._closed = False
         self._supervisor = Supervisor()
 
@@ -243,14 +255,24 @@ class RedisBroker:
         return prefix, Redis(connection_pool=self._pool)
 
     def _fanout_link(self) -> Fanout:
-        """One pub/sub link: classic pub/sub reaches every node through one server."""
+        """One pub/sub link: classic pub/sub reaches every node through one server. Its
+        pings go through a connection of their own (``_ping_raw``): a pool of commands whose
+        every connection is busy must not make a live link look dead."""
+        kwargs = {**self._pool.connection_kwargs, "client_name": self.client_name("ping")}
+        self._ping_pool = BlockingConnectionPool(
+            connection_class=self._pool.connection_class,
+            max_connections=1,
+            timeout=COMMAND_TIMEOUT,
+            **kwargs,
+        )
+        self._pinger = Redis(connection_pool=self._ping_pool)
         return PubSubLink(
             self._link_connection,
-            self._publish_raw,
+            self._ping_raw,
             f"{self.prefix}:ping:{self.node}".encode(),
             self._received,
             self._subscribed,
-            self._drop_idle_connections,
+            self._link_lost,
             self._side_channels(),
         )
 
@@ -295,6 +317,7 @@ class RedisBroker:
 
     async def _release(self) -> None:
         await self._pool.disconnect()
+        await self._ping_pool.disconnect()
 
     # Keys and names.
 
@@ -361,29 +384,55 @@ class RedisBroker:
         _size, ttl_ms, meta_ms = self._limits(channel)
         epoch, start = (since.epoch, since.offset + 1) if since is not None else ("", 0)
         args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, epoch, start, limit]
-        with translated("history read"):
-            try:
-                reply = await self._read(keys=self.keys(channel), args=args)
-            except RedisConnectionError:  # a pooled connection Redis closed: reads may retry
-                reply = await self._read(keys=self.keys(channel), args=args)
+        async with self._read_turn():
+            with translated("history read"):
+                try:
+                    reply = await self._read(keys=self.keys(channel), args=args)
+                except RedisConnectionError:  # a pooled connection Redis closed: reads may retry
+                    reply = await self._read(keys=self.keys(channel), args=args)
         return page_of(channel, since, reply)
 
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
-        """Always None: history lives in Redis, reading it is I/O."""
-        return None
+        """An empty page when ``since`` (or no cursor) is the newest event the link
+        delivered of a channel this node follows; else None: history lives in Redis.
+
+        A caught-up follower or long poll then costs no round trip. The answer is the one
+        Redis would have given a moment earlier: an event stored since is on its way through
+        the link, which wakes whoever waits for it. Heads are forgotten when the link is
+        lost, and every channel is resynced once it is back.
+        """
+        head = self._heads.get(channel)
+        if head is None or (since is not None and since != head):
+            return None
+        return HistoryPage((), head)
 
     async def recent(self, channel: str, count: int) -> HistoryPage:
         _size, ttl_ms, meta_ms = self._limits(channel)
         args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, count]
-        with translated("history read"):
-            try:
-                reply = await self._recent(keys=self.keys(channel), args=args)
-            except RedisConnectionError:  # as in history: a read may be sent again
-                reply = await self._recent(keys=self.keys(channel), args=args)
+        async with self._read_turn():
+            with translated("history read"):
+                try:
+                    reply = await self._recent(keys=self.keys(channel), args=args)
+                except RedisConnectionError:  # as in history: a read may be sent again
+                    reply = await self._recent(keys=self.keys(channel), args=args)
         return recent_page(channel, reply)
 
     def recent_nowait(self, channel: str, count: int) -> HistoryPage | None:
         return None
+
+    @contextlib.asynccontextmanager
+    async def _read_turn(self) -> AsyncIterator[None]:
+        """One of READS_AT_ONCE turns to read history; BrokerUnavailable after waiting
+        READ_TURN_WAIT."""
+        try:
+            async with asyncio.timeout(READ_TURN_WAIT):
+                await self._reads.acquire()
+        except TimeoutError as error:
+            raise BrokerUnavailable("Redis is busy: history reads waited too long") from error
+        try:
+            yield
+        finally:
+            self._reads.release()
 
     # Fan-out.
 
@@ -398,6 +447,7 @@ class RedisBroker:
         await self._link.want(self._live_name(channel))
 
     async def unsubscribe(self, channel: str) -> None:
+        self._heads.pop(channel, None)
         await self._link.drop(self._live_name(channel))
 
     async def check(self) -> None:
@@ -414,12 +464,18 @@ class RedisBroker:
         connection: AbstractConnection = self._pool.connection_class(**options)
         return connection
 
-    async def _drop_idle_connections(self) -> None:
-        """The link lost Redis: idle command connections are likely dead too, drop them."""
+    async def _link_lost(self) -> None:
+        """The link lost Redis: what it delivered may be behind now, forget the heads;
+        idle command connections are likely dead too, drop them."""
+        self._heads.clear()
         await self._pool.disconnect(inuse_connections=False)
+        await self._ping_pool.disconnect(inuse_connections=False)
 
     async def _publish_raw(self, name: bytes, body: bytes) -> None:
         await self._redis.publish(name, body)
+
+    async def _ping_raw(self, name: bytes, body: bytes) -> None:
+        await self._pinger.publish(name, body)
 
     def _received(self, body: bytes) -> None:
         try:
@@ -429,6 +485,10 @@ class RedisBroker:
             return
         if self._sink is None:
             return
+        head = self._heads.get(event.channel)
+        # forward only: with redis_wait_replicas nodes fan out concurrently, out of order
+        if head is None or head.epoch != event.epoch or head.offset < event.offset:
+            self._heads[event.channel] = event.cursor
         # the node's bug must not take the link down for every channel
         self._supervisor.run(self._sink, event)
 

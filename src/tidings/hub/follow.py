@@ -122,13 +122,15 @@ class Follower:
         while page is not None:
             if not self._apply(tail, page):
                 return
+            if not page.events and page.reset is None:
+                break  # the broker knows nothing beyond the tail locally: history in full
             page = self.hub.broker.history_nowait(tail.channel, tail.cursor, PAGE_SIZE)
         self.hub.spawn(self._catch_up_async(tail))
 
     async def _catch_up_async(self, tail: Tail) -> None:
         try:
             while True:
-                page = await self.hub.broker.history(tail.channel, tail.cursor, PAGE_SIZE)
+                page = await self.hub.reads.history(tail.channel, tail.cursor, PAGE_SIZE)
                 if self.tails.get(tail.channel) is not tail or not self._apply(tail, page):
                     return
         except BrokerUnavailable as error:

@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.presence import Presence
+from tidings.hub.reads import SharedReads
 from tidings.hub.tally import Tally
-from tidings.hub.timers import TimerWheel
+from tidings.hub.timers import Rounds, TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
 from tidings.supervisor import Supervisor, name_of
@@ -33,6 +35,11 @@ INTEREST_SWEEP_SECONDS = 30.0
 # Node-local channels (the admin feed) start with "$", which no channel name may contain.
 LOCAL_PREFIX = "$"
 BROKER_CHECK_SECONDS = 10.0
+# Resyncs run this many followers at once, a slice every RESYNC_STEP seconds: after a broker
+# outage every follower of every channel reads history, and all at once would swamp the loop
+# (its own link pings included) and the broker's connections.
+RESYNC_SLICE = 100
+RESYNC_STEP = 0.05
 
 
 class Subscriber(Protocol):
@@ -59,6 +66,10 @@ class Beating(Protocol):
     def heartbeat(self, now: float) -> None: ...
 
 
+def _heartbeat_of(connection: Beating) -> Callable[[float], None]:
+    return connection.heartbeat
+
+
 class Hub:
     def __init__(self, broker: Broker, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.broker = broker
@@ -66,17 +77,25 @@ class Hub:
         self.loop = loop
         self.supervisor = Supervisor()
         self.timers = TimerWheel(loop, supervisor=self.supervisor)
-        self.beating: set[Beating] = set()
+        # every stream's heartbeat, spread over the interval a slice per tick
+        self.beating: Rounds[Beating] = self.timers.rounds(
+            settings.server.heartbeat_seconds, _heartbeat_of
+        )
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._waiters: dict[str, set[Waiter]] = {}
         self._interest: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._arrived: dict[str, list[Event]] = {}
         self.heads: dict[str, Cursor] = {}  # last cursor delivered here, per followed channel
+        # (channel, subscriber or long poll) waiting for their resync, in order; each once
+        self._resyncs: deque[tuple[str, Subscriber | None, Waiter | None]] = deque()
+        self._resyncing: set[tuple[str, Subscriber | Waiter]] = set()
+        self._resync_timer: asyncio.TimerHandle | None = None
         self.tally = Tally()
         # events that reached the node per channel, counted only while the admin page watches
         self.arrivals: dict[str, int] | None = None
         self.presence = Presence(broker, settings, self.spawn)
+        self.reads = SharedReads(broker, loop, self.spawn)  # history reads, shared in a storm
 
     def start(self, control: ControlSink | None = None) -> None:
         """Start the broker's fan-out; ``control`` receives every node's control messages."""
@@ -87,7 +106,6 @@ class Hub:
             supervisor=self.supervisor,
             control=control,
         )
-        self.timers.every(self.settings.server.heartbeat_seconds, self._heartbeat)
         self.timers.every(self.presence.interval, self.presence.tick)
         self.timers.every(INTEREST_SWEEP_SECONDS, self._sweep_interest)
         self.timers.every(BROKER_CHECK_SECONDS, self._check_broker_soon)
@@ -95,6 +113,8 @@ class Hub:
 
     async def close(self) -> None:
         self.timers.stop()
+        if self._resync_timer is not None:
+            self._resync_timer.cancel()
         await self.presence.close()
         for task in list(self._tasks):
             task.cancel()
@@ -132,12 +152,39 @@ class Hub:
                 self._deliver_batch(batch)
 
     def resync(self, channel: str) -> None:
-        """After a fan-out outage: every follower of ``channel`` catches up from history."""
+        """After a fan-out outage: every follower of ``channel`` catches up from history.
+
+        Paced: ``RESYNC_SLICE`` followers now, as many every ``RESYNC_STEP`` seconds after,
+        over every channel resynced meanwhile. A follower that left (or a long poll answered)
+        before its turn is skipped; one that is still queued is not queued twice.
+        """
+        for subscriber in self._subscribers.get(channel, ()):
+            if (channel, subscriber) not in self._resyncing:
+                self._resyncing.add((channel, subscriber))
+                self._resyncs.append((channel, subscriber, None))
+        for waiter in self._waiters.get(channel, ()):
+            if (channel, waiter) not in self._resyncing:
+                self._resyncing.add((channel, waiter))
+                self._resyncs.append((channel, None, waiter))
+        if self._resync_timer is None:
+            self._resync_slice()
+
+    def _resync_slice(self) -> None:
+        self._resync_timer = None
         run = self.supervisor.run
-        for subscriber in tuple(self._subscribers.get(channel, ())):
-            run(subscriber.resync, channel)
-        for waiter in self._waiters.pop(channel, ()):
-            run(waiter.recheck)
+        for _ in range(min(RESYNC_SLICE, len(self._resyncs))):
+            channel, subscriber, waiter = self._resyncs.popleft()
+            if subscriber is not None:
+                self._resyncing.discard((channel, subscriber))
+                if subscriber in self._subscribers.get(channel, ()):
+                    run(subscriber.resync, channel)
+            elif waiter is not None:
+                self._resyncing.discard((channel, waiter))
+                if waiter in self._waiters.get(channel, ()):
+                    self.unwait(channel, waiter)
+                    run(waiter.recheck)
+        if self._resyncs:
+            self._resync_timer = self.loop.call_later(RESYNC_STEP, self._resync_slice)
 
     def _deliver_batch(self, batch: Batch) -> None:
         self.heads[batch.channel] = batch.last.cursor
@@ -257,9 +304,3 @@ class Hub:
             self._interest.discard(channel)
             self.heads.pop(channel, None)
             self.spawn(self.broker.unsubscribe(channel))
-
-    def _heartbeat(self) -> None:
-        now = self.loop.time()
-        run = self.supervisor.run
-        for connection in tuple(self.beating):
-            run(connection.heartbeat, now)

@@ -3,6 +3,11 @@
 A long poll's timeout, a request's read deadline and a lingering close each put one entry in a
 bucket; answering early removes it in O(1). No connection owns a timer or a task.
 
+Heartbeats are ``Rounds``: every member is visited once per interval, each tick visiting the
+slice of members whose turn came. A tick's work is the members over the number of slices,
+never all of them at once: a hundred thousand streams get their pings spread evenly over the
+interval, not written in one burst that holds up every delivery behind it.
+
 Every node's heartbeats, deadlines, presence refreshes and broker checks hang on this one
 callback, so an expiry or a job that raises is recorded by the supervisor and the tick goes
 on: the next item expires, the next job runs, and the wheel is scheduled again.
@@ -12,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from tidings.supervisor import Supervisor
 
@@ -23,6 +28,85 @@ class Expiring(Protocol):
     """Something with a deadline: ``expire`` runs once the deadline has passed."""
 
     def expire(self) -> None: ...
+
+
+Member = TypeVar("Member")
+
+
+class Rounds(Generic[Member]):
+    """Members visited once per ``interval``, a slice at each of the wheel's ticks.
+
+    A member joins the slice after the last one it filled, so slices stay even however
+    members come and go, and its first visit comes within one interval of joining.
+    Adding and discarding are O(1); a tick visits the slices whose time came (all the
+    slices it missed, if the loop was late), so a member is never skipped.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        resolution: float,
+        visit: Callable[[Member], Callable[[float], None]],
+    ) -> None:
+        self.interval = interval
+        self._resolution = resolution
+        self._slices: list[dict[Member, None]] = [
+            {} for _ in range(max(1, round(interval / resolution)))
+        ]
+        self._slice_of: dict[Member, int] = {}
+        self._visit = visit
+        self._joined = 0  # members ever added: the next one goes to the next slice
+        self._step: int | None = None  # the wheel step of the last tick
+
+    def add(self, member: Member) -> None:
+        if member in self._slice_of:
+            return
+        index = self._joined % len(self._slices)
+        self._joined += 1
+        self._slices[index][member] = None
+        self._slice_of[member] = index
+
+    def update(self, members: Iterator[Member] | set[Member] | list[Member]) -> None:
+        for member in members:
+            self.add(member)
+
+    def discard(self, member: Member) -> None:
+        index = self._slice_of.pop(member, None)
+        if index is not None:
+            del self._slices[index][member]
+
+    def __len__(self) -> int:
+        return len(self._slice_of)
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._slice_of
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(tuple(self._slice_of))
+
+    def slice_sizes(self) -> list[int]:
+        return [len(members) for members in self._slices]
+
+    def tick(self, now: float, run: Callable[[Callable[[float], None], float], None]) -> int:
+        """Visit the slices whose turn came since the last tick; the members visited.
+
+        ``run`` calls each member's visit (the supervisor's, which records what raises).
+        """
+        step = math.floor(now / self._resolution)
+        last = self._step
+        if last is not None and step <= last:
+            return 0
+        self._step = step
+        count = len(self._slices)
+        first = step if last is None else max(last + 1, step - count + 1)
+        visited = 0
+        for current in range(first, step + 1):
+            members = self._slices[current % count]
+            if members:
+                visited += len(members)
+                for member in tuple(members):  # a visit may end the member's connection
+                    run(self._visit(member), now)
+        return visited
 
 
 @dataclass(slots=True)
@@ -47,6 +131,7 @@ class TimerWheel:
         self._buckets: dict[int, set[Expiring]] = {}
         self._bucket_of: dict[Expiring, int] = {}
         self._periodic: list[_Periodic] = []
+        self._rounds: list[Rounds[object]] = []
         self._next_slot = self._slot(loop.time())
         self._handle: asyncio.TimerHandle | None = None
 
@@ -76,6 +161,19 @@ class TimerWheel:
             if not bucket:
                 del self._buckets[slot]
 
+    @property
+    def resolution(self) -> float:
+        return self._resolution
+
+    def rounds(
+        self, interval: float, visit: Callable[[Member], Callable[[float], None]]
+    ) -> Rounds[Member]:
+        """Members visited once every ``interval``, spread over it: at each member's turn,
+        ``visit(member)(now)`` runs."""
+        spread: Rounds[Member] = Rounds(interval, self._resolution, visit)
+        self._rounds.append(spread)  # type: ignore[arg-type]
+        return spread
+
     def every(self, interval: float, job: Callable[[], None]) -> None:
         """Run ``job`` every ``interval`` seconds from this tick on."""
         self._periodic.append(_Periodic(self._loop.time() + interval, interval, job))
@@ -92,6 +190,8 @@ class TimerWheel:
                 del self._bucket_of[item]
                 run(item.expire)
         self._next_slot = current + 1
+        for spread in self._rounds:
+            spread.tick(now, run)
         self._run_periodic(now)
         self._schedule()
 

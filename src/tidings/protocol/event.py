@@ -39,14 +39,16 @@ class Event:
         """The event object of docs/protocol.md section 1, as sent by polls and ``envelope=1``."""
         encoded = self.wire.get("json")
         if encoded is None:
-            encoded = orjson.dumps(
-                {
-                    "channel": self.channel,
-                    "id": self.id,
-                    "event": self.event,
-                    "data": orjson.Fragment(self.data),
-                    "ts": self.ts,
-                }
+            encoded = kept(
+                orjson.dumps(
+                    {
+                        "channel": self.channel,
+                        "id": self.id,
+                        "event": self.event,
+                        "data": orjson.Fragment(self.data),
+                        "ts": self.ts,
+                    }
+                )
             )
             self.wire["json"] = encoded
         return encoded
@@ -116,4 +118,16 @@ class Reset:
 
 def encode_data(value: object) -> bytes:
     """Compact JSON of a publisher's ``data``, the form that ``max_message_bytes`` limits."""
-    return orjson.dumps(value)
+    return kept(orjson.dumps(value))
+
+
+def kept(encoded: bytes) -> bytes:
+    """orjson's output copied into a buffer of its own size, for bytes that outlive the
+    request (an event's data and encodings, which history keeps).
+
+    ``orjson.dumps`` hands back its whole growing buffer, never shrunk: 4 KB for a few
+    bytes, about 128 KB for 10 KB (orjson 3.12+). A memory broker holding 1,000 such events
+    held 127 MB of heap for 10 MB of events, most of it never written, so the RSS crept up
+    as churn wrote into those pages.
+    """
+    return bytes(memoryview(encoded))

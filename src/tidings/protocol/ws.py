@@ -19,7 +19,7 @@ import orjson
 from tidings.exceptions import InvalidField, InvalidJSON, RequestError, WebSocketOnlyError
 from tidings.protocol.channel import Channel, parse_channel, parse_event_name
 from tidings.protocol.cursor import Cursor, parse_cursor
-from tidings.protocol.event import Event, Reset
+from tidings.protocol.event import Event, Reset, encode_data
 from tidings.protocol.presence import PresenceChange, PresenceEntry
 
 Ref = int | None
@@ -141,7 +141,7 @@ def _parse_publish(obj: dict[str, Any], ref: Ref) -> Publish:
     return Publish(
         ref,
         parse_channel(obj.get("channel")),
-        orjson.dumps(obj["data"]),
+        encode_data(obj["data"]),
         parse_event_name(obj.get("event")),
         key,
     )

@@ -22,10 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from tidings.config import AuthSettings, Settings
 from tidings.exceptions import ConfigError, Forbidden, Unauthorized
 from tidings.protocol.channel import namespace_of
@@ -33,6 +29,8 @@ from tidings.protocol.identity import ANONYMOUS, Identity, identity_from_claims
 from tidings.server.core.revocations import Revocations
 
 if TYPE_CHECKING:
+    import jwt
+
     from tidings.server.core.request import Request
 
 TOKENS_KEPT = 10_000
@@ -105,6 +103,8 @@ class TokenVerifier:
                 del self._kept[token]
 
     def _decode(self, token: str) -> Identity:
+        import jwt  # here, not at the top: a node without tokens never loads PyJWT (9 MB a process)
+
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=[self.algorithm], options=DECODE_OPTIONS
@@ -124,6 +124,8 @@ class TokenVerifier:
 
     def _reason(self, error: jwt.PyJWTError) -> str:
         """Why a token was refused, in words; never the token or PyJWT's text about it."""
+        import jwt
+
         if isinstance(error, jwt.ExpiredSignatureError):
             return EXPIRED
         if isinstance(error, jwt.ImmatureSignatureError):
@@ -143,6 +145,9 @@ class TokenVerifier:
 
 def _public_key(path: str) -> tuple[str, Any]:
     """Load the PEM public key; its type decides the algorithm (RSA: RS256, EC P-256: ES256)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     key_name = "auth.token_public_key_file"
     try:
         key = load_pem_public_key(Path(path).read_bytes())

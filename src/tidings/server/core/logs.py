@@ -197,4 +197,9 @@ def websocket_ending(protocol: ServerProtocol) -> str | None:
     sent = protocol.close_sent
     if sent is None or protocol.close_rcvd_then_sent:
         return None
-    return CLOSE_REASONS.get(sent.code, f"closed with code {sent.code}")
+    return close_reason(sent.code)
+
+
+def close_reason(code: int) -> str:
+    """Why the server ended a WebSocket, by the code of the close it sent."""
+    return CLOSE_REASONS.get(code, f"closed with code {code}")

@@ -74,8 +74,24 @@ class FrameProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
+# A client's pong with no payload, as the whole of one read: the answer to the server's
+# heartbeat ping (b"\x89\x00"), with its 4-byte mask.
+EMPTY_PONG_LENGTH = 6
+EMPTY_PONG_HEAD = b"\x8a\x80"
+
+
 class FrameSocket(WebSocketSession):
-    __slots__ = ("fragments", "protocol")
+    """The standalone edge's WebSocket: ``websockets``' protocol parses and frames.
+
+    Idle, a WebSocket's only traffic is the heartbeat: the server's ping and the client's
+    empty pong. Parsing that pong through the protocol is most of what an idle connection
+    costs, so the socket follows where frames begin and end in the bytes it reads (their
+    headers only), and a read that is exactly one empty pong, starting where a frame starts,
+    only marks the peer alive. Everything else goes through the protocol, which sees a stream
+    with whole pongs taken out: a pong is a frame of its own and changes no state there.
+    """
+
+    __slots__ = ("_frame_head", "_frame_left", "fragments", "protocol")
 
     def __init__(
         self,
@@ -87,11 +103,22 @@ class FrameSocket(WebSocketSession):
         super().__init__(node, identity, deflate)
         self.protocol = protocol
         self.fragments: Fragments | None = None
+        self._frame_left = 0  # bytes of the frame being read still to come
+        self._frame_head = b""  # the start of a frame header split across reads
 
     # reading
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.hub.loop.time()
+        if (
+            len(data) == EMPTY_PONG_LENGTH
+            and data.startswith(EMPTY_PONG_HEAD)
+            and not self._frame_left
+            and not self._frame_head
+            and self.accepting
+        ):
+            return  # the answer to a heartbeat: the peer is alive, nothing to parse
+        self._follow_frames(data)
         failed = self.protocol.parser_exc
         self.protocol.receive_data(data)
         if self.protocol.parser_exc is not failed:
@@ -106,6 +133,35 @@ class FrameSocket(WebSocketSession):
                 self._on_data(frame)
         self._flush()
         self.accepting = self.accepting and self.protocol.state is State.OPEN
+
+    def _follow_frames(self, data: bytes) -> None:
+        """Where the frames in ``data`` end (RFC 6455 section 5.2: headers and lengths)."""
+        left = self._frame_left
+        if left >= len(data):
+            self._frame_left = left - len(data)
+            return
+        view = self._frame_head + data[left:] if self._frame_head else data[left:]
+        start, end = 0, len(view)
+        while end - start >= 2:
+            second = view[start + 1]
+            length = second & 0x7F
+            header = 2 + (4 if second & 0x80 else 0)
+            if length == 126:
+                header += 2
+                if end - start < 4:
+                    break
+                length = int.from_bytes(view[start + 2 : start + 4], "big")
+            elif length == 127:
+                header += 8
+                if end - start < 10:
+                    break
+                length = int.from_bytes(view[start + 2 : start + 10], "big")
+            frame_end = start + header + length
+            if frame_end > end:
+                self._frame_left, self._frame_head = frame_end - end, b""
+                return
+            start = frame_end
+        self._frame_left, self._frame_head = 0, bytes(view[start:end])
 
     def connection_lost(self, exc: Exception | None) -> None:
         # the close frame the server sent says why, even if the peer then went silent

@@ -111,11 +111,11 @@ async def _gather(node: Node, poll: PollRequest, since: Sequence[Cursor] | None)
     rewind = poll.subscription.rewind
     if since is None and rewind:
         channels = poll.subscription.channels
-        return _rewound([await node.broker.recent(c, rewind) for c in channels], poll.limit)
+        return _rewound([await node.hub.reads.recent(c, rewind) for c in channels], poll.limit)
     pages = []
     remaining = poll.limit
     for index, channel in enumerate(poll.subscription.channels):
-        page = await node.broker.history(channel, since[index] if since else None, remaining)
+        page = await node.hub.reads.history(channel, since[index] if since else None, remaining)
         remaining -= len(page.events)
         pages.append(page)
     return _combine(pages)

@@ -228,10 +228,10 @@ def _starts_nowait(node: Node, subscription: Subscription) -> list[HistoryPage] 
 async def _open_async(
     node: Node, exchange: Exchange, subscription: Subscription, envelope: bool
 ) -> None:
-    broker, rewind = node.broker, subscription.rewind
+    reads, rewind = node.hub.reads, subscription.rewind
     try:
         pages = [
-            await (broker.recent(c, rewind) if rewind else broker.history(c, None, 0))
+            await (reads.recent(c, rewind) if rewind else reads.history(c, None, 0))
             for c in subscription.channels
         ]
     except BrokerUnavailable as error:

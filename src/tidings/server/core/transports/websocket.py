@@ -158,12 +158,12 @@ class WebSocketSession(StreamConnection):
         return min(message.rewind, self.node.settings.server.max_rewind)
 
     async def _subscribe_async(self, message: ws.Subscribe, tail: Tail) -> None:
-        broker, rewind = self.node.broker, self._rewind(message)
+        reads, rewind = self.hub.reads, self._rewind(message)
         try:
             if rewind:
-                page = await broker.recent(message.channel, rewind)
+                page = await reads.recent(message.channel, rewind)
             else:
-                page = await broker.history(message.channel, message.since, PAGE_SIZE)
+                page = await reads.history(message.channel, message.since, PAGE_SIZE)
         except BrokerUnavailable as error:
             self.hub.tally.broker_errors += 1
             self.unfollow(message.channel)

@@ -160,6 +160,50 @@ async def test_304_on_the_same_keep_alive_connection_keeps_it_usable(
         assert (await connection.response()).status == 200
 
 
+async def test_polls_behind_by_the_same_events_get_the_same_answer(
+    ahttp: httpx.AsyncClient,
+) -> None:
+    start = await apublish(ahttp, "behind", 0)
+    ids = [await apublish(ahttp, "behind", n) for n in (1, 2)]
+    first = await poll(ahttp, ["behind"], since=start, timeout=5)
+    second = await poll(ahttp, ["behind"], since=start)
+    for response in (first, second):
+        assert response.status_code == 200
+        assert [e["id"] for e in response.json()["events"]] == ids
+        assert_cursor_headers(response, ids[1])
+    assert first.content == second.content
+    newer = await apublish(ahttp, "behind", 3)
+    third = await poll(ahttp, ["behind"], since=start)
+    assert [e["id"] for e in third.json()["events"]] == [*ids, newer]
+    assert_cursor_headers(third, newer)
+    limited = await poll(ahttp, ["behind"], since=start, limit=1)
+    assert [e["id"] for e in limited.json()["events"]] == ids[:1]
+    assert_cursor_headers(limited, ids[0])
+
+
+async def test_restricted_origins_answer_each_poll_for_its_origin(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(allowed_origins="https://good.example,https://other.example")
+    async with async_http_client(server) as client:
+        start = await apublish(client, "origins", 0)
+        cursor = await apublish(client, "origins", 1)
+        for origin in ("https://good.example", "https://other.example"):
+            events = await client.get(
+                "/poll?" + query(["origins"], since=start), headers={"Origin": origin}
+            )
+            nothing = await client.get(
+                "/poll?" + query(["origins"], since=cursor),
+                headers={"Origin": origin, "If-None-Match": f'"{cursor}"'},
+            )
+            assert (events.status_code, nothing.status_code) == (200, 304)
+            for response in (events, nothing):
+                assert response.headers["access-control-allow-origin"] == origin
+                assert response.headers["vary"] == "Origin"
+        unknown = await client.get("/poll?" + query(["origins"], since=start))
+        assert "access-control-allow-origin" not in unknown.headers
+
+
 async def test_long_poll_is_held_until_a_publish(
     server: RunningServer, ahttp: httpx.AsyncClient
 ) -> None:

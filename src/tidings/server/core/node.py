@@ -33,7 +33,7 @@ from tidings.server.core.exchange import Exchange
 from tidings.server.core.hooks import HookFunctions, Hooks
 from tidings.server.core.limits import Limits, count_refusal
 from tidings.server.core.request import Request
-from tidings.server.core.response import Headers
+from tidings.server.core.response import Answers, Headers
 from tidings.server.core.revocations import RELOAD_SECONDS
 from tidings.server.core.stats import Stats
 
@@ -84,6 +84,7 @@ class Node:
         server = settings.server
         self.dead_peer_ms = int((server.heartbeat_seconds + server.ws_ping_timeout_seconds) * 1000)
         self.parsed_polls: dict[bytes, PollRequest] = {}
+        self.poll_answers = Answers()  # built poll answers, shared by the polls asking alike
         origins = settings.server.allowed_origins
         self.cors_varies = "*" not in origins
         self._allowed_origins = frozenset(origins)

@@ -37,3 +37,35 @@ class Response:
         if self.status in (204, 304) or self.content_type is None:
             return self.headers
         return [(b"Content-Type", self.content_type), *self.headers]
+
+
+ANSWERS_KEPT = 1024
+ANSWER_BYTES_KEPT = 4 * 1024 * 1024
+
+
+class Answers:
+    """Built answers by the question they answer, bounded in count and body bytes (once
+    past either bound, emptied and filled again).
+
+    A key names everything its answer holds. The polls key theirs by
+    ``(channel, epoch, after, upto)`` for the events of one channel after offset ``after`` up
+    to ``upto``, which history never changes, and by ``(status, cursor list)`` for an answer
+    without events.
+    """
+
+    __slots__ = ("_answers", "_size")
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[object, ...], Response] = {}
+        self._size = 0
+
+    def get(self, key: tuple[object, ...]) -> Response | None:
+        return self._answers.get(key)
+
+    def keep(self, key: tuple[object, ...], response: Response) -> Response:
+        if len(self._answers) >= ANSWERS_KEPT or self._size > ANSWER_BYTES_KEPT:
+            self._answers.clear()
+            self._size = 0
+        self._answers[key] = response
+        self._size += len(response.body)
+        return response

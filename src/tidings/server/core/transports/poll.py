@@ -4,6 +4,13 @@ A long poll that finds nothing new registers one waiter on its channels and a de
 the hub's timer wheel; no task is created. When an event continues a caught-up
 single-channel poll exactly, the whole HTTP response is built once per event and the same
 bytes answer every such waiter.
+
+A single-channel poll with ``since`` reads history once and is answered from there. Its
+answer depends only on what it asked and what history holds, so the node keeps answers by
+question (``node.poll_answers``): the polls that are behind by the same events, and the
+short polls that find nothing new at the same cursor (``304`` or an empty ``200``), all get
+one built response. Answers whose headers depend on the request (restricted CORS origins)
+are built for each request.
 """
 
 from __future__ import annotations
@@ -74,11 +81,16 @@ def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
         ask_then(node, exchange, request, call, handle_poll)
         return
     since = poll.subscription.since
-    if since is not None and poll.timeout > 0 and len(since) == 1:
-        channel = poll.subscription.channels[0]
-        page = node.broker.history_nowait(channel, since[0], poll.limit)
-        if page is not None and not page.events and page.reset is None:
-            LongPoll(node, exchange, poll, [page.cursor]).wait(poll.timeout)  # caught up
+    if since is not None and len(since) == 1:
+        page = node.broker.history_nowait(channels[0], since[0], poll.limit)
+        if page is not None and page.reset is None:
+            if page.events:
+                transport = "long_poll" if poll.timeout > 0 else "poll"
+                _answer_page(node, exchange, channels[0], since[0], page, transport)
+            elif poll.timeout > 0:
+                LongPoll(node, exchange, poll, [page.cursor]).wait(poll.timeout)  # caught up
+            else:
+                _answer_nothing_new(node, exchange, request, [page.cursor], True)
             return
     gathered = _gather_nowait(node, poll, since)
     if gathered is None:
@@ -218,6 +230,26 @@ def _answer(node: Node, exchange: Exchange, gathered: Gathered, transport: str) 
     node.hub.tally.wrote(transport, len(gathered.events), written)
 
 
+def _answer_page(
+    node: Node, exchange: Exchange, channel: str, since: Cursor, page: HistoryPage, transport: str
+) -> None:
+    """Answer the events of one channel after ``since``: one built answer per question."""
+    if node.cors_varies:
+        _answer(node, exchange, Gathered(list(page.events), [page.cursor], []), transport)
+        return
+    if exchange.closed:
+        return
+    answers = node.poll_answers
+    key = (channel, since.epoch, since.offset, page.cursor.offset)
+    response = answers.get(key)
+    if response is None:
+        cursor_list = str(page.cursor)
+        body = poll_body(page.events, cursor_list)
+        response = answers.keep(key, Response(200, body, _headers(node, None, cursor_list)))
+    written = exchange.answer(response)
+    node.hub.tally.wrote(transport, len(page.events), written)
+
+
 def _answer_nothing_new(
     node: Node,
     exchange: Exchange,
@@ -226,11 +258,22 @@ def _answer_nothing_new(
     resumed: bool,
 ) -> None:
     cursor_list = format_cursor_list(cursors)
-    headers = _headers(node, request, cursor_list)
-    if resumed and request.header(b"if-none-match") == f'"{cursor_list}"':
-        exchange.respond(304, b"", headers)
-    else:
-        exchange.respond(200, poll_body((), cursor_list), headers)
+    status = 200
+    if resumed:
+        etag = request.header(b"if-none-match")
+        if etag is not None and etag == f'"{cursor_list}"':
+            status = 304
+    if node.cors_varies:
+        headers = _headers(node, request, cursor_list)
+        exchange.respond(status, poll_body((), cursor_list) if status == 200 else b"", headers)
+        return
+    key = (status, cursor_list)
+    response = node.poll_answers.get(key)
+    if response is None:
+        body = poll_body((), cursor_list) if status == 200 else b""
+        headers = _headers(node, None, cursor_list)
+        response = node.poll_answers.keep(key, Response(status, body, headers))
+    exchange.answer(response)
 
 
 def shared_response(node: Node, batch: Batch) -> Response:

@@ -72,9 +72,11 @@ class ChannelLog:
             del self.keys[key]
 
     def page(self, since: Cursor | None, limit: int) -> HistoryPage:
+        if since is not None and since.offset == self.last_offset and since.epoch == self.epoch:
+            return HistoryPage((), since)  # caught up (what long polls ask most): nothing to expire
         self.expire(time.time_ns() // 1_000_000)
         head = self.head
-        if since is None or (since.epoch == self.epoch and since.offset == self.last_offset):
+        if since is None:
             return HistoryPage((), head)
         if since.epoch != self.epoch or since.offset > self.last_offset:
             return HistoryPage((), head, Reset(self.channel, head, "epoch"))

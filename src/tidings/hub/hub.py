@@ -199,9 +199,11 @@ class Hub:
                     self.supervisor.record(f"{type(subscriber).__qualname__}.deliver_batch", error)
         waiters = self._waiters.pop(batch.channel, None)
         if waiters:
-            run = self.supervisor.run
             for waiter in waiters:
-                run(waiter.wake, batch)
+                try:
+                    waiter.wake(batch)
+                except Exception as error:
+                    self.supervisor.record(f"{type(waiter).__qualname__}.wake", error)
         self.tally.fold(batch)
 
     def attach(self, channel: str, subscriber: Subscriber) -> None:
@@ -221,8 +223,12 @@ class Hub:
                 del self._subscribers[channel]
 
     def wait(self, channel: str, waiter: Waiter) -> None:
-        self._waiters.setdefault(channel, set()).add(waiter)
-        self._want(channel)
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            self._waiters[channel] = {waiter}
+            self._want(channel)
+        else:
+            waiters.add(waiter)  # a channel with waiters is wanted already
 
     def unwait(self, channel: str, waiter: Waiter) -> None:
         waiters = self._waiters.get(channel)

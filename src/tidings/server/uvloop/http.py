@@ -38,6 +38,7 @@ MAX_PIPELINED = 32
 # vanished without a FIN), instead of the kernel's retransmissions for some fifteen minutes.
 TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 MAX_PLAIN_BODY = 65536
+HEAD_TOO_LARGE = "request line and headers are too large"
 
 
 class _Refuse(Exception):
@@ -62,6 +63,7 @@ class Edge:
     ) -> None:
         self.node = node
         self.routes = Routes(node, files, peers)
+        self.max_header_bytes = node.settings.server.max_header_bytes
         self.socket_class = socket_class  # what /ws speaks: the protocol, or the test echo
 
     def protocol_factory(self) -> HttpConnection:
@@ -224,24 +226,29 @@ class HttpConnection(asyncio.Protocol):
         self._in_message = True
         self._reset_message()
 
+    # The callbacks run for every request: each counts the head inline, without a call.
+
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self.edge.max_header_bytes:
+            raise _Refuse(431, "too_large", HEAD_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.node.settings.server.max_header_bytes:
-            raise _Refuse(431, "too_large", "request line and headers are too large")
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.edge.max_header_bytes:
+            raise _Refuse(431, "too_large", HEAD_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
-        self._body_limit = self.edge.routes.body_limit(self._url.split(b"?", 1)[0])
-        length = next((v for k, v in self._headers if k.lower() == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self._body_limit:
-            raise _Refuse(413, "too_large", f"request body is over {self._body_limit} bytes")
+        self._body_limit = self.edge.routes.body_limit(self._url.partition(b"?")[0])
+        for name, value in self._headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                if value.isdigit() and int(value) > self._body_limit:
+                    raise _Refuse(
+                        413, "too_large", f"request body is over {self._body_limit} bytes"
+                    )
+                break
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -263,6 +270,11 @@ class HttpConnection(asyncio.Protocol):
             upgrade=self.parser.should_upgrade(),
         )
         self._reset_message()
+        if not self._queue and not self._busy and not request.upgrade and not self.closed:
+            self._busy = True  # the connection is idle: answer at once, past the queue
+            self.current = request
+            self.edge.routes.dispatch(self, request)
+            return
         self._queue.append(request)
         if len(self._queue) >= MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -289,7 +301,7 @@ class HttpConnection(asyncio.Protocol):
         timer operation.
         """
         self.held = held
-        if self.node.draining:
+        if self.node.drain is not None:
             held.expire()  # nothing will come from this node: re-poll elsewhere now
             return
         self._set_deadline(timeout)

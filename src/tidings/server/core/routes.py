@@ -108,7 +108,7 @@ class Routes:
             return
         if request.method != method:
             raise MethodNotAllowed(f"{request.path} answers {method} only", (method, "OPTIONS"))
-        if self.node.draining and request.path in STREAMS:
+        if self.node.drain is not None and request.path in STREAMS:
             self.node.stats.refused("draining")
             self.node.answer_draining(exchange)
             return

@@ -223,8 +223,7 @@ class HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._in_message = True
-        self._reset_message()
+        self._in_message = True  # the message's fields were reset as the last one completed
 
     # The callbacks run for every request: each counts the head inline, without a call.
 
@@ -341,7 +340,7 @@ class HttpConnection(asyncio.Protocol):
         return self.send(response.http11(keep_alive), keep_alive)
 
     def _keep_alive(self) -> bool:
-        if self.node.draining and not self._queue:
+        if self.node.drain is not None and not self._queue:
             return False  # "Connection: close": a proxy must not reuse this connection
         return self.current is not None and self.current.keep_alive
 
@@ -358,7 +357,7 @@ class HttpConnection(asyncio.Protocol):
             self.closed = True
         elif self._queue:
             self._next()
-        elif self.node.draining:
+        elif self.node.drain is not None:
             self.drain(0)
         else:
             self.transport.resume_reading()

@@ -290,7 +290,7 @@ def shared_response(node: Node, batch: Batch) -> Response:
 class LongPoll:
     """One held poll: a waiter on each channel and one entry in the timer wheel."""
 
-    __slots__ = ("cursors", "done", "exchange", "node", "poll")
+    __slots__ = ("cursors", "done", "exchange", "node", "poll", "shareable")
 
     def __init__(
         self, node: Node, exchange: Exchange, poll: PollRequest, cursors: list[Cursor]
@@ -300,14 +300,20 @@ class LongPoll:
         self.poll = poll
         self.cursors = cursors
         self.done = False
+        # a caught-up single-channel keep-alive poll whose headers do not depend on the
+        # request can be answered with an event's shared response
+        self.shareable = False
 
     def wait(self, timeout: float) -> None:
         """Hold the poll; never past its token's exp, so the next poll meets the 401."""
-        expires_at = self._request().identity.expires_at
+        request = self._request()
+        expires_at = request.identity.expires_at
         if expires_at is not None:
             timeout = min(timeout, expires_at - time.time())
+        self.shareable = len(self.cursors) == 1 and request.keep_alive and not self.node.cors_varies
+        hub = self.node.hub
         for channel in self.poll.subscription.channels:
-            self.node.hub.wait(channel, self)
+            hub.wait(channel, self)
         self.exchange.hold(self, timeout)
 
     def cancel(self) -> None:
@@ -322,12 +328,12 @@ class LongPoll:
             return
         self.cancel()
         exchange = self.exchange
-        cursor, first = self.cursors[0], batch.first
-        continues = first.epoch == cursor.epoch and first.offset == cursor.offset + 1
-        if len(self.cursors) == 1 and continues and self._shareable(len(batch.events)):
-            exchange.answer(shared_response(self.node, batch))
-            self.node.hub.tally.poll += 1  # folded by the hub with the batch's bytes
-            return
+        if self.shareable and len(batch.events) <= self.poll.limit:
+            cursor, first = self.cursors[0], batch.events[0]
+            if first.offset == cursor.offset + 1 and first.epoch == cursor.epoch:
+                exchange.answer(shared_response(self.node, batch))
+                self.node.hub.tally.poll += 1  # folded by the hub with the batch's bytes
+                return
         gathered = _gather_nowait(self.node, self.poll, self.cursors)
         if gathered is None:
             self.node.hub.spawn(
@@ -352,15 +358,6 @@ class LongPoll:
     def _request(self) -> Request:
         assert self.exchange.current is not None
         return self.exchange.current
-
-    def _shareable(self, count: int) -> bool:
-        request = self.exchange.current
-        return (
-            count <= self.poll.limit
-            and request is not None
-            and request.keep_alive
-            and not self.node.cors_varies
-        )
 
     def _answer_or_wait_again(self, gathered: Gathered) -> None:
         if gathered.events or gathered.resets:

@@ -234,3 +234,41 @@ class RemoteHistory(MemoryBroker):
         if self.failing:
             raise BrokerUnavailable("history is out of reach")
         return await super().history(channel, since, limit)
+
+
+def encode_offset(event: Event) -> bytes:
+    """A wire format for the tests: an event's offset and a separator."""
+    return b"%d;" % event.offset
+
+
+class Sharer(Reader):
+    """A reader that writes shared bytes as the server's streams do: in step, it joins the
+    channel's cohort and is then written by the hub (``write_shared``) into ``shared``."""
+
+    def __init__(self, hub: Hub, *tails: tuple[str, Cursor]) -> None:
+        super().__init__(hub, *tails)
+        self.shared: list[bytes] = []
+        self.open = True  # False: the connection takes no more writes, as a closing one
+
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        self.batches += 1
+        if self.open:
+            self.shared.append(batch.joined("ws", encode_offset))
+            self.hub.tally.ws += 1
+            self.hub.join_cohort(batch, "ws", encode_offset, self, tail)
+        self.changed()
+
+    def write_shared(self, data: bytes) -> bool:
+        if not self.open:
+            return False
+        self.shared.append(data)
+        self.changed()
+        return True
+
+    def offsets_written(self) -> list[int]:
+        """Offsets in what was written, shared bytes and single events alike, in order."""
+        return [int(part) for part in b"".join(self.shared).split(b";") if part]
+
+    def write_event(self, tail: Tail, event: Event) -> None:
+        super().write_event(tail, event)
+        self.shared.append(encode_offset(event))

@@ -12,13 +12,14 @@ from collections.abc import Callable
 import pytest
 
 from tests.hub.conftest import MakeHub
-from tests.hub.support import Broken, Changes, Seen, Woken
-from tidings.hub.hub import RESYNC_SLICE, RESYNC_STEP, Hub
+from tests.hub.support import Broken, Changes, Seen, Sharer, Woken
+from tidings.hub.hub import RESYNC_SLICE, RESYNC_STEP, Hub, Subscriber
+from tidings.protocol.event import Batch
 
 pytestmark = pytest.mark.timeout(20)
 
 
-async def subscribed(hub: Hub, channel: str, *subscribers: Seen | Broken) -> None:
+async def subscribed(hub: Hub, channel: str, *subscribers: Subscriber) -> None:
     """Attach, and wait for the resync that follows the broker's subscription."""
     for subscriber in subscribers:
         hub.attach(channel, subscriber)
@@ -177,3 +178,72 @@ async def test_a_resync_of_many_followers_is_paced_each_once_skipping_those_gone
     assert all(seen.resyncs == ["news", "news"] for seen in now)
     assert all(seen.resyncs == ["news"] for seen in staying)
     assert all(seen.resyncs == [] for seen in gone)
+
+
+async def sharing(hub: Hub, channel: str, count: int) -> list[Sharer]:
+    """``count`` sharers attached to ``channel`` at its head, the subscription live."""
+    head = (await hub.broker.history(channel, None, 0)).cursor
+    sharers = [Sharer(hub, (channel, head)) for _ in range(count)]
+    await subscribed(hub, channel, *sharers)
+    return sharers
+
+
+async def published(hub: Hub, channel: str, *sharers: Sharer, count: int = 1) -> list[int]:
+    """Publish ``count`` events in one loop iteration; wait until every sharer has them."""
+    stored = [await hub.broker.publish(channel, "m", b"%d" % n) for n in range(count)]
+    last = stored[-1].offset
+    for sharer in sharers:
+        written = sharer.offsets_written
+        await sharer.until(lambda: last in written(), f"offset {last}")  # noqa: B023
+    return [event.offset for event in stored]
+
+
+async def test_streams_in_step_are_written_by_the_cohort_in_order(hub: Hub) -> None:
+    sharers = await sharing(hub, "news", 3)
+    offsets = await published(hub, "news", *sharers)  # written the general way, then join
+    offsets += await published(hub, "news", *sharers, count=2)
+    offsets += await published(hub, "news", *sharers)
+    for sharer in sharers:
+        assert sharer.offsets_written() == offsets
+        assert sharer.batches == 1  # only the first batch went through write_batch
+        assert sharer.tails["news"].offset == offsets[-1]
+    assert hub.tally.deliveries["websocket"] == 3 * len(offsets)
+
+
+async def test_a_member_that_lags_leaves_the_cohort_and_misses_nothing(hub: Hub) -> None:
+    lagging, steady = await sharing(hub, "news", 2)
+    offsets = await published(hub, "news", lagging, steady)
+    lagging.tails["news"].backlog = []  # its transport filled up: live events wait
+    held = await hub.broker.publish("news", "m", b"held")
+    await steady.until(lambda: held.offset in steady.offsets_written(), "the next event")
+    assert lagging.offsets_written() == offsets
+    assert lagging.tails["news"].backlog == [held]
+    lagging.catch_up(lagging.tails["news"])  # drained: history, then the backlog
+    offsets += await published(hub, "news", lagging, steady)
+    expected = [offsets[0], held.offset, *offsets[1:]]
+    assert lagging.offsets_written() == steady.offsets_written() == expected
+
+
+async def test_a_closing_or_detached_member_is_written_nothing_more(hub: Hub) -> None:
+    closing, leaving, staying = await sharing(hub, "news", 3)
+    offsets = await published(hub, "news", closing, leaving, staying)
+    closing.open = False
+    hub.detach("news", leaving)
+    before = hub.tally.deliveries["websocket"]
+    offsets += await published(hub, "news", staying)
+    assert closing.offsets_written() == leaving.offsets_written() == offsets[:1]
+    assert staying.offsets_written() == offsets
+    assert hub.tally.deliveries["websocket"] == before + 1  # only the write that happened
+
+
+async def test_a_batch_that_does_not_continue_the_cohort_goes_the_general_way(hub: Hub) -> None:
+    sharers = await sharing(hub, "news", 2)
+    offsets = await published(hub, "news", *sharers)
+    second = await hub.broker.publish("news", "m", b"second")
+    offsets += [second.offset, *await published(hub, "news", *sharers)]
+    hub._deliver_batch(Batch("news", (second,)))  # a stale batch: it dissolves the cohort
+    offsets += await published(hub, "news", *sharers)  # the general way, then they rejoin
+    offsets += await published(hub, "news", *sharers)
+    for sharer in sharers:
+        assert sharer.offsets_written() == offsets
+        assert sharer.batches == 2

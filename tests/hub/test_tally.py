@@ -116,3 +116,12 @@ async def test_the_hubs_fan_out_folds_every_batch(hub: Hub) -> None:
     assert hub.tally.written_bytes["websocket"] == sum(writer.bytes for writer in writers)
     assert hub.tally.lag.count == 3 * len(stored)
     assert hub.tally.ws == 0
+
+
+def test_shared_counts_writes_by_wire_format_and_refuses_an_unknown_one() -> None:
+    tally = Tally()
+    for key in ("ws", "ws-deflate", "sse", "sse-envelope"):
+        tally.shared(key, 2)
+    assert (tally.ws, tally.ws_deflate, tally.sse, tally.sse_envelope) == (2, 2, 2, 2)
+    with pytest.raises(ValueError, match="poll"):
+        tally.shared("poll", 1)

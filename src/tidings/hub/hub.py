@@ -4,6 +4,12 @@
 channel, which writes bytes encoded once for its wire format, and wakes the channel's long
 polls together. No queue or task stands between the broker and a connection's transport.
 
+Streams that are in step on a channel form its :class:`Cohort`: a batch that continues the
+cohort's cursor is written to each of them by the hub with one call (its tail moves, the
+shared bytes go out), without the per-subscriber checks of the general path. A member whose
+tail moved on its own (a catch-up, a backlog while it lags) leaves the cohort and gets the
+batch the general way; a batch that does not continue the cursor dissolves the cohort.
+
 A connection that raises is the node's bug, and it stays that connection's: the hub's
 supervisor logs and counts it, and the fan-out, the resync or the heartbeat goes on with the
 next connection. The timer wheel and the background tasks report to the same supervisor.
@@ -16,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
@@ -28,6 +34,9 @@ from tidings.hub.timers import Rounds, TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
 from tidings.supervisor import Supervisor, name_of
+
+if TYPE_CHECKING:
+    from tidings.hub.follow import Tail
 
 log = logging.getLogger("tidings.hub")
 
@@ -49,6 +58,38 @@ class Subscriber(Protocol):
 
     def resync(self, channel: str) -> None:
         """Live delivery of ``channel`` may have missed events: check history."""
+
+
+class Sharing(Subscriber, Protocol):
+    """A subscriber that can be a cohort member: it takes a batch's shared bytes as they are."""
+
+    def write_shared(self, data: bytes) -> bool:
+        """Write a batch's shared bytes; False if the connection takes no more writes."""
+
+
+Encode = Callable[[Event], bytes]
+
+
+class Cohort:
+    """The subscribers of one channel written up to ``(epoch, offset)`` with shared bytes.
+
+    ``groups`` maps a wire format (``Batch.wire`` key) to its encoder and its members, each
+    with its tail on the channel; ``members`` holds every member once.
+    """
+
+    __slots__ = ("epoch", "groups", "members", "offset")
+
+    def __init__(self, epoch: str, offset: int) -> None:
+        self.epoch = epoch
+        self.offset = offset
+        self.groups: dict[str, tuple[Encode, dict[Sharing, Tail]]] = {}
+        self.members: set[Subscriber] = set()
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.members.discard(subscriber)
+        member = cast("Sharing", subscriber)  # only a Sharing one was ever kept
+        for _, members in self.groups.values():
+            members.pop(member, None)
 
 
 class Waiter(Protocol):
@@ -82,6 +123,7 @@ class Hub:
             settings.server.heartbeat_seconds, _heartbeat_of
         )
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self._cohorts: dict[str, Cohort] = {}
         self._waiters: dict[str, set[Waiter]] = {}
         self._interest: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -151,6 +193,50 @@ class Hub:
             for batch in batches(events):
                 self._deliver_batch(batch)
 
+    def _write_cohort(self, cohort: Cohort, batch: Batch) -> None:
+        """Write ``batch`` to every member still in step; the others leave the cohort (and
+        get the batch the general way)."""
+        epoch, before = cohort.epoch, cohort.offset
+        last = batch.events[-1].offset
+        cohort.offset = last
+        tally = self.tally
+        for key, (encode, members) in tuple(cohort.groups.items()):
+            data = batch.joined(key, encode)
+            written = 0
+            for member, tail in tuple(members.items()):
+                if tail.offset == before and tail.backlog is None and tail.epoch == epoch:
+                    tail.offset = last
+                    try:
+                        if member.write_shared(data):
+                            written += 1
+                    except Exception as error:
+                        self.supervisor.record(f"{type(member).__qualname__}.write_shared", error)
+                else:
+                    cohort.leave(member)
+            if written:
+                tally.shared(key, written)
+
+    def join_cohort(
+        self, batch: Batch, key: str, encode: Encode, subscriber: Sharing, tail: Tail
+    ) -> None:
+        """``subscriber`` was just written ``batch`` (its tail now at the batch's last event)
+        with the shared bytes of ``key``: from the next batch on, the hub writes it directly
+        while it stays in step."""
+        last = batch.events[-1]
+        if tail.offset != last.offset or tail.epoch != last.epoch or tail.backlog is not None:
+            return
+        channel = batch.channel
+        if subscriber not in self._subscribers.get(channel, ()):
+            return
+        cohort = self._cohorts.get(channel)
+        if cohort is None or cohort.offset != last.offset or cohort.epoch != last.epoch:
+            cohort = self._cohorts[channel] = Cohort(last.epoch, last.offset)
+        group = cohort.groups.get(key)
+        if group is None:
+            group = cohort.groups[key] = (encode, {})
+        group[1][subscriber] = tail
+        cohort.members.add(subscriber)
+
     def resync(self, channel: str) -> None:
         """After a fan-out outage: every follower of ``channel`` catches up from history.
 
@@ -187,12 +273,27 @@ class Hub:
             self._resync_timer = self.loop.call_later(RESYNC_STEP, self._resync_slice)
 
     def _deliver_batch(self, batch: Batch) -> None:
-        self.heads[batch.channel] = batch.last.cursor
-        subscribers = self._subscribers.get(batch.channel)
+        channel = batch.channel
+        self.heads[channel] = batch.last.cursor
+        subscribers = self._subscribers.get(channel)
         if subscribers:
+            cohort = self._cohorts.get(channel)
+            if cohort is not None:
+                first = batch.events[0]
+                if first.offset == cohort.offset + 1 and first.epoch == cohort.epoch:
+                    self._write_cohort(cohort, batch)
+                else:
+                    del self._cohorts[channel]
+                    cohort = None
+            if cohort is None:
+                others: set[Subscriber] = subscribers
+            elif len(cohort.members) < len(subscribers):
+                others = subscribers - cohort.members
+            else:
+                others = set()
             # The supervisor's try inline: a call per delivery would cost the hot path, and a
             # try that raises nothing costs nothing.
-            for subscriber in tuple(subscribers):
+            for subscriber in tuple(others):
                 try:
                     subscriber.deliver_batch(batch)
                 except Exception as error:
@@ -221,6 +322,11 @@ class Hub:
             subscribers.discard(subscriber)
             if not subscribers:
                 del self._subscribers[channel]
+                self._cohorts.pop(channel, None)
+                return
+        cohort = self._cohorts.get(channel)
+        if cohort is not None and subscriber in cohort.members:
+            cohort.leave(subscriber)
 
     def wait(self, channel: str, waiter: Waiter) -> None:
         waiters = self._waiters.get(channel)

@@ -94,6 +94,19 @@ class Tally:
         self.broker_rtt: float | None = None  # seconds, of the last successful check
         self.broker_up: bool | None = None  # None until the first check
 
+    def shared(self, key: str, writes: int) -> None:
+        """``writes`` more subscribers were written the current batch's ``key`` bytes."""
+        if key == "ws":
+            self.ws += writes
+        elif key == "ws-deflate":
+            self.ws_deflate += writes
+        elif key == "sse":
+            self.sse += writes
+        elif key == "sse-envelope":
+            self.sse_envelope += writes
+        else:
+            raise ValueError(f"no shared writes are counted for {key!r}")
+
     def wrote(self, transport: str, events: int, size: int) -> None:
         """A connection wrote ``events`` events in ``size`` bytes of its own."""
         self.deliveries[transport] += events

@@ -99,13 +99,23 @@ class SSEStream(StreamConnection):
         if len(self.order) > 1:
             super().write_batch(tail, batch)
         elif not self.closed:
-            # shared bytes: the hub folds the write count into deliveries, bytes and lag
+            # shared bytes: the hub folds the write count into deliveries, bytes and lag; in
+            # step, the stream joins the channel's cohort (the hub writes it directly)
             if self.envelope:
                 self.transport.write(batch.joined("sse-envelope", _event_envelope_bytes))
                 self.hub.tally.sse_envelope += 1
+                self.hub.join_cohort(batch, "sse-envelope", _event_envelope_bytes, self, tail)
             else:
                 self.transport.write(batch.joined("sse", _event_plain_bytes))
                 self.hub.tally.sse += 1
+                self.hub.join_cohort(batch, "sse", _event_plain_bytes, self, tail)
+
+    def write_shared(self, data: bytes) -> bool:
+        """A cohort member's events (a single-channel stream), one write."""
+        if self.closed:
+            return False
+        self.transport.write(data)
+        return True
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         if not self.closed:

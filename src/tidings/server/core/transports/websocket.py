@@ -279,14 +279,24 @@ class WebSocketSession(StreamConnection):
             self.hub.tally.wrote("websocket", 1, len(frame))
 
     def write_batch(self, tail: Tail, batch: Batch) -> None:
-        # the hot path of WebSocket fan-out: one shared frame run, one write, one count
+        # one shared frame run, one write, one count; in step, the connection joins the
+        # channel's cohort, and the hub writes it the next batch's frames directly
         if self.accepting and not self.closed:
             if self.deflate:
                 self.transport.write(batch.joined("ws-deflate", ws.deflated_event_frame))
                 self.hub.tally.ws_deflate += 1
+                self.hub.join_cohort(batch, "ws-deflate", ws.deflated_event_frame, self, tail)
             else:
                 self.transport.write(batch.joined("ws", ws.event_frame))
                 self.hub.tally.ws += 1
+                self.hub.join_cohort(batch, "ws", ws.event_frame, self, tail)
+
+    def write_shared(self, data: bytes) -> bool:
+        """The hot path of WebSocket fan-out: a cohort member's frames, one write."""
+        if self.accepting and not self.closed:
+            self.transport.write(data)
+            return True
+        return False
 
     def write_reset(self, tail: Tail, reset: Reset) -> None:
         self.node.stats.resets += 1

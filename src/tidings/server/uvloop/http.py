@@ -64,6 +64,7 @@ class Edge:
         self.node = node
         self.routes = Routes(node, files, peers)
         self.max_header_bytes = node.settings.server.max_header_bytes
+        self.read_timeout = node.settings.server.read_timeout_seconds
         self.socket_class = socket_class  # what /ws speaks: the protocol, or the test echo
 
     def protocol_factory(self) -> HttpConnection:
@@ -183,7 +184,7 @@ class HttpConnection(asyncio.Protocol):
         The deadline is a number checked when the wheel fires, so answering a request and
         waiting for the next costs no timer operation; the wheel holds one entry at most.
         """
-        self._set_deadline(self.node.settings.server.read_timeout_seconds)
+        self._set_deadline(self.edge.read_timeout)
 
     def _set_deadline(self, timeout: float) -> None:
         """Move the deadline; touch the wheel only if its entry would fire too late."""
@@ -361,7 +362,7 @@ class HttpConnection(asyncio.Protocol):
             self.drain(0)
         else:
             self.transport.resume_reading()
-            self._await_request()
+            self._set_deadline(self.edge.read_timeout)  # as _await_request, one call less
         return len(response)
 
     def refuse(self, status: int, code: str, message: str) -> None:

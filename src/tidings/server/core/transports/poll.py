@@ -326,8 +326,13 @@ class LongPoll:
     def wake(self, batch: Batch) -> None:
         if self.done:
             return
-        self.cancel()
+        self.done = True
         exchange = self.exchange
+        exchange.release()
+        channels = self.poll.subscription.channels
+        if len(channels) > 1:  # the hub already forgot this poll on the batch's channel
+            for channel in channels:
+                self.node.hub.unwait(channel, self)
         if self.shareable and len(batch.events) <= self.poll.limit:
             cursor, first = self.cursors[0], batch.events[0]
             if first.offset == cursor.offset + 1 and first.epoch == cursor.epoch:

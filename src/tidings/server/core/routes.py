@@ -91,28 +91,25 @@ class Routes:
         node = self.node
         try:
             exchange.admit(request)
-            self._route(exchange, request)
+            route = self.table.get(request.path)
+            if route is None:
+                raise NotFound(f"no endpoint at {request.path[:200]}")
+            method, handler = route
+            if request.method == "OPTIONS":
+                exchange.respond(204, b"", self._preflight(request, method))
+            elif request.method != method:
+                allowed = (method, "OPTIONS")
+                raise MethodNotAllowed(f"{request.path} answers {method} only", allowed)
+            elif node.drain is not None and request.path in STREAMS:
+                node.stats.refused("draining")
+                node.answer_draining(exchange)
+            else:
+                handler(node, exchange, request)
         except RequestError as error:
             node.refuse(exchange, error)
         except Exception:
             log.exception("request %s %s failed", request.method, request.path)
             exchange.respond(500, error_body("internal", "the server failed; see its log"))
-
-    def _route(self, exchange: Exchange, request: Request) -> None:
-        route = self.table.get(request.path)
-        if route is None:
-            raise NotFound(f"no endpoint at {request.path[:200]}")
-        method, handler = route
-        if request.method == "OPTIONS":
-            exchange.respond(204, b"", self._preflight(request, method))
-            return
-        if request.method != method:
-            raise MethodNotAllowed(f"{request.path} answers {method} only", (method, "OPTIONS"))
-        if self.node.drain is not None and request.path in STREAMS:
-            self.node.stats.refused("draining")
-            self.node.answer_draining(exchange)
-            return
-        handler(self.node, exchange, request)
 
     def _preflight(self, request: Request, method: str) -> Headers:
         return [

@@ -72,7 +72,7 @@ def parsed_poll(node: Node, request: Request) -> PollRequest:
 def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
     if node.limits.poll is not None and not request.hooked:  # counted once, before a hook
         node.limits.check_poll(request.peer, node.loop.time())
-    poll = parsed_poll(node, request)
+    poll = node.parsed_polls.get(request.target) or parsed_poll(node, request)
     channels = poll.subscription.channels
     hooked = subscriber(node.tokens, node.settings, request, poll.token, channels, node.hooks_on)
     if hooked:

@@ -1,0 +1,209 @@
+"""The Python cost of one delivery through the standalone edge, without sockets.
+
+A node and its uvloop edge run in this process; every connection is an ``HttpConnection`` (or
+the stream it becomes) on an in-memory transport that keeps what it is given. Requests are
+fed as bytes, publishes go through ``POST /api/publish``, and the process CPU time is divided
+by the deliveries (or requests). No system call is made per delivery, so the figure is the
+server's own Python work: what the fan-out benchmark's us/msg holds besides the kernel's.
+It is repeatable to a few per cent on a busy machine, where a fan-out run is not.
+
+    python3 bench/edge_cost.py long_poll            # 1,000 held long polls, 30 publishes
+    python3 bench/edge_cost.py ws --subs 1000 --rounds 100
+    python3 bench/edge_cost.py poll_304             # short polls answered 304, one connection
+
+Kinds: ``ws``, ``sse``, ``long_poll`` (us per delivery), ``poll_304``, ``poll_200`` (a short
+poll with nothing new, with and without ``If-None-Match``; us per request). Run it with the
+project's environment (``.venv/bin/python``); ``PYTHONPATH=<other checkout>/src`` measures
+another version the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from typing import Any
+
+import uvloop
+
+from tidings.config import Settings
+from tidings.server.core.node import Node
+from tidings.server.core.ops.static import StaticFiles
+from tidings.server.uvloop.http import Edge, HttpConnection
+
+CURSOR = re.compile(rb"Tidings-Cursor: ([^\r]+)")
+PAYLOAD = b'{"channel":"bench","data":{"bench_t":1,"seq":1,"pad":"' + b"x" * 60 + b'"}}'
+PUBLISH = (
+    b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(PAYLOAD), PAYLOAD)
+)
+WS_UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class Kept:
+    """An in-memory transport: it keeps what is written, and the protocol it carries."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+
+def masked_text(payload: bytes) -> bytes:
+    """A client's masked WebSocket text frame (payload under 126 bytes)."""
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+async def measure(kind: str, subs: int, rounds: int) -> str:
+    node = Node(Settings(), asyncio.get_running_loop())
+    edge = Edge(node, await StaticFiles.load())
+    await node.start()
+    try:
+        return await _measure(edge, kind, subs, rounds)
+    finally:
+        await node.close()
+
+
+async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
+
+    def connect() -> tuple[HttpConnection, Kept]:
+        connection, transport = edge.protocol_factory(), Kept()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        return connection, transport
+
+    publisher, _ = connect()
+
+    async def publish() -> None:
+        publisher.data_received(PUBLISH)
+        for _ in range(5):  # the fan-out runs on the next loop iterations
+            await asyncio.sleep(0)
+
+    if kind in ("poll_304", "poll_200"):
+        await publish()
+        connection, transport = connect()
+        connection.data_received(b"GET /poll?channel=bench HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        found = CURSOR.search(b"".join(transport.out))
+        assert found is not None, transport.out
+        cursor = found.group(1)
+        match = b'If-None-Match: "' + cursor + b'"\r\n' if kind == "poll_304" else b""
+        request = b"GET /poll?channel=bench&since=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (
+            cursor,
+            match,
+        )
+        total = subs * rounds
+        started = time.process_time()
+        for _ in range(total):
+            connection.data_received(request)
+            transport.out.clear()
+        spent = time.process_time() - started
+        return f"{kind}: {spent * 1e6 / total:.2f} us per request"
+
+    connections = [connect() for _ in range(subs)]
+    if kind == "long_poll":
+        for connection, _ in connections:
+            connection.data_received(
+                b"GET /poll?channel=bench&timeout=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+
+        def poll_again() -> None:
+            for connection, transport in connections:
+                cursor = CURSOR.findall(b"".join(transport.out))[-1]
+                transport.out.clear()
+                connection.data_received(
+                    b"GET /poll?channel=bench&timeout=30&since=%s HTTP/1.1\r\n"
+                    b"Host: 127.0.0.1\r\n\r\n" % cursor
+                )
+
+        await publish()
+        poll_again()
+        started = time.process_time()
+        for _ in range(rounds):
+            await publish()
+            poll_again()
+        spent = time.process_time() - started
+        # what the loop above does besides the server's work: find the cursor, build a request
+        started = time.process_time()
+        for _ in range(rounds):
+            for _connection, transport in connections:
+                transport.out.append(b"HTTP/1.1 200 OK\r\nTidings-Cursor: abcdefgh.1\r\n\r\n")
+                cursor = CURSOR.findall(b"".join(transport.out))[-1]
+                transport.out.clear()
+                _ = b"GET /poll?channel=bench&timeout=30&since=%s HTTP/1.1\r\n\r\n" % cursor
+        driver = time.process_time() - started
+        deliveries = rounds * subs
+        return (
+            f"{kind}: {(spent - driver) * 1e6 / deliveries:.2f} us per delivery "
+            f"(the driver's {driver * 1e6 / deliveries:.2f} us taken off)"
+        )
+
+    for connection, _ in connections:
+        if kind == "sse":
+            connection.data_received(b"GET /sse?channel=bench HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        else:
+            connection.data_received(WS_UPGRADE)
+    await asyncio.sleep(0.05)
+    if kind == "ws":
+        frame = masked_text(b'{"op":"subscribe","channel":"bench","ref":1}')
+        for _, transport in connections:
+            transport.protocol.data_received(frame)
+        await asyncio.sleep(0.05)
+    await publish()
+    for _, transport in connections:
+        transport.out.clear()
+    started = time.process_time()
+    for _ in range(rounds):
+        await publish()
+    spent = time.process_time() - started
+    writes = sum(len(transport.out) for _, transport in connections)
+    assert writes == rounds * subs, f"{writes} writes for {rounds * subs} deliveries"
+    return f"{kind}: {spent * 1e6 / writes:.3f} us per delivery"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("ws", "sse", "long_poll", "poll_304", "poll_200"))
+    parser.add_argument("--subs", type=int, default=1000, help="connections (default 1000)")
+    parser.add_argument("--rounds", type=int, default=30, help="publishes (default 30)")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements (default 3)")
+    args = parser.parse_args()
+    for _ in range(args.repeat):
+        print(uvloop.run(measure(args.kind, args.subs, args.rounds)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

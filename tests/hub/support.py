@@ -10,8 +10,9 @@ from tidings.brokers.base import HistoryPage
 from tidings.brokers.memory import MemoryBroker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
-from tidings.hub.follow import Follower, Tail
+from tidings.hub.follow import Follower
 from tidings.hub.hub import Hub
+from tidings.hub.tail import Tail
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.presence import PresenceEntry

@@ -22,8 +22,9 @@ import pytest
 from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
-from tidings.hub.follow import Follower, Tail
+from tidings.hub.follow import Follower
 from tidings.hub.hub import Hub
+from tidings.hub.tail import Tail
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 

@@ -13,34 +13,13 @@ import logging
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.hub import Hub
-from tidings.protocol.cursor import Cursor
+from tidings.hub.tail import Tail
 from tidings.protocol.event import Batch, Event, Reset
 
 log = logging.getLogger("tidings.hub")
 
 PAGE_SIZE = 1000
 MAX_BACKLOG = 1000
-
-
-class Tail:
-    """How far one connection has written one channel."""
-
-    __slots__ = ("backlog", "channel", "epoch", "index", "offset")
-
-    def __init__(self, channel: str, cursor: Cursor, index: int = 0) -> None:
-        self.channel = channel
-        self.epoch = cursor.epoch
-        self.offset = cursor.offset
-        self.index = index
-        self.backlog: list[Event] | None = None
-
-    @property
-    def cursor(self) -> Cursor:
-        return Cursor(self.epoch, self.offset)
-
-    def move_to(self, cursor: Cursor) -> None:
-        self.epoch = cursor.epoch
-        self.offset = cursor.offset
 
 
 class Follower:

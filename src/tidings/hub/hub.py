@@ -22,21 +22,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.presence import Presence
 from tidings.hub.reads import SharedReads
+from tidings.hub.tail import Tail
 from tidings.hub.tally import Tally
 from tidings.hub.timers import Rounds, TimerWheel
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, batches
 from tidings.supervisor import Supervisor, name_of
-
-if TYPE_CHECKING:
-    from tidings.hub.follow import Tail
 
 log = logging.getLogger("tidings.hub")
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from tidings.exceptions import NotFound
-from tidings.hub.follow import Tail
 from tidings.hub.hub import LOCAL_PREFIX
+from tidings.hub.tail import Tail
 from tidings.hub.tally import quantile
 from tidings.protocol import sse
 from tidings.protocol.cursor import Cursor, new_epoch

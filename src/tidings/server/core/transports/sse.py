@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
-from tidings.hub.follow import Tail
+from tidings.hub.tail import Tail
 from tidings.protocol import sse
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset

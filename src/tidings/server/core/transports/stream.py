@@ -15,7 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from tidings.hub.follow import Follower, Tail
+from tidings.hub.follow import Follower
+from tidings.hub.tail import Tail
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.server.core.exchange import Sink

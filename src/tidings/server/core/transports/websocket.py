@@ -27,7 +27,8 @@ from tidings.exceptions import (
     Unavailable,
     WebSocketOnlyError,
 )
-from tidings.hub.follow import PAGE_SIZE, Tail
+from tidings.hub.follow import PAGE_SIZE
+from tidings.hub.tail import Tail
 from tidings.protocol import ws
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch, Event, Reset

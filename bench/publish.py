@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import fanout
-from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, log
+import wrkbench
+from fanout import BENCH_DIR, ManagedProcess, log
 
 CHANNEL = "bench"
 TARGETS = ("tidings", "nchan")
@@ -220,14 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--connections", type=int, default=16, help="wrk -c: keep-alive connections")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the report shows medians")
-    p.add_argument("--server-cpu", default="0")
-    p.add_argument("--wrk-cpu", default="1")
-    p.add_argument("--nice", type=int, default=0, help="nice value for the server and wrk")
-    p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
-    p.add_argument("--tidings-cmd", default=str(REPO_DIR / ".venv" / "bin" / "tidings"))
-    p.add_argument("--tidings-args", default="", help="extra arguments for `tidings serve`")
-    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
-    p.add_argument("--start-timeout", type=float, default=20.0)
+    wrkbench.add_server_arguments(p)
     p.add_argument("--out", default=str(BENCH_DIR / "results" / "publish.md"))
     args = p.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t]
@@ -235,25 +228,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [t for t in args.targets if t not in TARGETS] + [m for m in args.modes if m not in MODES]
     if bad or not args.targets or not args.modes or not 1 <= args.batch <= 1000:
         p.error(f"bad --targets/--modes/--batch {bad}")
-    # what fanout.start_server reads
-    args.nchan_module = fanout.nchan_module_path() if "nchan" in args.targets else None
-    args.backlog, args.nchan_buffer, args.tidings_broker = 4096, 32, "memory"
-    args.workers_cpus = args.server_cpu
+    wrkbench.server_settings(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.nofile = fanout.raise_nofile()
-    for tool in ("taskset", args.wrk):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is required")
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    cores = sorted({int(args.server_cpu), int(args.wrk_cpu)})
+    cores = wrkbench.prepare(args)
     workdir = Path(tempfile.mkdtemp(prefix="publish-"))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     interrupted = False

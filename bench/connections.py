@@ -604,9 +604,19 @@ def climb(
                 log(halted[0])
                 for gen in gens:
                     gen.send({"cmd": "halt"})
-            if have + connected > 0 and seq is not None:
+            if have + connected > 0 and seq is not None and not halted:
                 seq[0] += 1
-                during.append(broadcast(gens, server.port, args.channel, seq[0], 20))
+                try:
+                    during.append(broadcast(gens, server.port, args.channel, seq[0], 20))
+                except (OSError, RuntimeError) as error:  # TimeoutError is an OSError
+                    halted.append(
+                        f"delivery: a publish while connecting went unanswered ({error}), "
+                        f"with the cores at {meter.cores()} and the load average at "
+                        f"{os.getloadavg()[0]:.0f}"
+                    )
+                    log(halted[0])
+                    for gen in gens:
+                        gen.send({"cmd": "halt"})
             time.sleep(2.0)
         answers = [g.wait("connect", end) or {} for g in gens]
         for answer in answers:

@@ -754,6 +754,16 @@ def hold(
     }
 
 
+def restore_limits(limits: dict[str, Any]) -> None:
+    """Put back every kernel limit --tune raised: the machine is left as it was found."""
+    for key, change in limits["changed"].items():
+        result = subprocess.run(
+            ["sysctl", "-w", f"{key}={change['from']}"], capture_output=True, text=True
+        )
+        state = "restored" if result.returncode == 0 else f"not restored: {result.stderr.strip()}"
+        log(f"sysctl {key} {state} to {change['from']}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="conns-"))
     log(f"logs in {tmp}")
@@ -890,6 +900,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ][:20]
         log("stopping everything this run started")
         stop_all()
+        restore_limits(limits)
     return result
 
 

@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -309,21 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         "cell (median).\n"
     )
     report = header + "\n" + render(results)
-    if interrupted:
-        report = "**Interrupted: partial results.**\n\n" + report
-    print(report)
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(report + "\n")
-    out_path.with_suffix(".json").write_text(
-        json.dumps({"args": vars(args), "results": results}, indent=1, default=str)
-    )
-    if any("error" in r for r in results):
-        log(f"keeping logs in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    log(f"wrote {out_path} and {out_path.with_suffix('.json')}")
-    return 130 if interrupted else 0
+    failed = any("error" in r for r in results)
+    return wrkbench.write_report(args, report, results, interrupted, failed, workdir)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ settings fanout.start_server reads, and the checks and signal handling before a 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
+from pathlib import Path
 from typing import Any
 
 import fanout
-from fanout import REPO_DIR
+from fanout import REPO_DIR, log
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,3 +45,26 @@ def prepare(args: argparse.Namespace) -> list[int]:
 
     signal.signal(signal.SIGTERM, on_signal)
     return sorted({int(args.server_cpu), int(args.wrk_cpu)})
+
+
+def write_report(
+    args: argparse.Namespace, report: str, results: Any, interrupted: bool, failed: bool,
+    workdir: Path,
+) -> int:
+    """Print the report, write it and its JSON to --out, keep the logs only when a cell failed;
+    the exit status."""
+    if interrupted:
+        report = "**Interrupted: partial results.**\n\n" + report
+    print(report)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(report + "\n")
+    out_path.with_suffix(".json").write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=1, default=str)
+    )
+    if failed:
+        log(f"keeping logs in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log(f"wrote {out_path} and {out_path.with_suffix('.json')}")
+    return 130 if interrupted else 0

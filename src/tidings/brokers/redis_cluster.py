@@ -95,13 +95,20 @@ class ClusterBroker(RedisBroker):
         carries_side: bool,
     ) -> PubSubLink:
         side = self._side_channels() if carries_side else {}
+
+        async def lost() -> None:
+            # what any shard's link delivered may be behind now: caught-up reads go to Redis
+            # until the resync after the link is back, as when a single Redis's link is lost
+            self._heads.clear()
+            await on_lost()
+
         return PubSubLink(
             connect,
             self._publish_raw,
             ping,
             self._received,
             self._subscribed,
-            on_lost,
+            lost,
             side,
             sharded=True,
         )

@@ -11,6 +11,7 @@ and shared by every subscriber that negotiated the extension.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,19 +201,19 @@ def _frame(obj: dict[str, Any]) -> bytes:
 
 def event_frame(event: Event) -> bytes:
     """``{"op":"event",...}``: the event object with ``op`` first, built once per event."""
-    frame = event.wire.get("ws")
-    if frame is None:
-        frame = encode_text_frame(_event_message(event))
-        event.wire["ws"] = frame
-    return frame
+    return _built_once(event, "ws", encode_text_frame)
 
 
 def deflated_event_frame(event: Event) -> bytes:
     """:func:`event_frame`'s message compressed (RFC 7692), built once per event."""
-    frame = event.wire.get("ws-deflate")
+    return _built_once(event, "ws-deflate", encode_deflated_text_frame)
+
+
+def _built_once(event: Event, key: str, encode: Callable[[bytes], bytes]) -> bytes:
+    frame = event.wire.get(key)
     if frame is None:
-        frame = encode_deflated_text_frame(_event_message(event))
-        event.wire["ws-deflate"] = frame
+        frame = encode(_event_message(event))
+        event.wire[key] = frame
     return frame
 
 

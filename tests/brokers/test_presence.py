@@ -50,9 +50,13 @@ def entry(channel: str = "chat:a", sub: str | None = None, info: object = None) 
     return PresenceEntry(channel, "n" + uuid.uuid4().hex[:12], sub, info)
 
 
-def started(broker: Broker, sink: Sink) -> Changes:
+async def started(broker: Broker, sink: Sink) -> Changes:
+    """Start ``broker`` with a presence sink, and return once it listens: ``check`` is a round
+    trip through the link that carries the announcements, which misses those made before it
+    is up (announcements are at most once)."""
     changes = Changes()
     broker.start(sink, lambda channel: None, changes)
+    await broker.check()
     return changes
 
 
@@ -74,7 +78,7 @@ async def test_added_entries_are_listed_per_channel_and_joined_once(
     make_broker: MakeBroker, sink: Sink
 ) -> None:
     broker = make_broker()
-    changes = started(broker, sink)
+    changes = await started(broker, sink)
     alice = entry(sub="alice", info={"name": "Alice", "tags": [1, None]})
     anonymous = entry()
     elsewhere = entry("chat:b", sub="bob")
@@ -96,7 +100,7 @@ async def test_added_entries_are_listed_per_channel_and_joined_once(
 
 async def test_removed_entries_leave_once(make_broker: MakeBroker, sink: Sink) -> None:
     broker = make_broker()
-    changes = started(broker, sink)
+    changes = await started(broker, sink)
     staying, going = entry(sub="stays"), entry(sub="goes")
     await broker.presence_add([staying, going], LIFETIME)
     await broker.presence_remove([going])
@@ -113,7 +117,7 @@ async def test_an_entry_not_refreshed_expires_and_a_sweep_announces_its_leave(
     make_broker: MakeBroker, sink: Sink, clock: Clock
 ) -> None:
     broker = make_broker()
-    changes = started(broker, sink)
+    changes = await started(broker, sink)
     fading, lasting = entry(sub="fading"), entry(sub="lasting")
     await broker.presence_add([fading], SHORT)
     await broker.presence_add([lasting], LIFETIME)
@@ -132,7 +136,7 @@ async def test_a_refresh_keeps_an_entry_and_one_after_a_sweep_joins_again(
     make_broker: MakeBroker, sink: Sink, clock: Clock
 ) -> None:
     broker = make_broker()
-    changes = started(broker, sink)
+    changes = await started(broker, sink)
     kept = entry(sub="kept")
     await broker.presence_add([kept], SHORT)
     await clock.advance(SHORT / 2)
@@ -157,8 +161,7 @@ async def test_every_node_hears_every_change_and_concurrent_sweeps_leave_once(
     make_broker: MakeBroker, sink: Sink, clock: Clock
 ) -> None:
     first, second = make_broker(), make_broker()
-    heard_first, heard_second = started(first, sink), started(second, Sink())
-    await barrier(second, heard_second, "chat:barrier")  # the second node listens from here on
+    heard_first, heard_second = await started(first, sink), await started(second, Sink())
     joined = entry(sub="x")
     await first.presence_add([joined], SHORT)
     await heard_second.until("join", joined)

@@ -22,7 +22,9 @@ Presence (namespaces with ``presence = true``) is who is subscribed right now, p
 - Every change is announced once to the presence sink of every started node, including the
   node that made it: ``join`` when an entry that was absent (never added, removed or swept)
   is added, ``leave`` when a present entry is removed or swept. Announcements are at most
-  once and unordered across channels; the list stays the truth.
+  once (a node whose link is down, or not up yet after ``start``, misses them: once
+  ``check`` has passed it hears what is changed after) and unordered across channels; the
+  list stays the truth.
 - Presence never touches the event path: its storage and fan-out are apart from history.
 
 Control (``POST /api/disconnect`` and ``/api/unsubscribe``, protocol/control.py):

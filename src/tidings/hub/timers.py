@@ -198,5 +198,7 @@ class TimerWheel:
     def _run_periodic(self, now: float) -> None:
         for periodic in self._periodic:
             if now >= periodic.due:
-                periodic.due = now + periodic.interval
+                # from when the job starts, not from the tick: what ran before it in this tick
+                # must not bring its next run closer than ``interval``
+                periodic.due = self._loop.time() + periodic.interval
                 self._supervisor.run(periodic.job)

@@ -26,9 +26,9 @@ class EchoSocket(FrameSocket):
             return
         # through the protocol object, so echoes and its pongs leave in the order they arose
         if text:
-            self.protocol.send_text(payload)
+            self._frames().send_text(payload)
         else:
-            self.protocol.send_binary(payload)
+            self._frames().send_binary(payload)
 
     def pause_writing(self) -> None:
         # An echo's output is its own input: a peer that reads slowly is held back by

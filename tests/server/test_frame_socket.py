@@ -1,0 +1,170 @@
+"""``FrameSocket`` without a socket: when it lets its ``websockets`` protocol object go.
+
+An idle WebSocket holds no protocol object once it is at rest (between messages, open, no
+extension): the handshake's goes with the first read that leaves it there, one made by a
+later read goes with the next heartbeat that finds it there. What a client sees does not
+change (test_websocket.py and Autobahn run over real sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.frames import Frame, Opcode
+
+from tidings.config import load_settings
+from tidings.server.core.node import Node
+from tidings.server.core.ops.static import StaticFiles
+from tidings.server.uvloop.http import Edge
+from tidings.server.uvloop.websocket import FrameSocket
+
+
+class MemoryTransport:
+    """Keeps what is written and the protocol it carries; reads nothing of its own."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.protocol: Any = None
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[Edge]:
+    node = Node(load_settings(environ={}), asyncio.get_running_loop())
+    edge = Edge(node, await StaticFiles.load())
+    await node.start()
+    yield edge
+    await node.close()
+
+
+async def opened(edge: Edge, extensions: str | None = None) -> tuple[FrameSocket, MemoryTransport]:
+    transport = MemoryTransport()
+    connection = edge.protocol_factory()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    key = base64.b64encode(os.urandom(16))
+    offer = b"Sec-WebSocket-Extensions: %s\r\n" % extensions.encode() if extensions else b""
+    connection.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (key, offer)
+    )
+    assert transport.written.startswith(b"HTTP/1.1 101"), bytes(transport.written)
+    socket = transport.protocol
+    assert isinstance(socket, FrameSocket)
+    return socket, transport
+
+
+def text(payload: bytes, fin: bool = True, opcode: Opcode = Opcode.TEXT) -> bytes:
+    return Frame(opcode, payload, fin=fin).serialize(mask=True)
+
+
+SUBSCRIBE = text(b'{"op":"subscribe","channel":"news","ref":1}')
+
+
+async def answered(transport: MemoryTransport, what: bytes) -> None:
+    async def wait() -> None:
+        while what not in transport.written:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(wait(), 5)
+
+
+async def test_the_handshake_protocol_goes_with_the_first_read_that_leaves_it_at_rest(
+    edge: Edge,
+) -> None:
+    socket, transport = await opened(edge)
+    assert socket.protocol is not None
+    socket.data_received(SUBSCRIBE)
+    await answered(transport, b'"op":"subscribed"')
+    assert socket.protocol is None
+
+
+async def test_a_protocol_made_by_a_read_stays_until_a_heartbeat_finds_the_socket_at_rest(
+    edge: Edge,
+) -> None:
+    socket, transport = await opened(edge)
+    socket.data_received(SUBSCRIBE)
+    await answered(transport, b'"op":"subscribed"')
+    socket.data_received(text(b'{"op":"subscribe","channel":"sport","ref":2}'))
+    await answered(transport, b'"channel":"sport"')
+    kept = socket.protocol
+    assert kept is not None
+    socket.data_received(text(b'{"op":"unsubscribe","channel":"sport","ref":3}'))
+    assert socket.protocol is kept  # a socket that keeps sending keeps its protocol
+    socket.heartbeat(edge.node.loop.time())
+    assert socket.protocol is None
+    assert transport.written.endswith(b"\x89\x00")  # the heartbeat's ping went out
+
+
+async def test_a_message_split_across_reads_keeps_the_protocol_until_it_is_whole(
+    edge: Edge,
+) -> None:
+    socket, transport = await opened(edge)
+    first = text(b'{"op":"subscribe",', fin=False)
+    last = text(b'"channel":"news","ref":1}', opcode=Opcode.CONT)
+    frame = text(b'{"op":"subscribe","channel":"sport","ref":2}')
+    socket.data_received(first)
+    socket.heartbeat(edge.node.loop.time())  # half a message: not at rest
+    assert socket.protocol is not None
+    socket.data_received(last + frame[:3])  # and the start of the next frame
+    socket.heartbeat(edge.node.loop.time())
+    assert socket.protocol is not None
+    socket.data_received(frame[3:])
+    await answered(transport, b'"channel":"sport"')
+    assert b'"channel":"news"' in transport.written
+    socket.heartbeat(edge.node.loop.time())
+    assert socket.protocol is None
+
+
+async def test_a_protocol_that_negotiated_deflate_is_kept(edge: Edge) -> None:
+    socket, transport = await opened(edge, "permessage-deflate; client_max_window_bits")
+    assert b"permessage-deflate" in transport.written
+    handshake = len(transport.written)
+    socket.data_received(SUBSCRIBE)
+    await answered(transport, b"\x81")  # a text frame: subscribed (too short to compress)
+    assert len(transport.written) > handshake
+    socket.heartbeat(edge.node.loop.time())
+    assert socket.protocol is not None
+
+
+async def test_a_close_from_a_socket_at_rest_runs_the_closing_handshake(edge: Edge) -> None:
+    socket, transport = await opened(edge)
+    socket.data_received(SUBSCRIBE)
+    await answered(transport, b'"op":"subscribed"')
+    assert socket.protocol is None
+    socket.data_received(Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=True))
+    assert transport.written.endswith(b"\x88\x02\x03\xe8")  # the close echoed
+    assert transport.closing

@@ -395,7 +395,7 @@ class HttpConnection(asyncio.Protocol):
         request = self.current
         assert request is not None
         accepted = handshake(self.node, request)
-        if accepted.protocol is None:
+        if not accepted.opened:
             self.send(accepted.answer, False)
             return None
         session = self.edge.socket_class(self.node, accepted.protocol, identity, accepted.deflate)

@@ -93,26 +93,27 @@ class FrameSocket(WebSocketSession):
     Between messages ("at rest"), an open protocol object without an extension holds nothing
     that a new one created OPEN would not (a frame ends where its bytes end, no message is
     half read, everything it had to send is sent), yet it is half of what an idle WebSocket
-    holds (1.4 of 2.7 KB of Python objects). The handshake's protocol is let go (``protocol``
-    is ``None``) by the first read that leaves the socket at rest, typically after its
-    subscribes; a later read makes a new one (about 4 us), which is kept until a heartbeat
-    finds the socket at rest. So a quiet socket holds none, and one that keeps sending makes
-    one per heartbeat interval. A protocol that negotiated permessage-deflate is kept: its
-    extension was agreed in the handshake, which is not run again.
+    holds (1.4 of 2.7 KB of Python objects). A socket opens without one (``protocol`` is
+    ``None``) and makes one when frames come (about 4 us); the first read that leaves it at
+    rest, typically after its subscribes, lets it go. Once it has rested, a protocol made by
+    a later read is kept until a heartbeat finds the socket at rest. So a quiet socket holds
+    none, and one that keeps sending makes one per heartbeat interval. A protocol that
+    negotiated permessage-deflate is kept: its extension was agreed in the handshake, which
+    is not run again.
     """
 
-    __slots__ = ("_frame_head", "_frame_left", "_made_by_read", "fragments", "protocol")
+    __slots__ = ("_frame_head", "_frame_left", "_rested", "fragments", "protocol")
 
     def __init__(
         self,
         node: Node,
-        protocol: FrameProtocol,
+        protocol: FrameProtocol | None = None,
         identity: Identity = ANONYMOUS,
         deflate: bool = False,
     ) -> None:
         super().__init__(node, identity, deflate)
-        self.protocol: FrameProtocol | None = protocol
-        self._made_by_read = False  # the protocol is not the handshake's: keep it till a heartbeat
+        self.protocol = protocol
+        self._rested = False  # was at rest once: a protocol made by a read stays till a heartbeat
         self.fragments: Fragments | None = None
         self._frame_left = 0  # bytes of the frame being read still to come
         self._frame_head = b""  # the start of a frame header split across reads
@@ -146,8 +147,9 @@ class FrameSocket(WebSocketSession):
         self._flush()
         if protocol.state is not State.OPEN:
             self.accepting = False
-        elif not self._made_by_read and self._at_rest():
-            self.protocol = None  # the handshake's, at rest: the next read makes a new one
+        elif not self._rested and self._at_rest():
+            self.protocol = None  # the first time at rest: the next read makes a new one
+            self._rested = True
 
     def _at_rest(self) -> bool:
         """Between messages, open, no extension: a new protocol would hold the same."""
@@ -165,7 +167,7 @@ class FrameSocket(WebSocketSession):
         super().heartbeat(now)
         if self._at_rest():
             self.protocol = None
-            self._made_by_read = False
+            self._rested = True
 
     def _frames(self) -> FrameProtocol:
         """The protocol object, made anew (OPEN) if the last read let it go."""
@@ -173,7 +175,6 @@ class FrameSocket(WebSocketSession):
         if protocol is None:
             limit = frame_limit(self.node)
             protocol = self.protocol = FrameProtocol(state=State.OPEN, max_size=limit, logger=quiet)
-            self._made_by_read = True
         return protocol
 
     def _follow_frames(self, data: bytes) -> None:
@@ -274,9 +275,11 @@ class FrameSocket(WebSocketSession):
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The answer to a handshake request; once it is a 101, the protocol that reads frames."""
+    """The answer to a handshake request; once it is a 101 (``opened``), the protocol that
+    reads frames if it must be that one (``None``: the socket makes one when frames come)."""
 
     answer: bytes
+    opened: bool = False
     protocol: FrameProtocol | None = None
     deflate: bool = False  # permessage-deflate negotiated
 
@@ -284,10 +287,10 @@ class Handshake:
 def handshake(node: Node, request: Request) -> Handshake:
     """The handshake's answer, and the protocol object that reads frames once it is 101.
 
-    Without compression, a second protocol object, created already OPEN, reads the frames:
-    the handshake's parser would keep the whole request alive for the life of the
-    connection. A negotiated extension lives in the protocol object that negotiated it, so
-    a client offering permessage-deflate is answered by the one that then reads its frames.
+    Without compression, none: the socket makes one, created already OPEN, when the first
+    frames come (the handshake's parser would keep the whole request alive for the life of
+    the connection). A negotiated extension lives in the protocol object that negotiated it,
+    so a client offering permessage-deflate is answered by the one that then reads its frames.
     """
     ws_request = _handshake_request(request)
     max_size = frame_limit(node)
@@ -298,8 +301,7 @@ def handshake(node: Node, request: Request) -> Handshake:
     response = ServerProtocol(logger=quiet).accept(ws_request)
     if response.status_code != 101:
         return _refusal(response.body)
-    protocol = FrameProtocol(state=State.OPEN, max_size=max_size, logger=quiet)
-    return Handshake(response.serialize(), protocol)
+    return Handshake(response.serialize(), opened=True)
 
 
 def frame_limit(node: Node) -> int:
@@ -328,7 +330,7 @@ def _negotiate(ws_request: WsRequest, max_size: int) -> Handshake | None:
         return _refusal(response.body)
     protocol.send_response(response)
     deflate = EXTENSIONS_HEADER in response.headers
-    return Handshake(b"".join(protocol.data_to_send()), protocol, deflate)
+    return Handshake(b"".join(protocol.data_to_send()), True, protocol, deflate)
 
 
 def _refusal(body: bytes | bytearray | None) -> Handshake:

@@ -138,6 +138,24 @@ async def test_chunked_body_over_the_limit_is_a_413(
     await assert_still_serving(server)
 
 
+async def test_a_chunked_publish_batch_over_a_plain_body_s_limit_is_taken(
+    server: RunningServer,
+) -> None:
+    """A chunked body declares no length: the publish path's own limit applies to it as it
+    comes, not the 64 KB of other paths."""
+    batch = orjson.dumps({"events": [{"channel": "chunked", "data": "x" * 1000}] * 100})
+    assert len(batch) > 65536
+    request = (
+        b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(batch) + batch + b"\r\n0\r\n\r\n"
+    )
+    async with await RawConnection.open(server) as connection:
+        await connection.send(request)
+        response = await connection.response()
+        assert response.status == 200, response
+    await assert_still_serving(server)
+
+
 async def test_unknown_path_is_a_404_and_the_connection_goes_on(server: RunningServer) -> None:
     async with await RawConnection.open(server) as connection:
         await connection.send(get("/nowhere?x=1"))

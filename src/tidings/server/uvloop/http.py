@@ -37,7 +37,6 @@ MAX_PIPELINED = 32
 # Linux: drop a connection whose written data stays unacknowledged this long (a peer that
 # vanished without a FIN), instead of the kernel's retransmissions for some fifteen minutes.
 TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
-MAX_PLAIN_BODY = 65536
 HEAD_TOO_LARGE = "request line and headers are too large"
 
 
@@ -122,7 +121,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._body: list[bytes] = []
-        self._body_limit = MAX_PLAIN_BODY
+        self._body_limit: int | None = None  # the path's, once a length or a body comes
 
     # asyncio.Protocol
 
@@ -239,21 +238,27 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.edge.max_header_bytes:
             raise _Refuse(431, "too_large", HEAD_TOO_LARGE)
+        if len(name) == 14 and name.lower() == b"content-length":
+            self._declared_length(value)
 
-    def on_headers_complete(self) -> None:
-        self._body_limit = self.edge.routes.body_limit(self._url.partition(b"?")[0])
-        for name, value in self._headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                if value.isdigit() and int(value) > self._body_limit:
-                    raise _Refuse(
-                        413, "too_large", f"request body is over {self._body_limit} bytes"
-                    )
-                break
+    def _declared_length(self, value: bytes) -> None:
+        """A body declared larger than the path takes is refused before it is read (the
+        URL is complete once headers come); the body's own bytes are counted as they come."""
+        limit = self._body_limit = self._path_body_limit()
+        if value.isdigit() and int(value) > limit:
+            raise _Refuse(413, "too_large", f"request body is over {limit} bytes")
+
+    def _path_body_limit(self) -> int:
+        return self.edge.routes.body_limit(self._url.partition(b"?")[0])
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
-        self._body_limit -= len(body)
-        if self._body_limit < 0:
+        limit = self._body_limit
+        if limit is None:  # a body with no Content-Length (chunked)
+            limit = self._path_body_limit()
+        limit -= len(body)
+        self._body_limit = limit
+        if limit < 0:
             raise _Refuse(413, "too_large", "request body is too large")
 
     def on_message_complete(self) -> None:

@@ -131,9 +131,7 @@ def handle_history(node: Node, exchange: Exchange, request: Request) -> None:
     node.hub.spawn(_history(node, exchange, channel, since, min(limit, MAX_POLL_LIMIT)))
 
 
-async def _history(
-    node: Node, exchange: Exchange, channel: str, since: Any, limit: int
-) -> None:
+async def _history(node: Node, exchange: Exchange, channel: str, since: Any, limit: int) -> None:
     try:
         page = await node.broker.history(channel, since, limit)
     except BrokerUnavailable as error:

@@ -306,7 +306,8 @@ class LongPoll:
 
     def wait(self, timeout: float) -> None:
         """Hold the poll; never past its token's exp, so the next poll meets the 401."""
-        request = self._request()
+        request = self.exchange.current
+        assert request is not None
         expires_at = request.identity.expires_at
         if expires_at is not None:
             timeout = min(timeout, expires_at - time.time())

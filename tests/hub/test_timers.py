@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 
 import pytest
 
@@ -371,3 +373,78 @@ async def test_the_wheel_spreads_rounds_over_the_interval(wheel: TimerWheel) -> 
         bursts[at] = bursts.get(at, 0) + 1
     assert max(bursts.values()) <= 2 * members // 10
     assert max(seen) - min(seen) >= 0.5 - 2 * RESOLUTION - SLACK
+
+
+class SteppedLoop:
+    """What the wheel asks of a loop, on a clock the test moves: the wheel's one pending
+    callback is run by ``run_due`` as the loop would run it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> SteppedLoop:
+        self.pending.append((when, callback))
+        return self  # the handle: the wheel only cancels it
+
+    def cancel(self) -> None:
+        self.pending.clear()
+
+    def run_due(self) -> None:
+        due = [entry for entry in self.pending if entry[0] <= self.now]
+        self.pending = [entry for entry in self.pending if entry[0] > self.now]
+        for _, callback in due:
+            callback()
+
+
+def calls_made(action: Callable[[], None]) -> int:
+    """Calls made and lines run by ``action``, in Python: the same count is the same work,
+    however busy the machine is (a loop over the items waiting would run its lines for each)."""
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        nonlocal count
+        count += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        action()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+class Quiet:
+    expired = 0
+
+    def expire(self) -> None:
+        Quiet.expired += 1
+
+
+@pytest.mark.parametrize("waiting", [0, 100_000])
+def test_a_tick_and_an_add_cost_the_same_however_many_items_wait(waiting: int) -> None:
+    """A hundred thousand connections' deadlines further out do not make a tick, or adding
+    and discarding one deadline, do any more work (compared with none waiting)."""
+    work = []
+    for others in (0, waiting):
+        loop = SteppedLoop()
+        timers = TimerWheel(loop, RESOLUTION)  # type: ignore[arg-type]
+        timers.start()
+        for _ in range(others):
+            timers.add(Quiet(), 60.0)
+        due = [Quiet() for _ in range(10)]
+        for item in due:
+            timers.add(item, 0.0)
+        loop.now += RESOLUTION * 2
+        Quiet.expired = 0
+        tick = calls_made(loop.run_due)
+        assert Quiet.expired == 10
+        one = Quiet()
+        add = calls_made(lambda: timers.add(one, 30.0))  # noqa: B023
+        discard = calls_made(lambda: timers.discard(one))  # noqa: B023
+        work.append((tick, add, discard))
+    assert work[0] == work[1], work

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -405,7 +406,7 @@ def calls_made(action: Callable[[], None]) -> int:
     however busy the machine is (a loop over the items waiting would run its lines for each)."""
     count = 0
 
-    def trace(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
         nonlocal count
         count += 1
         return trace

@@ -2,9 +2,10 @@
 // Connection holder for bench/connections.py: up to ~19,000 idle SSE or WebSocket subscribers
 // in one Node.js process, from source addresses of its own in 127.0.0.0/8, each one watching
 // its heartbeats and the events broadcast to every connection. No dependencies: SSE and
-// WebSocket are spoken over raw `net` sockets, as in bench/loadgen.js (same one shared read
-// buffer, same masked client frames), with the per-connection state kept in typed arrays so
-// that the generator holds as little per socket as the sockets themselves need.
+// WebSocket are spoken over raw `net` sockets, with the read buffer, the WebSocket frames
+// and the command loop of bench/genlib.js (as bench/loadgen.js), and the per-connection state
+// kept in typed arrays so that the generator holds as little per socket as the sockets
+// themselves need.
 //
 // Usage: node conngen.js '<json config>'   (started by connections.py, pinned to a core)
 // Commands arrive on stdin, one JSON object a line; every answer is one JSON line on stdout.
@@ -12,8 +13,8 @@
 
 const net = require('net');
 const crypto = require('crypto');
-const readline = require('readline');
 const { performance } = require('perf_hooks');
+const { bump, CRLF2, READ_BUF, maskedFrame, eachFrame, serveCommands } = require('./genlib');
 
 const cfg = JSON.parse(process.argv[2] || '{}');
 const HOST = cfg.host || '127.0.0.1';
@@ -29,7 +30,6 @@ if (!PORT || !SOURCES.length) {
 }
 
 function log(msg) { process.stderr.write(`conngen[${ID}]: ${msg}\n`); }
-function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
 // Heartbeat gaps are measured on the monotonic clock; an event's latency on the wall clock,
 // which the publisher (another process) stamps it with (read afresh: the machine's clock
 // may be stepped during a run).
@@ -45,7 +45,6 @@ const watched = new Uint8Array(CAPACITY); // ready when the watched broadcast wa
 let alive = 0;
 let markAt = 0;
 const stats = { closes: {}, errors: {}, protocol: 0 };
-function bump(map, key) { map[key] = (map[key] || 0) + 1; }
 
 // the broadcast being watched: its seq and the latency of every arrival, in 1 ms bins
 let watchSeq = -1;
@@ -82,21 +81,10 @@ function eventSeen(i, buf, s, e) {
 }
 
 // ---------------------------------------------------------------- connections
-const READ_BUF = Buffer.allocUnsafe(256 * 1024);
-const CRLF2 = Buffer.from('\r\n\r\n');
 const LF2 = Buffer.from('\n\n');
 const SUBSCRIBED = Buffer.from('"subscribed"');
 const PING = Buffer.from(': ping');
 
-function maskedFrame(opcode, payload) {
-  const len = payload.length; // < 126 here
-  const out = Buffer.alloc(6 + len);
-  out[0] = 0x80 | opcode;
-  out[1] = 0x80 | len;
-  crypto.randomFillSync(out, 2, 4);
-  for (let k = 0; k < len; k++) out[6 + k] = payload[k] ^ out[2 + (k & 3)];
-  return out;
-}
 const SUBSCRIBE_FRAME = maskedFrame(1, Buffer.from(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 })));
 const EMPTY_PONG = maskedFrame(10, Buffer.alloc(0));
 
@@ -185,33 +173,25 @@ class Conn {
   // WebSocket: server frames are unmasked and small; a ping is the heartbeat.
   frames(buf, s, e) {
     const i = this.i;
-    while (e - s >= 2) {
-      const b0 = buf[s];
-      let plen = buf[s + 1] & 0x7f;
-      let hdr = 2;
-      if (plen === 126) { if (e - s < 4) break; plen = buf.readUInt16BE(s + 2); hdr = 4; }
-      else if (plen === 127) { if (e - s < 10) break; plen = buf.readUInt32BE(s + 6); hdr = 10; }
-      if (e - s < hdr + plen) break;
-      const ps = s + hdr;
-      const pe = ps + plen;
+    const end = eachFrame(buf, s, e, (b0, ps, pe) => {
       const op = b0 & 0x0f;
       if (op === 9) {
         beat(i);
-        this.sock.write(plen === 0 ? EMPTY_PONG : maskedFrame(10, buf.subarray(ps, pe)));
+        this.sock.write(pe === ps ? EMPTY_PONG : maskedFrame(10, buf.subarray(ps, pe)));
       } else if (op === 1) {
         if (!eventSeen(i, buf, ps, pe) && this.state === 1) {
           const k = buf.indexOf(SUBSCRIBED, ps);
           if (k !== -1 && k < pe) this.ready();
-          else { this.fail('unexpected frame before subscribed'); return; }
+          else { this.fail('unexpected frame before subscribed'); return true; }
         }
       } else if (op === 8) {
-        this.error = `ws close ${plen >= 2 ? buf.readUInt16BE(ps) : 1005}`;
+        this.error = `ws close ${pe - ps >= 2 ? buf.readUInt16BE(ps) : 1005}`;
         this.sock.destroy();
-        return;
+        return true;
       }
-      s = pe;
-    }
-    if (s < e) this.carry = Buffer.from(buf.subarray(s, e));
+      return false;
+    });
+    if (end !== -1 && end < e) this.carry = Buffer.from(buf.subarray(end, e));
   }
 }
 
@@ -337,23 +317,6 @@ const commands = {
 // connect and close run one after the other; the measurements (watch, collect, gaps,
 // status) answer at once, also while connections are being opened.
 const MEASURES = new Set(['watch', 'collect', 'gaps', 'status', 'mark', 'hello', 'halt']);
-let chain = Promise.resolve();
-async function answer(msg) {
-  const fn = commands[msg.cmd];
-  if (!fn) { reply({ cmd: msg.cmd, error: 'unknown command' }); return; }
-  try {
-    reply(Object.assign({ cmd: msg.cmd }, await fn(msg)));
-  } catch (e) {
-    reply({ cmd: msg.cmd, error: String(e && e.stack ? e.stack : e) });
-  }
-}
-const rl = readline.createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  if (!line.trim()) return;
-  let msg;
-  try { msg = JSON.parse(line); } catch (e) { reply({ error: 'bad json' }); return; }
-  if (MEASURES.has(msg.cmd)) answer(msg);
-  else chain = chain.then(() => answer(msg));
+serveCommands(commands, {
+  end: (code) => process.exit(code), maxLifetimeS: MAX_LIFETIME_S, log, immediate: MEASURES,
 });
-rl.on('close', () => process.exit(0));
-setTimeout(() => { log('max lifetime reached, exiting'); process.exit(3); }, MAX_LIFETIME_S * 1000).unref();

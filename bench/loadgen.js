@@ -9,11 +9,12 @@
 // Commands arrive on stdin, one JSON object a line; every answer is one JSON line on stdout.
 // Diagnostics go to stderr. The process exits when stdin closes or after cfg.maxLifetimeS.
 
-const net = require('net');
 const crypto = require('crypto');
 const zlib = require('zlib');
-const readline = require('readline');
 const { performance } = require('perf_hooks');
+const {
+  bump, reply, waitFor, takeHead, Chunked, HttpReader, connector, maskedFrame, eachFrame, serveCommands,
+} = require('./genlib');
 
 const cfg = JSON.parse(process.argv[2] || '{}');
 const HOST = cfg.host || '127.0.0.1';
@@ -72,7 +73,6 @@ const MARK_LEN = MARK.length;
 const nowUs = () => performance.now() * 1000;
 
 function log(msg) { process.stderr.write(`loadgen[${TARGET}/${TRANSPORT}]: ${msg}\n`); }
-function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
 
 // ---------------------------------------------------------------- counters and latency
 let received = 0; // marks seen on all subscriber connections, since start
@@ -91,7 +91,6 @@ const stats = {
   pubStatus: {}, // publish answer status -> count
   protoErrors: [], // first few unexpected things a server said
 };
-function bump(map, key, by = 1) { map[key] = (map[key] || 0) + by; }
 function protoError(msg) {
   bump(stats.errors, 'protocol');
   if (stats.protoErrors.length < 10) { stats.protoErrors.push(msg); log(msg); }
@@ -145,153 +144,10 @@ function resetLatency() { hist.fill(0); histCount = 0; latMaxUs = 0; }
 
 let onDelivery = null; // hook for the saturation pump, called after each chunk that had marks
 
-// ---------------------------------------------------------------- HTTP helpers
-const CRLF2 = Buffer.from('\r\n\r\n');
-
-// A response head, parsed lazily: only the headers asked for are looked up (this is on the
-// long-poll hot path, one head per delivered message).
-class Head {
-  constructor(text) {
-    this.text = text;
-    this.lower = null;
-    this.status = parseInt(text.slice(9, 12), 10);
-  }
-  get(name) { // name in lower case; '' when absent
-    if (this.lower === null) this.lower = this.text.toLowerCase();
-    const i = this.lower.indexOf(`\r\n${name}:`);
-    if (i === -1) return '';
-    const start = i + name.length + 3;
-    let end = this.text.indexOf('\r\n', start);
-    if (end === -1) end = this.text.length;
-    return this.text.slice(start, end).trim();
-  }
-}
-function parseHead(text) { return new Head(text); }
-
-// Chunked transfer decoding; feed() returns the index after the final chunk, or -1 for "more".
-class Chunked {
-  constructor() { this.state = 0; this.remaining = 0; this.line = ''; }
-  feed(buf, start, onPiece) {
-    let i = start;
-    const n = buf.length;
-    while (i < n) {
-      if (this.state === 0 || this.state === 3) {
-        const nl = buf.indexOf(10, i);
-        if (nl === -1) { this.line += buf.latin1Slice(i, n); return -1; }
-        const line = this.line + buf.latin1Slice(i, nl);
-        this.line = '';
-        i = nl + 1;
-        if (this.state === 3) { // trailers until an empty line
-          if (line === '' || line === '\r') { this.state = 0; return i; }
-          continue;
-        }
-        const size = parseInt(line, 16);
-        if (Number.isNaN(size)) throw new Error('bad chunk size line ' + JSON.stringify(line));
-        if (size === 0) { this.state = 3; continue; }
-        this.remaining = size;
-        this.state = 1;
-      } else if (this.state === 1) {
-        const take = Math.min(this.remaining, n - i);
-        onPiece(buf, i, i + take);
-        i += take;
-        this.remaining -= take;
-        if (this.remaining === 0) this.state = 2;
-      } else { // CRLF after chunk data
-        const nl = buf.indexOf(10, i);
-        if (nl === -1) return -1;
-        i = nl + 1;
-        this.state = 0;
-      }
-    }
-    return -1;
-  }
-}
-
-// Sequential HTTP/1.1 responses on one keep-alive connection.
-class HttpReader {
-  constructor(onResponse) { this.onResponse = onResponse; this.hbuf = null; this.reset(); }
-  reset() { this.state = 0; this.head = null; this.parts = []; this.remaining = 0; this.chunked = null; }
-  feed(buf) {
-    let i = 0;
-    while (i < buf.length) {
-      if (this.state === 0) {
-        if (this.hbuf) { buf = Buffer.concat([this.hbuf, buf.subarray(i)]); i = 0; this.hbuf = null; }
-        const end = buf.indexOf(CRLF2, i);
-        if (end === -1) {
-          this.hbuf = Buffer.from(buf.subarray(i));
-          if (this.hbuf.length > 65536) throw new Error('response head too large');
-          return;
-        }
-        this.head = parseHead(buf.latin1Slice(i, end));
-        i = end + 4;
-        const st = this.head.status;
-        const h = this.head;
-        if (st === 204 || st === 304 || (st >= 100 && st < 200)) { this.complete(); continue; }
-        const cl = h.get('content-length');
-        if (cl !== '') {
-          this.remaining = parseInt(cl, 10);
-          this.state = 1;
-          if (this.remaining === 0) this.complete();
-        } else if (h.get('transfer-encoding').toLowerCase().includes('chunked')) {
-          this.chunked = new Chunked();
-          this.state = 2;
-        } else {
-          this.state = 3; // body until the connection closes
-        }
-      } else if (this.state === 1) {
-        const take = Math.min(this.remaining, buf.length - i);
-        this.parts.push(Buffer.from(buf.subarray(i, i + take)));
-        i += take;
-        this.remaining -= take;
-        if (this.remaining === 0) this.complete();
-      } else if (this.state === 2) {
-        const r = this.chunked.feed(buf, i, (b, s, e) => this.parts.push(Buffer.from(b.subarray(s, e))));
-        if (r === -1) return;
-        i = r;
-        this.complete();
-      } else {
-        this.parts.push(Buffer.from(buf.subarray(i)));
-        return;
-      }
-    }
-  }
-  eof() { if (this.state === 3) this.complete(); }
-  complete() {
-    const body = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
-    const head = this.head;
-    this.reset();
-    this.onResponse(head.status, head, body);
-  }
-}
-
-// Every socket reads into this one buffer (net's `onread` option): no allocation and no stream
-// machinery per read. A handler may only look at the bytes during its call; whatever it keeps
-// for later (a partial frame, a response head) it copies.
-const READ_BUF = Buffer.allocUnsafe(256 * 1024);
-
-function connectSocket(onBytes, port = PORT) {
-  const s = net.connect({
-    host: HOST,
-    port,
-    onread: { buffer: READ_BUF, callback: (nread, buf) => { onBytes(buf.subarray(0, nread)); } },
-  });
-  s.setNoDelay(true);
-  return s;
-}
+// Sockets to the server, reading into the one buffer genlib.js shares.
+const connectSocket = connector(HOST, PORT);
 
 // ---------------------------------------------------------------- WebSocket
-function maskedFrame(opcode, payload) {
-  const len = payload.length;
-  let hdr;
-  if (len < 126) { hdr = Buffer.alloc(2); hdr[1] = 0x80 | len; }
-  else if (len < 65536) { hdr = Buffer.alloc(4); hdr[1] = 0x80 | 126; hdr.writeUInt16BE(len, 2); }
-  else { hdr = Buffer.alloc(10); hdr[1] = 0x80 | 127; hdr.writeUInt32BE(0, 2); hdr.writeUInt32BE(len, 6); }
-  hdr[0] = 0x80 | opcode;
-  const key = crypto.randomBytes(4);
-  const body = Buffer.alloc(len);
-  for (let k = 0; k < len; k++) body[k] = payload[k] ^ key[k & 3];
-  return Buffer.concat([hdr, key, body]);
-}
 const SUBSCRIBE_FRAME = WS_FLAVOUR === 'tidings'
   ? maskedFrame(1, Buffer.from(JSON.stringify({ op: 'subscribe', channel: CHANNEL, ref: 1 }))) : null;
 const SUBSCRIBED = Buffer.from('"subscribed"');
@@ -339,19 +195,6 @@ class Sub {
     if (this.done) { this.finishConnect(new Error(why)); return; }
     if (this.ready) { alive--; bump(stats.closes, why); }
   }
-  // Accumulate the response head; returns the buffer and index where the body starts, or null.
-  takeHead(chunk) {
-    let buf = chunk;
-    if (this.hbuf) { buf = Buffer.concat([this.hbuf, chunk]); this.hbuf = null; }
-    const end = buf.indexOf(CRLF2);
-    if (end === -1) {
-      this.hbuf = Buffer.from(buf);
-      if (buf.length > 65536) throw new Error('response head too large');
-      return null;
-    }
-    this.head = parseHead(buf.latin1Slice(0, end));
-    return [buf, end + 4];
-  }
 }
 
 class WsSub extends Sub {
@@ -366,7 +209,7 @@ class WsSub extends Sub {
   }
   onData(chunk) {
     if (this.head === null) {
-      const r = this.takeHead(chunk);
+      const r = takeHead(this, chunk);
       if (r === null) return;
       if (this.head.status !== 101) {
         protoError(`websocket handshake answered ${this.head.status}`);
@@ -388,25 +231,9 @@ class WsSub extends Sub {
   }
   frames(buf) {
     if (this.wbuf) { buf = Buffer.concat([this.wbuf, buf]); this.wbuf = null; }
-    const len = buf.length;
-    let off = 0;
     let got = 0;
-    for (;;) {
-      if (len - off < 2) break;
-      const b0 = buf[off];
-      const b1 = buf[off + 1];
-      let plen = b1 & 0x7f;
-      let hdr = 2;
-      if (plen === 126) { if (len - off < 4) break; plen = buf.readUInt16BE(off + 2); hdr = 4; }
-      else if (plen === 127) {
-        if (len - off < 10) break;
-        plen = buf.readUInt32BE(off + 2) * 4294967296 + buf.readUInt32BE(off + 6);
-        hdr = 10;
-      }
-      if (b1 & 0x80) { hdr += 4; protoError('server sent a masked frame'); }
-      if (len - off < hdr + plen) break;
-      const ps = off + hdr;
-      const pe = ps + plen;
+    const off = eachFrame(buf, 0, buf.length, (b0, ps, pe, masked) => {
+      if (masked) protoError('server sent a masked frame');
       const op = b0 & 0x0f;
       if ((op === 1 || op === 2) && (b0 & 0x40)) {
         // A compressed message (RFC 7692 7.2.2). Tidings sends each event as one message, so
@@ -433,13 +260,12 @@ class WsSub extends Sub {
       } else if (op === 9) {
         this.sock.write(maskedFrame(10, buf.subarray(ps, pe)));
       } else if (op === 8) {
-        const code = plen >= 2 ? buf.readUInt16BE(ps) : 1005;
+        const code = pe - ps >= 2 ? buf.readUInt16BE(ps) : 1005;
         this.closeReason = `ws close ${code}`;
         this.sock.end(maskedFrame(8, buf.subarray(ps, Math.min(pe, ps + 2))));
       }
-      off = pe;
-    }
-    if (off < len) this.wbuf = Buffer.from(buf.subarray(off));
+    });
+    if (off < buf.length) this.wbuf = Buffer.from(buf.subarray(off));
     if (got) { received += got; if (onDelivery) onDelivery(); }
   }
 }
@@ -471,7 +297,7 @@ class SseSub extends Sub {
     let buf = chunk;
     let start = 0;
     if (this.head === null) {
-      const r = this.takeHead(chunk);
+      const r = takeHead(this, chunk);
       if (r === null) return;
       const h = this.head;
       if (h.status !== 200 || !h.get('content-type').startsWith('text/event-stream')) {
@@ -536,7 +362,6 @@ class PollSub extends Sub {
       try { this.reader.feed(c); } catch (e) { protoError(`poll ${this.idx}: ${e.message}`); s.destroy(); }
     }, this.port);
     this.sock = s;
-    this.reader.hbuf = null;
     this.reader.reset();
     this.connClose = false;
     s.on('error', (e) => { this.lastError = e.code || e.message; });
@@ -698,7 +523,6 @@ class PubConn {
     this.sock = s;
     this.busy = false;
     this.ready = false;
-    this.reader.hbuf = null;
     this.reader.reset();
     s.on('connect', () => { this.ready = true; pubIdle.push(this); drainPubQueue(); });
     s.on('error', (e) => { bump(stats.errors, `publisher ${e.code || e.message}`); });
@@ -752,22 +576,10 @@ function drainPubQueue() {
 }
 function openPublishers() {
   for (let k = 0; k < PUB_CONNS; k++) pubConns.push(new PubConn());
-  return waitFor(() => pubIdle.length === PUB_CONNS, 10000);
+  return waitFor(() => pubIdle.length === PUB_CONNS, 10000, 5);
 }
 
 // ---------------------------------------------------------------- phases
-function waitFor(pred, timeoutMs, stepMs = 5) {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (pred()) resolve(true);
-      else if (Date.now() - t0 >= timeoutMs) resolve(false);
-      else setTimeout(tick, stepMs);
-    };
-    tick();
-  });
-}
-
 // Wait until every publish is answered and every alive subscriber has every message, or
 // until nothing arrives for idleMs, or timeoutMs in all.
 function drain(rec0, published, forgiven, idleMs, timeoutMs) {
@@ -818,7 +630,7 @@ async function warmup(msg) {
     publishOne();
     const ok = await waitFor(() => received - rec0 >= alive && pubOutstanding === 0, msg.timeoutMs || 10000, 2);
     results.push({ received: received - rec0, alive, ok, ms: performance.now() - t0 });
-    await waitFor(() => false, 50);
+    await waitFor(() => false, 50, 5);
   }
   return { ok: results.every((r) => r.ok), rounds: results };
 }
@@ -927,22 +739,4 @@ const commands = {
   async quit() { setTimeout(() => shutdown(0), 10); return { ok: true }; },
 };
 
-let chain = Promise.resolve();
-const rl = readline.createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  if (!line.trim()) return;
-  chain = chain.then(async () => {
-    let msg;
-    try { msg = JSON.parse(line); } catch (e) { reply({ error: 'bad json' }); return; }
-    const fn = commands[msg.cmd];
-    if (!fn) { reply({ cmd: msg.cmd, error: 'unknown command' }); return; }
-    try {
-      const r = await fn(msg);
-      reply(Object.assign({ cmd: msg.cmd }, r));
-    } catch (e) {
-      reply({ cmd: msg.cmd, error: String(e && e.stack ? e.stack : e) });
-    }
-  });
-});
-rl.on('close', () => shutdown(0));
-setTimeout(() => { log('max lifetime reached, exiting'); shutdown(3); }, MAX_LIFETIME_S * 1000).unref();
+serveCommands(commands, { end: shutdown, maxLifetimeS: MAX_LIFETIME_S, log });

@@ -9,9 +9,10 @@
 // Commands arrive on stdin, one JSON object a line; every answer is one JSON line on stdout.
 // Diagnostics go to stderr. The process exits when stdin closes or after cfg.maxLifetimeS.
 
-const net = require('net');
 const crypto = require('crypto');
-const readline = require('readline');
+const {
+  bump, waitFor, takeHead, Chunked, HttpReader, connector, maskedFrame, eachFrame, serveCommands,
+} = require('./genlib');
 
 const cfg = JSON.parse(process.argv[2] || '{}');
 const HOST = '127.0.0.1';
@@ -38,8 +39,6 @@ if (!PORT || CHANNELS.length === 0) {
 }
 
 function log(msg) { process.stderr.write(`soakgen: ${msg}\n`); }
-function reply(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
-function bump(map, key, by = 1) { map[key] = (map[key] || 0) + by; }
 
 // ---------------------------------------------------------------- counters
 const TECHNIQUES = ['websocket', 'sse', 'long_poll', 'short_poll'];
@@ -169,141 +168,8 @@ class Position {
   }
 }
 
-// ---------------------------------------------------------------- HTTP helpers
-const CRLF2 = Buffer.from('\r\n\r\n');
-
-class Head {
-  constructor(text) {
-    this.text = text;
-    this.lower = text.toLowerCase();
-    this.status = parseInt(text.slice(9, 12), 10);
-  }
-  get(name) {
-    const i = this.lower.indexOf(`\r\n${name}:`);
-    if (i === -1) return '';
-    const start = i + name.length + 3;
-    let end = this.text.indexOf('\r\n', start);
-    if (end === -1) end = this.text.length;
-    return this.text.slice(start, end).trim();
-  }
-}
-
-class Chunked {
-  constructor() { this.state = 0; this.remaining = 0; this.line = ''; }
-  feed(buf, start, onPiece) {
-    let i = start;
-    const n = buf.length;
-    while (i < n) {
-      if (this.state === 0 || this.state === 3) {
-        const nl = buf.indexOf(10, i);
-        if (nl === -1) { this.line += buf.latin1Slice(i, n); return -1; }
-        const line = this.line + buf.latin1Slice(i, nl);
-        this.line = '';
-        i = nl + 1;
-        if (this.state === 3) {
-          if (line === '' || line === '\r') { this.state = 0; return i; }
-          continue;
-        }
-        const size = parseInt(line, 16);
-        if (Number.isNaN(size)) throw new Error('bad chunk size line ' + JSON.stringify(line));
-        if (size === 0) { this.state = 3; continue; }
-        this.remaining = size;
-        this.state = 1;
-      } else if (this.state === 1) {
-        const take = Math.min(this.remaining, n - i);
-        onPiece(buf, i, i + take);
-        i += take;
-        this.remaining -= take;
-        if (this.remaining === 0) this.state = 2;
-      } else {
-        const nl = buf.indexOf(10, i);
-        if (nl === -1) return -1;
-        i = nl + 1;
-        this.state = 0;
-      }
-    }
-    return -1;
-  }
-}
-
-// Sequential HTTP/1.1 responses on one keep-alive connection.
-class HttpReader {
-  constructor(onResponse) { this.onResponse = onResponse; this.hbuf = null; this.reset(); }
-  reset() { this.state = 0; this.head = null; this.parts = []; this.remaining = 0; this.chunked = null; this.hbuf = null; }
-  feed(buf) {
-    let i = 0;
-    while (i < buf.length) {
-      if (this.state === 0) {
-        if (this.hbuf) { buf = Buffer.concat([this.hbuf, buf.subarray(i)]); i = 0; this.hbuf = null; }
-        const end = buf.indexOf(CRLF2, i);
-        if (end === -1) {
-          this.hbuf = Buffer.from(buf.subarray(i));
-          if (this.hbuf.length > 65536) throw new Error('response head too large');
-          return;
-        }
-        this.head = new Head(buf.latin1Slice(i, end));
-        i = end + 4;
-        const st = this.head.status;
-        if (st === 204 || st === 304 || (st >= 100 && st < 200)) { this.complete(); continue; }
-        const cl = this.head.get('content-length');
-        if (cl !== '') {
-          this.remaining = parseInt(cl, 10);
-          this.state = 1;
-          if (this.remaining === 0) this.complete();
-        } else if (this.head.get('transfer-encoding').toLowerCase().includes('chunked')) {
-          this.chunked = new Chunked();
-          this.state = 2;
-        } else {
-          this.state = 3;
-        }
-      } else if (this.state === 1) {
-        const take = Math.min(this.remaining, buf.length - i);
-        this.parts.push(Buffer.from(buf.subarray(i, i + take)));
-        i += take;
-        this.remaining -= take;
-        if (this.remaining === 0) this.complete();
-      } else if (this.state === 2) {
-        const r = this.chunked.feed(buf, i, (b, s, e) => this.parts.push(Buffer.from(b.subarray(s, e))));
-        if (r === -1) return;
-        i = r;
-        this.complete();
-      } else {
-        this.parts.push(Buffer.from(buf.subarray(i)));
-        return;
-      }
-    }
-  }
-  complete() {
-    const body = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
-    const head = this.head;
-    this.state = 0; this.head = null; this.parts = []; this.remaining = 0; this.chunked = null;
-    this.onResponse(head.status, head, body);
-  }
-}
-
-// Every socket reads into this one buffer; a handler copies whatever it keeps.
-const READ_BUF = Buffer.allocUnsafe(256 * 1024);
-function connectSocket(onBytes) {
-  const s = net.connect({
-    host: HOST,
-    port: PORT,
-    onread: { buffer: READ_BUF, callback: (nread, buf) => { onBytes(buf.subarray(0, nread)); } },
-  });
-  s.setNoDelay(true);
-  return s;
-}
-
-function maskedFrame(opcode, payload) {
-  const len = payload.length;
-  let hdr;
-  if (len < 126) { hdr = Buffer.alloc(2); hdr[1] = 0x80 | len; }
-  else { hdr = Buffer.alloc(4); hdr[1] = 0x80 | 126; hdr.writeUInt16BE(len, 2); }
-  hdr[0] = 0x80 | opcode;
-  const key = crypto.randomBytes(4);
-  const body = Buffer.alloc(len);
-  for (let k = 0; k < len; k++) body[k] = payload[k] ^ key[k & 3];
-  return Buffer.concat([hdr, key, body]);
-}
+// Sockets to the server, reading into the one buffer genlib.js shares.
+const connectSocket = connector(HOST, PORT);
 
 // ---------------------------------------------------------------- subscribers
 let stopping = false;
@@ -390,11 +256,8 @@ class WsSub extends Sub {
   }
   onData(chunk) {
     if (this.head === null) {
-      let buf = chunk;
-      if (this.hbuf) { buf = Buffer.concat([this.hbuf, chunk]); this.hbuf = null; }
-      const end = buf.indexOf(CRLF2);
-      if (end === -1) { this.hbuf = Buffer.from(buf); return; }
-      this.head = new Head(buf.latin1Slice(0, end));
+      const r = takeHead(this, chunk);
+      if (r === null) return;
       if (this.head.status !== 101) {
         this.closeReason = `http ${this.head.status}`;
         this.sock.destroy();
@@ -404,40 +267,25 @@ class WsSub extends Sub {
         const msg = { op: 'subscribe', channel: p.channel, since: p.cursor(), ref: i + 1 };
         this.sock.write(maskedFrame(1, Buffer.from(JSON.stringify(msg))));
       });
-      if (end + 4 < buf.length) this.frames(buf.subarray(end + 4));
+      if (r[1] < r[0].length) this.frames(r[0].subarray(r[1]));
       return;
     }
     this.frames(chunk);
   }
   frames(buf) {
     if (this.wbuf) { buf = Buffer.concat([this.wbuf, buf]); this.wbuf = null; }
-    const len = buf.length;
-    let off = 0;
-    for (;;) {
-      if (len - off < 2) break;
-      const b0 = buf[off];
-      let plen = buf[off + 1] & 0x7f;
-      let hdr = 2;
-      if (plen === 126) { if (len - off < 4) break; plen = buf.readUInt16BE(off + 2); hdr = 4; }
-      else if (plen === 127) {
-        if (len - off < 10) break;
-        plen = buf.readUInt32BE(off + 2) * 4294967296 + buf.readUInt32BE(off + 6);
-        hdr = 10;
-      }
-      if (len - off < hdr + plen) break;
-      const ps = off + hdr;
-      const pe = ps + plen;
+    const off = eachFrame(buf, 0, buf.length, (b0, ps, pe) => {
       const op = b0 & 0x0f;
       if (op === 1) this.message(buf.toString('utf8', ps, pe));
       else if (op === 9) this.sock.write(maskedFrame(10, buf.subarray(ps, pe)));
       else if (op === 8) {
-        this.closeReason = `close ${plen >= 2 ? buf.readUInt16BE(ps) : 1005}`;
+        this.closeReason = `close ${pe - ps >= 2 ? buf.readUInt16BE(ps) : 1005}`;
         this.sock.destroy();
-        return;
+        return true;
       }
-      off = pe;
-    }
-    if (off < len) this.wbuf = Buffer.from(buf.subarray(off));
+      return false;
+    });
+    if (off !== -1 && off < buf.length) this.wbuf = Buffer.from(buf.subarray(off));
   }
   message(text) {
     const m = JSON.parse(text);
@@ -481,11 +329,8 @@ class SseSub extends Sub {
   }
   onData(chunk) {
     if (this.head === null) {
-      let buf = chunk;
-      if (this.hbuf) { buf = Buffer.concat([this.hbuf, chunk]); this.hbuf = null; }
-      const end = buf.indexOf(CRLF2);
-      if (end === -1) { this.hbuf = Buffer.from(buf); return; }
-      this.head = new Head(buf.latin1Slice(0, end));
+      const r = takeHead(this, chunk);
+      if (r === null) return;
       if (this.head.status !== 200) {
         this.closeReason = `http ${this.head.status}`;
         this.sock.destroy();
@@ -493,7 +338,7 @@ class SseSub extends Sub {
       }
       if (this.head.get('transfer-encoding').toLowerCase().includes('chunked')) this.chunked = new Chunked();
       this.becameReady();
-      if (end + 4 < buf.length) this.body(buf, end + 4);
+      if (r[1] < r[0].length) this.body(r[0], r[1]);
       return;
     }
     this.body(chunk, 0);
@@ -832,18 +677,6 @@ function caughtUp() {
   return true;
 }
 
-function waitFor(pred, timeoutMs, stepMs = 100) {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (pred()) resolve(true);
-      else if (Date.now() - t0 >= timeoutMs) resolve(false);
-      else setTimeout(tick, stepMs);
-    };
-    tick();
-  });
-}
-
 // ---------------------------------------------------------------- commands
 // Where every channel starts: a short poll without since answers the channel's current cursor.
 function probe() {
@@ -889,10 +722,10 @@ const commands = {
     for (const s of subs) if (s.slow && s.sock && s.paused) { s.sock.resume(); }
     // Publishes queued or in flight complete; then everyone catches up (short polls within
     // their interval, slow readers after their resume).
-    const published = await waitFor(() => [...publishers.values()].every((p) => p.queue === 0 && !p.busy), 30000);
+    const published = await waitFor(() => [...publishers.values()].every((p) => p.queue === 0 && !p.busy), 30000, 100);
     for (const p of publishers.values()) p.queue = 0;
     const t0 = Date.now();
-    const complete = await waitFor(caughtUp, msg.timeoutMs || 60000);
+    const complete = await waitFor(caughtUp, msg.timeoutMs || 60000, 100);
     const last = minute();
     const acked = {};
     for (const [ch, info] of chanInfo) acked[ch] = { epoch: info.epoch, start: info.start, acked: info.acked };
@@ -911,21 +744,8 @@ const commands = {
   async quit() { setTimeout(() => process.exit(0), 10); return { ok: true }; },
 };
 
-let chain = Promise.resolve();
-const rl = readline.createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  if (!line.trim()) return;
-  chain = chain.then(async () => {
-    let msg;
-    try { msg = JSON.parse(line); } catch (e) { reply({ error: 'bad json' }); return; }
-    const fn = commands[msg.cmd];
-    if (!fn) { reply({ cmd: msg.cmd, error: 'unknown command' }); return; }
-    try {
-      reply(Object.assign({ cmd: msg.cmd }, await fn(msg)));
-    } catch (e) {
-      reply({ cmd: msg.cmd, error: String(e && e.stack ? e.stack : e) });
-    }
-  });
+serveCommands(commands, {
+  end(code) { stopping = true; process.exit(code); },
+  maxLifetimeS: MAX_LIFETIME_S,
+  log,
 });
-rl.on('close', () => { stopping = true; process.exit(0); });
-setTimeout(() => { log('max lifetime reached, exiting'); process.exit(3); }, MAX_LIFETIME_S * 1000).unref();

@@ -600,7 +600,14 @@ function drain(rec0, published, forgiven, idleMs, timeoutMs) {
   });
 }
 
-function phaseResult(kind, t0, rec0, published, pubErr0, cpu0, extra) {
+// Where a publishing phase starts from: the counters, the latency histogram emptied.
+function phaseStart() {
+  resetLatency();
+  return { rec0: received, bytes0: subBytes, pubErr0: pubErrors, cpu0: process.cpuUsage(), t0: performance.now() };
+}
+
+function phaseResult(kind, start, published, extra) {
+  const { rec0, bytes0, pubErr0, cpu0, t0 } = start;
   const cpu = process.cpuUsage(cpu0);
   const wallMs = performance.now() - t0;
   return Object.assign({
@@ -617,8 +624,8 @@ function phaseResult(kind, t0, rec0, published, pubErr0, cpu0, extra) {
     p99ms: percentileMs(0.99),
     maxms: histCount ? latMaxUs / 1000 : null,
     loadgenCpuMs: (cpu.user + cpu.system) / 1000,
-    subBytes: subBytes - extra.bytes0,
-  }, extra);
+    subBytes: subBytes - bytes0,
+  }, extra, { bytes0 });
 }
 
 async function warmup(msg) {
@@ -638,12 +645,8 @@ async function warmup(msg) {
 async function ratePhase(msg) {
   const rate = msg.rate;
   const total = Math.max(1, Math.round(rate * msg.durationS));
-  resetLatency();
-  const rec0 = received;
-  const bytes0 = subBytes;
-  const pubErr0 = pubErrors;
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
+  const start = phaseStart();
+  const { rec0, t0 } = start;
   let sent = 0;
   let late = 0;
   await new Promise((resolve) => {
@@ -659,7 +662,7 @@ async function ratePhase(msg) {
   });
   const sendMs = performance.now() - t0;
   const end = await drain(rec0, sent, 0, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
-  return phaseResult('rate', t0, rec0, sent, pubErr0, cpu0, { targetRate: rate, sendMs, late, drain: end, bytes0 });
+  return phaseResult('rate', start, sent, { targetRate: rate, sendMs, late, drain: end });
 }
 
 async function saturatePhase(msg) {
@@ -667,12 +670,8 @@ async function saturatePhase(msg) {
   const maxPub = msg.maxPublishes || 100000;
   const durMs = msg.durationS * 1000;
   const stallMs = msg.stallMs || 1000;
-  resetLatency();
-  const rec0 = received;
-  const bytes0 = subBytes;
-  const pubErr0 = pubErrors;
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
+  const start = phaseStart();
+  const { rec0, t0 } = start;
   let sent = 0;
   let forgiven = 0; // deliveries given up on after a stall (messages a subscriber never got)
   let stalls = 0;
@@ -709,7 +708,7 @@ async function saturatePhase(msg) {
   pubCallback = null;
   const sendMs = performance.now() - t0;
   const end = await drain(rec0, sent, forgiven, msg.idleMs || 1500, msg.drainTimeoutMs || 15000);
-  return phaseResult('saturate', t0, rec0, sent, pubErr0, cpu0, { inflight, sendMs, stalls, forgiven, drain: end, bytes0 });
+  return phaseResult('saturate', start, sent, { inflight, sendMs, stalls, forgiven, drain: end });
 }
 
 function status() {

@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 0
 TRANSPORT_TITLE = {"ws": "WebSocket", "sse": "SSE", "long_poll": "long poll"}
 NOFILE = 65536
 LOADGEN_HOT_PCT = 85.0  # warn when the load generator used more than this much of its core
+
+
+def serves(target: str, transport: str) -> bool:
+    """Whether target has an endpoint for transport (TARGET_TRANSPORTS)."""
+    return transport in TARGET_TRANSPORTS.get(target, TRANSPORTS)
 
 
 def log(msg: str) -> None:
@@ -1054,6 +1060,12 @@ def ratio(a: Any, b: Any) -> float | None:
     return a / b
 
 
+def rx(a: Any, b: Any) -> str:
+    """a / b as a ratio, `1.23x`; `-` when there is none."""
+    r = ratio(a, b)
+    return fmt(r, 2) + ("x" if r is not None else "")
+
+
 def cpu_target(transport: str, n: int) -> float:
     if transport == "long_poll":
         return 1.0
@@ -1067,16 +1079,52 @@ def verdict(value: float | None, goal: float) -> str:
     return "-" if value is None else ("pass" if value <= goal else "FAIL")
 
 
+# A run's cells by (target, transport, subscribers).
+ByKey = dict[tuple[str, str, int], dict[str, Any]]
+Cell = tuple[str, int]  # (transport, subscribers)
+
+
+def table_head(head: str) -> list[str]:
+    """A Markdown table's head row and the rule under it, one `---` per column of head."""
+    return [head, "|" + " --- |" * (head.count("|") - 1)]
+
+
+def section(title: str, intro: str, head: str) -> list[str]:
+    """The start of a report section: its title, what it shows (when intro), the table head."""
+    return [f"### {title}\n", *([intro] if intro else []), *table_head(head)]
+
+
+def missing_run(lead: str, blanks: int) -> str:
+    """The row of a cell without a run, or without the run it is compared with."""
+    return f"{lead} | missing run |" + " |" * blanks
+
+
+def compared(
+    by_key: ByKey, cells: list[Cell], base: str, targets: Iterable[str]
+) -> Iterator[tuple[str, str, int, dict[str, Any] | None, dict[str, Any] | None]]:
+    """For every target, every cell of a transport it serves: (target, transport, subscribers,
+    the base target's run of the cell, the target's run), either None when it is missing."""
+    for target in targets:
+        for transport, n in cells:
+            if serves(target, transport):
+                yield (
+                    target,
+                    transport,
+                    n,
+                    by_key.get((base, transport, n)),
+                    by_key.get((target, transport, n)),
+                )
+
+
 def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
-    out: list[str] = []
-    out.append("### Results\n")
-    out.append(
+    out = section(
+        "Results",
+        "",
         "| target | transport | subs | connected | idle KB/conn "
         "| rate: us/msg | rate: msg/s | rate: p50 ms | rate: p99 ms "
         "| sat: us/msg | sat: msg/s | sat: p50 ms | sat: p99 ms | server CPU % (rate/sat) "
-        "| loadgen CPU % (rate/sat) | other load % (rate/sat) |"
+        "| loadgen CPU % (rate/sat) | other load % (rate/sat) |",
     )
-    out.append("|" + " --- |" * 16)
     for c in results:
         if "error" in c:
             out.append(
@@ -1103,39 +1151,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         {(c["transport"], c["subs"]) for c in results}, key=lambda k: (TRANSPORTS.index(k[0]), k[1])
     )
     if "tidings" in args.targets and "nchan" in args.targets:
-        out.append("### Tidings / Nchan\n")
-        out.append(
-            "| transport | subs | idle KB/conn | rate: us/msg | sat: us/msg | sat: msg/s "
-            "| rate: p50 | rate: p99 | sat: p99 | CPU target | CPU at fixed rate "
-            "| CPU at saturation | memory target | memory |"
-        )
-        out.append("|" + " --- |" * 14)
-        for transport, n in cells:
-            t = by_key.get(("tidings", transport, n))
-            g = by_key.get(("nchan", transport, n))
-            if t is None or g is None:
-                out.append(f"| {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 11)
-                continue
-            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
-            goal = cpu_target(transport, n)
-            mem_goal = MEM_TARGET_KB.get(transport)
-            out.append(
-                f"| {TRANSPORT_TITLE[transport]} | {n:,} "
-                f"| {rx(t['memKbPerConn'], g['memKbPerConn'])} "
-                f"| {rx(t['rate']['usPerMsg'], g['rate']['usPerMsg'])} "
-                f"| {rx(t['sat']['usPerMsg'], g['sat']['usPerMsg'])} "
-                f"| {rx(t['sat']['msgsPerS'], g['sat']['msgsPerS'])} "
-                f"| {rx(t['rate']['p50ms'], g['rate']['p50ms'])} "
-                f"| {rx(t['rate']['p99ms'], g['rate']['p99ms'])} "
-                f"| {rx(t['sat']['p99ms'], g['sat']['p99ms'])} "
-                f"| <= {goal:.1f}x "
-                f"| {verdict(ratio(t['rate']['usPerMsg'], g['rate']['usPerMsg']), goal)} "
-                f"| {verdict(ratio(t['sat']['usPerMsg'], g['sat']['usPerMsg']), goal)} "
-                f"| {'-' if mem_goal is None else f'<= {mem_goal:.0f} KB'} "
-                f"| {'-' if mem_goal is None else verdict(t['memKbPerConn'], mem_goal)} |"
-            )
-        out.append("")
-
+        out.extend(render_nchan(by_key, cells))
     if "tidings" in args.targets and REDIS2 in args.targets:
         out.extend(render_redis2(by_key, cells))
     if "tidings" in args.targets and MOUNT in args.targets:
@@ -1161,32 +1177,60 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     return "\n".join(out)
 
 
-def render_redis2(
-    by_key: dict[tuple[str, str, int], dict[str, Any]], cells: list[tuple[str, int]]
-) -> list[str]:
+def render_nchan(by_key: ByKey, cells: list[Cell]) -> list[str]:
+    """tidings against nchan of the same run, with the targets Tidings is to meet."""
+    out = section(
+        "Tidings / Nchan",
+        "",
+        "| transport | subs | idle KB/conn | rate: us/msg | sat: us/msg | sat: msg/s "
+        "| rate: p50 | rate: p99 | sat: p99 | CPU target | CPU at fixed rate "
+        "| CPU at saturation | memory target | memory |",
+    )
+    for _, transport, n, g, t in compared(by_key, cells, "nchan", ["tidings"]):
+        lead = f"| {TRANSPORT_TITLE[transport]} | {n:,}"
+        if t is None or g is None:
+            out.append(missing_run(lead, 11))
+            continue
+        goal = cpu_target(transport, n)
+        mem_goal = MEM_TARGET_KB.get(transport)
+        out.append(
+            f"{lead} "
+            f"| {rx(t['memKbPerConn'], g['memKbPerConn'])} "
+            f"| {rx(t['rate']['usPerMsg'], g['rate']['usPerMsg'])} "
+            f"| {rx(t['sat']['usPerMsg'], g['sat']['usPerMsg'])} "
+            f"| {rx(t['sat']['msgsPerS'], g['sat']['msgsPerS'])} "
+            f"| {rx(t['rate']['p50ms'], g['rate']['p50ms'])} "
+            f"| {rx(t['rate']['p99ms'], g['rate']['p99ms'])} "
+            f"| {rx(t['sat']['p99ms'], g['sat']['p99ms'])} "
+            f"| <= {goal:.1f}x "
+            f"| {verdict(ratio(t['rate']['usPerMsg'], g['rate']['usPerMsg']), goal)} "
+            f"| {verdict(ratio(t['sat']['usPerMsg'], g['sat']['usPerMsg']), goal)} "
+            f"| {'-' if mem_goal is None else f'<= {mem_goal:.0f} KB'} "
+            f"| {'-' if mem_goal is None else verdict(t['memKbPerConn'], mem_goal)} |"
+        )
+    out.append("")
+    return out
+
+
+def render_redis2(by_key: ByKey, cells: list[Cell]) -> list[str]:
     """tidings-redis2 against single-node tidings of the same run."""
-    out = ["### Two nodes through Redis / one node\n"]
-    out.append(
+    out = section(
+        "Two nodes through Redis / one node",
         "`tidings-redis2` / `tidings`: deliveries per second, latency and CPU per delivery "
         "(both nodes summed) as ratios; Redis's own CPU (not pinned, not in us/msg) as "
-        "absolute numbers, rate / sat.\n"
-    )
-    out.append(
+        "absolute numbers, rate / sat.\n",
         "| transport | subs | rate: msg/s | rate: p50 | rate: p99 | sat: msg/s | sat: p50 "
-        "| sat: p99 | rate: us/msg | sat: us/msg | Redis CPU % | Redis us/msg | subs per node |"
+        "| sat: p99 | rate: us/msg | sat: us/msg | Redis CPU % | Redis us/msg | subs per node |",
     )
-    out.append("|" + " --- |" * 13)
-    for transport, n in cells:
-        t = by_key.get(("tidings", transport, n))
-        r2 = by_key.get((REDIS2, transport, n))
+    for _, transport, n, t, r2 in compared(by_key, cells, "tidings", [REDIS2]):
+        lead = f"| {TRANSPORT_TITLE[transport]} | {n:,}"
         if t is None or r2 is None:
-            out.append(f"| {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 10)
+            out.append(missing_run(lead, 10))
             continue
-        rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
         rr, rs = r2["rate"], r2["sat"]
         per_node = r2.get("alivePerNode") or {}
         out.append(
-            f"| {TRANSPORT_TITLE[transport]} | {n:,} "
+            f"{lead} "
             f"| {rx(rr['msgsPerS'], t['rate']['msgsPerS'])} "
             f"| {rx(rr['p50ms'], t['rate']['p50ms'])} "
             f"| {rx(rr['p99ms'], t['rate']['p99ms'])} "
@@ -1206,54 +1250,41 @@ def render_redis2(
 MOUNT_CPU_TARGET = 3.0  # the mount's CPU per SSE delivery at 1,000 subscribers, x tidings serve
 
 
-def render_uvicorn(
-    by_key: dict[tuple[str, str, int], dict[str, Any]],
-    cells: list[tuple[str, int]],
-    targets: list[str],
-) -> list[str]:
+def render_uvicorn(by_key: ByKey, cells: list[Cell], targets: list[str]) -> list[str]:
     """The targets under uvicorn against `tidings serve` of the same run."""
-    out = ["### Under uvicorn / `tidings serve`\n"]
-    out.append(
+    out = section(
+        "Under uvicorn / `tidings serve`",
         "Each target under uvicorn divided by `tidings serve` (the `tidings` target) of the same "
         "run; below 1.0x is better except `msg/s`. Target: the mount's CPU per SSE delivery at "
-        f"1,000 subscribers at most {MOUNT_CPU_TARGET:.0f}x `tidings serve`'s.\n"
-    )
-    out.append(
+        f"1,000 subscribers at most {MOUNT_CPU_TARGET:.0f}x `tidings serve`'s.\n",
         "| target | transport | subs | idle KB/conn | rate: us/msg | sat: us/msg | sat: msg/s "
-        "| rate: p50 | rate: p99 | sat: p99 | CPU target | at fixed rate | at saturation |"
+        "| rate: p50 | rate: p99 | sat: p99 | CPU target | at fixed rate | at saturation |",
     )
-    out.append("|" + " --- |" * 13)
-    for target in (t for t in (MOUNT,) if t in targets):
-        for transport, n in cells:
-            if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
-                continue
-            t = by_key.get(("tidings", transport, n))
-            u = by_key.get((target, transport, n))
-            if t is None or u is None:
-                out.append(
-                    f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 9
-                )
-                continue
-            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
-            judged = target == MOUNT and transport == "sse" and n == 1000
-            goal = f"<= {MOUNT_CPU_TARGET:.0f}x" if judged else "-"
+    mounted = [t for t in (MOUNT,) if t in targets]
+    for target, transport, n, t, u in compared(by_key, cells, "tidings", mounted):
+        lead = f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,}"
+        if t is None or u is None:
+            out.append(missing_run(lead, 9))
+            continue
+        judged = target == MOUNT and transport == "sse" and n == 1000
+        goal = f"<= {MOUNT_CPU_TARGET:.0f}x" if judged else "-"
 
-            def check(a: Any, b: Any, judged: bool = judged) -> str:
-                return verdict(ratio(a, b), MOUNT_CPU_TARGET) if judged else "-"
+        def check(a: Any, b: Any, judged: bool = judged) -> str:
+            return verdict(ratio(a, b), MOUNT_CPU_TARGET) if judged else "-"
 
-            out.append(
-                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} "
-                f"| {rx(u['memKbPerConn'], t['memKbPerConn'])} "
-                f"| {rx(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
-                f"| {rx(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} "
-                f"| {rx(u['sat']['msgsPerS'], t['sat']['msgsPerS'])} "
-                f"| {rx(u['rate']['p50ms'], t['rate']['p50ms'])} "
-                f"| {rx(u['rate']['p99ms'], t['rate']['p99ms'])} "
-                f"| {rx(u['sat']['p99ms'], t['sat']['p99ms'])} "
-                f"| {goal} "
-                f"| {check(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
-                f"| {check(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} |"
-            )
+        out.append(
+            f"{lead} "
+            f"| {rx(u['memKbPerConn'], t['memKbPerConn'])} "
+            f"| {rx(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
+            f"| {rx(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} "
+            f"| {rx(u['sat']['msgsPerS'], t['sat']['msgsPerS'])} "
+            f"| {rx(u['rate']['p50ms'], t['rate']['p50ms'])} "
+            f"| {rx(u['rate']['p99ms'], t['rate']['p99ms'])} "
+            f"| {rx(u['sat']['p99ms'], t['sat']['p99ms'])} "
+            f"| {goal} "
+            f"| {check(u['rate']['usPerMsg'], t['rate']['usPerMsg'])} "
+            f"| {check(u['sat']['usPerMsg'], t['sat']['usPerMsg'])} |"
+        )
     out.append("")
     return out
 
@@ -1274,127 +1305,92 @@ PEER_LIMITS = {
 }
 
 
-def render_peers(
-    by_key: dict[tuple[str, str, int], dict[str, Any]],
-    cells: list[tuple[str, int]],
-    targets: list[str],
-) -> list[str]:
+def render_peers(by_key: ByKey, cells: list[Cell], targets: list[str]) -> list[str]:
     """What Python teams use instead, against `tidings serve` of the same run."""
-    out = ["### Python peers / Tidings\n"]
-    out.append(
+    out = section(
+        "Python peers / Tidings",
         "Each peer under uvicorn divided by `tidings serve` (the `tidings` target) of the same "
         "run, on the transport it serves: how many times more CPU per delivery and idle memory "
         "per connection it needs (above 1.0x is Tidings' advantage). Targets: at least "
         f"{PEER_TARGETS['rate']:.0f}x at the fixed rate, {PEER_TARGETS['sat']:.0f}x at "
         f"saturation, {PEER_TARGETS['mem']:.0f}x idle memory. `sat: msg/s` is Tidings' "
-        "deliveries per second over the peer's.\n"
-    )
-    out.append(
+        "deliveries per second over the peer's.\n",
         "| target | transport | subs | idle KB/conn (peer / tidings) | idle memory "
         "| rate: us/msg (peer / tidings) | rate: CPU | sat: us/msg (peer / tidings) | sat: CPU "
-        "| sat: msg/s tidings / peer | rate: p99 ms (peer / tidings) | cannot |"
+        "| sat: msg/s tidings / peer | rate: p99 ms (peer / tidings) | cannot |",
     )
-    out.append("|" + " --- |" * 12)
-    for target in (t for t in PEERS if t in targets):
-        for transport, n in cells:
-            if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
-                continue
-            t = by_key.get(("tidings", transport, n))
-            u = by_key.get((target, transport, n))
-            if t is None or u is None:
-                out.append(
-                    f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |" + " |" * 8
-                )
-                continue
 
-            def cmp(a: Any, b: Any, goal: float) -> tuple[str, str]:
-                r = ratio(a, b)
-                if r is None:
-                    return "-", "-"
-                return (
-                    f"{fmt(a, 2)} / {fmt(b, 2)} = {fmt(r, 1)}x",
-                    "pass" if r >= goal else "FAIL",
-                )
+    def cmp(a: Any, b: Any, goal: float) -> tuple[str, str]:
+        r = ratio(a, b)
+        if r is None:
+            return "-", "-"
+        return f"{fmt(a, 2)} / {fmt(b, 2)} = {fmt(r, 1)}x", "pass" if r >= goal else "FAIL"
 
-            mem, mem_ok = cmp(u["memKbPerConn"], t["memKbPerConn"], PEER_TARGETS["mem"])
-            rate, rate_ok = cmp(u["rate"]["usPerMsg"], t["rate"]["usPerMsg"], PEER_TARGETS["rate"])
-            sat, sat_ok = cmp(u["sat"]["usPerMsg"], t["sat"]["usPerMsg"], PEER_TARGETS["sat"])
-            thr = ratio(t["sat"]["msgsPerS"], u["sat"]["msgsPerS"])
-            out.append(
-                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | {mem} | {mem_ok} "
-                f"| {rate} | {rate_ok} | {sat} | {sat_ok} "
-                f"| {fmt(thr, 1) + 'x' if thr is not None else '-'} "
-                f"| {fmt(u['rate']['p99ms'], 2)} / {fmt(t['rate']['p99ms'], 2)} "
-                f"| {PEER_LIMITS[target]} |"
-            )
+    peers = [t for t in PEERS if t in targets]
+    for target, transport, n, t, u in compared(by_key, cells, "tidings", peers):
+        lead = f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,}"
+        if t is None or u is None:
+            out.append(missing_run(lead, 8))
+            continue
+        mem, mem_ok = cmp(u["memKbPerConn"], t["memKbPerConn"], PEER_TARGETS["mem"])
+        rate, rate_ok = cmp(u["rate"]["usPerMsg"], t["rate"]["usPerMsg"], PEER_TARGETS["rate"])
+        sat, sat_ok = cmp(u["sat"]["usPerMsg"], t["sat"]["usPerMsg"], PEER_TARGETS["sat"])
+        thr = ratio(t["sat"]["msgsPerS"], u["sat"]["msgsPerS"])
+        out.append(
+            f"{lead} | {mem} | {mem_ok} "
+            f"| {rate} | {rate_ok} | {sat} | {sat_ok} "
+            f"| {fmt(thr, 1) + 'x' if thr is not None else '-'} "
+            f"| {fmt(u['rate']['p99ms'], 2)} / {fmt(t['rate']['p99ms'], 2)} "
+            f"| {PEER_LIMITS[target]} |"
+        )
     out.append("")
     return out
 
 
-def render_workers(
-    by_key: dict[tuple[str, str, int], dict[str, Any]],
-    cells: list[tuple[str, int]],
-    several: list[str],
-) -> list[str]:
+def render_workers(by_key: ByKey, cells: list[Cell], several: list[str]) -> list[str]:
     """tidings --workers N against --workers 1 of the same run."""
-    out = ["### Several workers / one worker\n"]
-    out.append(
+    out = section(
+        "Several workers / one worker",
         "`tidings-wN` / `tidings-w1`: deliveries per second, latency and CPU per delivery "
         "(every worker and the supervisor summed) as ratios; the CPU the server and the load "
-        "generator used, in % of one core, at saturation.\n"
-    )
-    out.append(
+        "generator used, in % of one core, at saturation.\n",
         "| target | transport | subs | sat: msg/s | sat: p50 | sat: p99 | sat: us/msg "
-        "| rate: us/msg | server CPU % (w1 / wN) | loadgen CPU % (w1 / wN) |"
+        "| rate: us/msg | server CPU % (w1 / wN) | loadgen CPU % (w1 / wN) |",
     )
-    out.append("|" + " --- |" * 10)
-    for target in several:
-        for transport, n in cells:
-            one = by_key.get((f"{WORKERS_PREFIX}1", transport, n))
-            many = by_key.get((target, transport, n))
-            if one is None or many is None:
-                out.append(f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} | missing run |")
-                continue
-            rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
-            s1, sn = one["sat"], many["sat"]
-            out.append(
-                f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,} "
-                f"| {rx(sn['msgsPerS'], s1['msgsPerS'])} "
-                f"| {rx(sn['p50ms'], s1['p50ms'])} | {rx(sn['p99ms'], s1['p99ms'])} "
-                f"| {rx(sn['usPerMsg'], s1['usPerMsg'])} "
-                f"| {rx(many['rate']['usPerMsg'], one['rate']['usPerMsg'])} "
-                f"| {s1['serverCpuPct']:.0f} / {sn['serverCpuPct']:.0f} "
-                f"| {s1['loadgenCpuPct']:.0f} / {sn['loadgenCpuPct']:.0f} |"
-            )
+    for target, transport, n, one, many in compared(by_key, cells, f"{WORKERS_PREFIX}1", several):
+        lead = f"| {target} | {TRANSPORT_TITLE[transport]} | {n:,}"
+        if one is None or many is None:
+            out.append(missing_run(lead, 0))
+            continue
+        s1, sn = one["sat"], many["sat"]
+        out.append(
+            f"{lead} "
+            f"| {rx(sn['msgsPerS'], s1['msgsPerS'])} "
+            f"| {rx(sn['p50ms'], s1['p50ms'])} | {rx(sn['p99ms'], s1['p99ms'])} "
+            f"| {rx(sn['usPerMsg'], s1['usPerMsg'])} "
+            f"| {rx(many['rate']['usPerMsg'], one['rate']['usPerMsg'])} "
+            f"| {s1['serverCpuPct']:.0f} / {sn['serverCpuPct']:.0f} "
+            f"| {s1['loadgenCpuPct']:.0f} / {sn['loadgenCpuPct']:.0f} |"
+        )
     out.append("")
     return out
 
 
-def render_deflate(
-    by_key: dict[tuple[str, str, int], dict[str, Any]], cells: list[tuple[str, int]]
-) -> list[str]:
+def render_deflate(by_key: ByKey, cells: list[Cell]) -> list[str]:
     """WebSocket with permessage-deflate (tidings-deflate) against without (tidings)."""
-    out = ["### WebSocket: permessage-deflate / plain frames\n"]
-    out.append(
+    out = section(
+        "WebSocket: permessage-deflate / plain frames",
         "Bytes on the wire per delivery (WebSocket frames as the subscribers read them, "
         "headers included) and server CPU per delivery, with the subscribers negotiating "
-        "permessage-deflate and without; the ratio is with / without.\n"
-    )
-    out.append(
+        "permessage-deflate and without; the ratio is with / without.\n",
         "| subs | bytes/msg without | bytes/msg with | ratio | rate: us/msg without "
         "| rate: us/msg with | ratio | sat: us/msg without | sat: us/msg with | ratio "
-        "| sat: msg/s without | sat: msg/s with | loadgen CPU % sat (without / with) |"
+        "| sat: msg/s without | sat: msg/s with | loadgen CPU % sat (without / with) |",
     )
-    out.append("|" + " --- |" * 13)
-    for transport, n in cells:
-        if transport != "ws":
+    for _, _, n, p, d in compared(by_key, cells, "tidings", [DEFLATE]):
+        if p is None or d is None:
+            out.append(missing_run(f"| {n:,}", 11))
             continue
-        plain, deflated = by_key.get(("tidings", "ws", n)), by_key.get((DEFLATE, "ws", n))
-        if plain is None or deflated is None:
-            out.append(f"| {n:,} | missing run |" + " |" * 11)
-            continue
-        rx = lambda a, b: fmt(ratio(a, b), 2) + ("x" if ratio(a, b) is not None else "")  # noqa: E731
-        p, d = plain, deflated
         out.append(
             f"| {n:,} | {fmt(p['sat'].get('bytesPerMsg'))} | {fmt(d['sat'].get('bytesPerMsg'))} "
             f"| {rx(d['sat'].get('bytesPerMsg'), p['sat'].get('bytesPerMsg'))} "
@@ -1764,7 +1760,7 @@ def main(argv: list[str] | None = None) -> int:
         for transport in args.transports:
             for n in args.subs:
                 for target in args.targets:
-                    if transport not in TARGET_TRANSPORTS.get(target, TRANSPORTS):
+                    if not serves(target, transport):
                         continue
                     runs = []
                     for k in range(args.repeat):

@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,44 @@ def cpu_busy_ticks(cores: list[int]) -> dict[int, int]:
             vals = [int(v) for v in line.split()[1:]]
             out[int(name[3:])] = sum(vals[:8]) - vals[3] - vals[4]
     return out
+
+
+def busy_seconds(b0: dict[int, int], b1: dict[int, int], cores: list[int]) -> float:
+    """CPU time the cores were busy between two cpu_busy_ticks readings, in seconds."""
+    return sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
+    return next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+
+
+def other_load(cores: list[int], ours: Callable[[], float], seconds: float) -> float:
+    """Percent of a core used on cores over the next seconds by anything but our processes
+    (ours(): their CPU time, in seconds)."""
+    b0, o0, t0 = cpu_busy_ticks(cores), ours(), time.monotonic()
+    time.sleep(seconds)
+    b1, o1, t1 = cpu_busy_ticks(cores), ours(), time.monotonic()
+    return max(0.0, 100 * (busy_seconds(b0, b1, cores) - (o1 - o0)) / (t1 - t0))
+
+
+def wait_quiet(args: argparse.Namespace, cores: list[int], ours: Callable[[], float]) -> float:
+    """Wait (at most --quiet-wait s) until other work uses less than --quiet-pct of a core on
+    cores; the seconds waited."""
+    deadline = time.monotonic() + args.quiet_wait
+    waited = 0.0
+    while time.monotonic() < deadline:
+        if other_load(cores, ours, 0.5) < args.quiet_pct:
+            break
+        waited += 0.5
+    return waited
 
 
 def free_port() -> int:
@@ -818,7 +856,7 @@ def measure_phase(
     # generator's: other processes on the machine disturbing the measurement. For
     # tidings-redis2, Redis (unpinned, part of the system under test) is not "other" either;
     # on a 2-core machine all of its CPU time is on the benchmark cores.
-    busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
+    busy = busy_seconds(b0, b1, cores)
     r["otherCpuPct"] = max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0) - (k1 - k0)) / wall)
     delivered = int(r["received"])
     if redis:
@@ -833,18 +871,6 @@ def measure_phase(
     r["missing"] = max(0, int(r["expected"]) - delivered)
     r["bytesPerMsg"] = r["subBytes"] / delivered if delivered else None
     return r
-
-
-def other_load_pct(server: Server, lg: LoadGen, cores: list[int], seconds: float) -> float:
-    """Percent of a core used on the benchmark cores by anything but our two processes."""
-    redis = [server.redis_pid] if server.redis_pid else []
-    b0, s0, l0, t0 = cpu_busy_ticks(cores), server.cpu(), lg.cpu(), time.monotonic()
-    k0 = cpu_seconds(redis)
-    time.sleep(seconds)
-    b1, s1, l1, t1 = cpu_busy_ticks(cores), server.cpu(), lg.cpu(), time.monotonic()
-    k1 = cpu_seconds(redis)
-    busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / CLK_TCK
-    return max(0.0, 100 * (busy - (s1 - s0) - (l1 - l0) - (k1 - k0)) / (t1 - t0))
 
 
 def quiet_phase(
@@ -862,14 +888,14 @@ def quiet_phase(
     than that during the phase, run the phase again (at most --phase-retries times) and keep the
     attempt with the least disturbance.
     """
+    redis = [server.redis_pid] if server.redis_pid else []
+
+    def ours() -> float:  # the server's, the load generator's and Redis's CPU time
+        return server.cpu() + lg.cpu() + cpu_seconds(redis)
+
     best: dict[str, Any] | None = None
     for attempt in range(args.phase_retries + 1):
-        deadline = time.monotonic() + args.quiet_wait
-        waited = 0.0
-        while time.monotonic() < deadline:
-            if other_load_pct(server, lg, cores, 0.5) < args.quiet_pct:
-                break
-            waited += 0.5
+        waited = wait_quiet(args, cores, ours)
         r = measure_phase(server, lg, cores, timeout, **msg)
         r["quietWaitS"] = waited
         r["attempts"] = attempt + 1
@@ -1714,14 +1740,6 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
     versions = {
         "node": subprocess.run(
             [args.node, "--version"], capture_output=True, text=True
@@ -1746,7 +1764,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "command": "python3 bench/fanout.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "cpus": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "git": git_rev(),
         "versions": versions,
     }

@@ -25,20 +25,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
-import os
 import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import fanout
 import wrkbench
-from fanout import BENCH_DIR, ManagedProcess, log
+from fanout import BENCH_DIR, log
 
 CHANNEL = "bench"
 TARGETS = ("tidings", "nchan")
@@ -99,7 +95,6 @@ def body_of(target: str, mode: str, args: argparse.Namespace) -> tuple[str, str,
 
 
 WRK_REQS = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m),")
-UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
 def measure(
@@ -121,28 +116,17 @@ def measure(
         str(script),
         f"http://127.0.0.1:{server.port}{path}",
     ]
-    out_path = server.tmp / f"wrk-{mode}.out"
-    with open(out_path, "wb") as out:
-        wrk = ManagedProcess(f"wrk {mode}", argv, server.tmp / "wrk.log", stdout=out)
-        b0, s0, t0 = fanout.cpu_busy_ticks(cores), server.cpu(), time.monotonic()
-        w0 = w1 = fanout.cpu_seconds([wrk.pid])
-        deadline = time.monotonic() + args.duration + 30
-        while wrk.alive() and time.monotonic() < deadline:
-            w1 = max(w1, fanout.cpu_seconds([wrk.pid]))
-            time.sleep(0.05)
-        if wrk.alive():
-            wrk.stop()
-            raise RuntimeError(f"wrk did not finish in {args.duration + 30:g} s")
-        s1, t1, b1 = server.cpu(), time.monotonic(), fanout.cpu_busy_ticks(cores)
-        wrk.stop()
-    text = out_path.read_text(errors="replace")
-    if wrk.proc.returncode != 0:
-        raise RuntimeError(f"wrk exited {wrk.proc.returncode}: {text[-500:]} {wrk.log_tail()}")
+    run = wrkbench.run_wrk(
+        f"wrk {mode}", argv, server.tmp, f"wrk-{mode}.out", server.cpu, cores, args.duration
+    )
+    text = run.text
+    if run.returncode != 0:
+        raise RuntimeError(f"wrk exited {run.returncode}: {text[-500:]} {run.log_tail}")
     m = WRK_REQS.search(text)
     if not m:
         raise RuntimeError(f"wrk printed no request count:\n{text}")
     requests = int(m.group(1))
-    seconds = float(m.group(2)) * UNIT_S[m.group(3)]
+    seconds = float(m.group(2)) * wrkbench.UNIT_S[m.group(3)]
     statuses = {int(a): int(b) for a, b in re.findall(r"^STATUS (\d+) (\d+)$", text, re.M)}
     lat = re.search(r"^LATENCY_US (\d+) (\d+) (\d+)$", text, re.M)
     ok = sum(n for st, n in statuses.items() if 200 <= st < 300)
@@ -155,8 +139,6 @@ def measure(
             f"{server.target} {mode}: {ok:,} answers reached the count limit before "
             f"{args.duration:g} s; raise --max-requests / --max-events or lower --duration"
         )
-    wall = t1 - t0
-    busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / fanout.CLK_TCK
     events = ok * per_request
     return {
         "requests": requests,
@@ -166,12 +148,9 @@ def measure(
         "bodyBytes": len(body.encode()),
         "requestsPerS": ok / seconds,
         "eventsPerS": events / seconds,
-        "serverCpuS": s1 - s0,
-        "serverCpuPct": 100 * (s1 - s0) / wall,
-        "wrkCpuPct": 100 * (w1 - w0) / seconds,
-        "otherCpuPct": max(0.0, 100 * (busy - (s1 - s0) - (w1 - w0)) / wall),
-        "usPerRequest": (s1 - s0) * 1e6 / ok if ok else None,
-        "usPerEvent": (s1 - s0) * 1e6 / events if events else None,
+        **run.cpu(seconds),
+        "usPerRequest": run.server_s * 1e6 / ok if ok else None,
+        "usPerEvent": run.server_s * 1e6 / events if events else None,
         "p50ms": int(lat.group(1)) / 1000 if lat else None,
         "p99ms": int(lat.group(3)) / 1000 if lat else None,
     }
@@ -278,34 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             results.append({"target": target, "mode": mode, **rs[-1]})
             continue
-        merged: dict[str, Any] = {
-            key: statistics.median(r[key] for r in ok)
-            for key in ok[0]
-            if isinstance(ok[0][key], (int, float))
-            and not isinstance(ok[0][key], bool)
-            and all(isinstance(r.get(key), (int, float)) for r in ok)
-        }
+        merged = wrkbench.medians(ok)
         merged.update(target=target, mode=mode, runs=len(ok))
         merged["eventsPerRequest"] = ok[0]["eventsPerRequest"]
         merged["each"] = [{k: r[k] for k in ("eventsPerS", "usPerEvent")} for r in ok]
         results.append(merged)
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
-    header = (
-        f"## Publish throughput, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-        f"`python3 bench/publish.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-        f"Machine: {os.cpu_count()} CPUs ({cpu_model}); server on core {args.server_cpu}, wrk "
-        f"on core {args.wrk_cpu}. Commit {fanout.git_rev()}. `wrk -t1 -c{args.connections}` "
-        f"for at most {args.duration:g} s or {args.max_requests:,} requests "
-        f"({args.max_events:,} events batched); {args.batch} events per batch; each event's "
-        f"data about {args.pad + 30} bytes of JSON; no subscribers; {args.repeat} run(s) per "
-        "cell (median).\n"
+    header = wrkbench.header("Publish throughput", "publish.py", argv, args) + (
+        f"`wrk -t1 -c{args.connections}` for at most {args.duration:g} s or "
+        f"{args.max_requests:,} requests ({args.max_events:,} events batched); {args.batch} "
+        f"events per batch; each event's data about {args.pad + 30} bytes of JSON; no "
+        f"subscribers; {args.repeat} run(s) per cell (median).\n"
     )
     report = header + "\n" + render(results)
     failed = any("error" in r for r in results)

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
-import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from functools import partial
@@ -45,7 +41,7 @@ from typing import Any
 
 import fanout
 import wrkbench
-from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, log
+from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, fmt, log
 
 CHANNEL = "bench"
 TARGETS = ("tidings", "nchan", "floor")
@@ -69,6 +65,9 @@ class Target:
 
     def pids(self) -> list[int]:
         return self.mp.tree()
+
+    def cpu(self) -> float:
+        return fanout.cpu_seconds(self.pids())
 
     def stop(self) -> None:
         self.mp.stop()
@@ -172,7 +171,6 @@ BYTES_TOLERANCE = 0.03  # wrk prints what it read with two decimals
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 WRK_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_PCT = re.compile(r"^\s+(50|90|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
-UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -180,11 +178,11 @@ def parse_wrk(out: str) -> dict[str, Any]:
     if not m:
         raise RuntimeError(f"wrk printed no request count:\n{out}")
     requests = int(m.group(1))
-    seconds = float(m.group(2)) * UNIT_S[m.group(3)]
+    seconds = float(m.group(2)) * wrkbench.UNIT_S[m.group(3)]
     read = float(m.group(4)) * BYTE_UNITS[m.group(5)]
     non2xx = WRK_NON2XX.search(out)
     errors = WRK_ERRORS.search(out)
-    pct = {f"p{p}ms": float(v) * UNIT_S[u] * 1000 for p, v, u in WRK_PCT.findall(out)}
+    pct = {f"p{p}ms": float(v) * wrkbench.UNIT_S[u] * 1000 for p, v, u in WRK_PCT.findall(out)}
     return {
         "requests": requests,
         "seconds": seconds,
@@ -214,52 +212,18 @@ def measure(t: Target, path: str, args: argparse.Namespace, cores: list[int]) ->
     for k, v in headers.items():
         argv += ["-H", f"{k}: {v}"]
     argv.append(t.url)
-    out_path = t.tmp / f"wrk-{path}.out"
     best: dict[str, Any] | None = None
     for attempt in range(args.phase_retries + 1):
-        # wait (bounded) for the two cores to be quiet, as fanout.py does
-        deadline = time.monotonic() + args.quiet_wait
-        while time.monotonic() < deadline:
-            b0, s0 = fanout.cpu_busy_ticks(cores), fanout.cpu_seconds(t.pids())
-            time.sleep(0.5)
-            b1, s1 = fanout.cpu_busy_ticks(cores), fanout.cpu_seconds(t.pids())
-            busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / fanout.CLK_TCK
-            if 100 * (busy - (s1 - s0)) / 0.5 < args.quiet_pct:
-                break
-        with open(out_path, "wb") as out:
-            wrk = ManagedProcess(f"wrk {t.name} {path}", argv, t.tmp / "wrk.log", stdout=out)
-            b0, s0, t0 = (
-                fanout.cpu_busy_ticks(cores),
-                fanout.cpu_seconds(t.pids()),
-                time.monotonic(),
-            )
-            w0 = fanout.cpu_seconds([wrk.pid])
-            # wrk's own CPU: sampled just before it exits (a reaped process has no /proc entry)
-            w1 = w0
-            deadline = time.monotonic() + args.duration + 30
-            while wrk.alive() and time.monotonic() < deadline:
-                w1 = max(w1, fanout.cpu_seconds([wrk.pid]))
-                time.sleep(0.05)
-            if wrk.alive():
-                wrk.stop()
-                raise RuntimeError(f"wrk did not finish in {args.duration + 30:g} s")
-            s1, t1, b1 = (
-                fanout.cpu_seconds(t.pids()),
-                time.monotonic(),
-                fanout.cpu_busy_ticks(cores),
-            )
-            wrk.stop()
-        if wrk.proc.returncode != 0:
-            raise RuntimeError(f"wrk exited {wrk.proc.returncode}: {wrk.log_tail()}")
-        r = parse_wrk(out_path.read_text(errors="replace"))
-        wall = t1 - t0
-        busy = sum(b1.get(c, 0) - b0.get(c, 0) for c in cores) / fanout.CLK_TCK
-        r["serverCpuS"] = s1 - s0
-        r["serverCpuPct"] = 100 * (s1 - s0) / wall
-        r["wrkCpuPct"] = 100 * (w1 - w0) / r["seconds"]
-        r["otherCpuPct"] = max(0.0, 100 * (busy - (s1 - s0) - (w1 - w0)) / wall)
+        fanout.wait_quiet(args, cores, t.cpu)  # as fanout.py does before each phase
+        run = wrkbench.run_wrk(
+            f"wrk {t.name} {path}", argv, t.tmp, f"wrk-{path}.out", t.cpu, cores, args.duration
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"wrk exited {run.returncode}: {run.log_tail}")
+        r = parse_wrk(run.text)
+        r.update(run.cpu(r["seconds"]))
         r["pollsPerS"] = r["requests"] / r["seconds"]
-        r["usPerPoll"] = (s1 - s0) * 1e6 / r["requests"] if r["requests"] else None
+        r["usPerPoll"] = run.server_s * 1e6 / r["requests"] if r["requests"] else None
         r["answerBytes"] = size
         r["status"] = status
         r["attempts"] = attempt + 1
@@ -290,10 +254,6 @@ def measure(t: Target, path: str, args: argparse.Namespace, cores: list[int]) ->
 
 
 # --------------------------------------------------------------------------- report
-
-
-def fmt(v: Any, digits: int = 1) -> str:
-    return fanout.fmt(v, digits)
 
 
 def versus(tr: dict[str, Any], other: dict[str, Any] | None, key: str) -> str:
@@ -443,30 +403,14 @@ def main(argv: list[str] | None = None) -> int:
             if not ok:
                 results.setdefault(name, {})[path] = rs[-1]
                 continue
-            merged = {
-                key: statistics.median(r[key] for r in ok)
-                for key in ok[0]
-                if isinstance(ok[0][key], (int, float)) and all(key in r for r in ok)
-            }
+            merged = wrkbench.medians(ok)
             merged["runs"] = len(ok)
             merged["each"] = [
                 {k: r[k] for k in ("pollsPerS", "usPerPoll", "otherCpuPct")} for r in ok
             ]
             results.setdefault(name, {})[path] = merged
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
     versions = subprocess.run([args.wrk, "--version"], capture_output=True, text=True).stdout
-    header = (
-        f"## Short polling, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-        f"`python3 bench/shortpoll.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-        f"Machine: {os.cpu_count()} CPUs ({cpu_model}); server on core {args.server_cpu}, wrk "
-        f"on core {args.wrk_cpu}. Commit {fanout.git_rev()}. "
+    header = wrkbench.header("Short polling", "shortpoll.py", argv, args) + (
         f"{versions.splitlines()[0].split(' Copyright')[0] if versions else 'wrk'}. "
         f"`wrk -t1 -c{args.connections} -d{args.duration:g}s` per cell; {args.repeat} run(s) "
         "per cell (median).\n"

@@ -1,17 +1,27 @@
 """What the wrk benchmarks (shortpoll.py, publish.py) share: the server and wrk options, the
-settings fanout.start_server reads, and the checks and signal handling before a run."""
+settings fanout.start_server reads, the checks and signal handling before a run, one run of wrk
+and what it cost, the medians of repeated runs and the report."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import shutil
 import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fanout
-from fanout import REPO_DIR, log
+from fanout import REPO_DIR, ManagedProcess, log
+
+UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}  # wrk's units of time
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +57,93 @@ def prepare(args: argparse.Namespace) -> list[int]:
     return sorted({int(args.server_cpu), int(args.wrk_cpu)})
 
 
+@dataclass
+class WrkRun:
+    """What one run of wrk printed and what it cost (CPU times in seconds)."""
+
+    text: str
+    returncode: int
+    log_tail: str
+    wall: float
+    server_s: float
+    wrk_s: float
+    busy_s: float  # the cores' busy time, everyone's
+
+    def cpu(self, seconds: float) -> dict[str, float]:
+        """The server's CPU time and share of a core, wrk's share over the seconds it reports,
+        and other processes' share of a core on the cores."""
+        return {
+            "serverCpuS": self.server_s,
+            "serverCpuPct": 100 * self.server_s / self.wall,
+            "wrkCpuPct": 100 * self.wrk_s / seconds,
+            "otherCpuPct": max(0.0, 100 * (self.busy_s - self.server_s - self.wrk_s) / self.wall),
+        }
+
+
+def run_wrk(
+    name: str,
+    argv: list[str],
+    tmp: Path,
+    out_name: str,
+    server_cpu: Callable[[], float],
+    cores: list[int],
+    duration: float,
+) -> WrkRun:
+    """Run wrk to its end (at most duration + 30 s), its output in tmp / out_name."""
+    out_path = tmp / out_name
+    with open(out_path, "wb") as out:
+        wrk = ManagedProcess(name, argv, tmp / "wrk.log", stdout=out)
+        b0, s0, t0 = fanout.cpu_busy_ticks(cores), server_cpu(), time.monotonic()
+        # wrk's own CPU: sampled just before it exits (a reaped process has no /proc entry)
+        w0 = w1 = fanout.cpu_seconds([wrk.pid])
+        deadline = time.monotonic() + duration + 30
+        while wrk.alive() and time.monotonic() < deadline:
+            w1 = max(w1, fanout.cpu_seconds([wrk.pid]))
+            time.sleep(0.05)
+        if wrk.alive():
+            wrk.stop()
+            raise RuntimeError(f"wrk did not finish in {duration + 30:g} s")
+        s1, t1, b1 = server_cpu(), time.monotonic(), fanout.cpu_busy_ticks(cores)
+        wrk.stop()
+    return WrkRun(
+        out_path.read_text(errors="replace"),
+        wrk.proc.returncode,
+        wrk.log_tail(),
+        t1 - t0,
+        s1 - s0,
+        w1 - w0,
+        fanout.busy_seconds(b0, b1, cores),
+    )
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every number that every run has."""
+    return {
+        key: statistics.median(r[key] for r in runs)
+        for key in runs[0]
+        if isinstance(runs[0][key], (int, float))
+        and not isinstance(runs[0][key], bool)
+        and all(isinstance(r.get(key), (int, float)) for r in runs)
+    }
+
+
+def header(title: str, script: str, argv: list[str] | None, args: argparse.Namespace) -> str:
+    """The report's title, command line, machine, cores and commit; the script's own
+    settings follow."""
+    return (
+        f"## {title}, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
+        f"`python3 bench/{script} {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
+        f"Machine: {os.cpu_count()} CPUs ({fanout.cpu_model()}); server on core "
+        f"{args.server_cpu}, wrk on core {args.wrk_cpu}. Commit {fanout.git_rev()}. "
+    )
+
+
 def write_report(
-    args: argparse.Namespace, report: str, results: Any, interrupted: bool, failed: bool,
+    args: argparse.Namespace,
+    report: str,
+    results: Any,
+    interrupted: bool,
+    failed: bool,
     workdir: Path,
 ) -> int:
     """Print the report, write it and its JSON to --out, keep the logs only when a cell failed;

@@ -401,6 +401,28 @@ def stop_all() -> None:
             log(f"stopping {mp.name}: {exc}")
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM ends a run as Ctrl-C does (KeyboardInterrupt), so that it stops what it started."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def measure_until_interrupted(measure: Callable[[], None]) -> bool:
+    """Run measure() to its end or until Ctrl-C or SIGTERM, then stop every process started;
+    whether it was interrupted."""
+    try:
+        measure()
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything we started")
+        return True
+    finally:
+        stop_all()
+    return False
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -1735,11 +1757,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"warning: only {hi - lo} ephemeral ports for {max(args.subs)} subscribers")
     if not shutil.which("taskset"):
         raise SystemExit("taskset (util-linux) is required")
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
+    interrupt_on_sigterm()
     versions = {
         "node": subprocess.run(
             [args.node, "--version"], capture_output=True, text=True
@@ -1773,8 +1791,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fanout-"))
     results: list[dict[str, Any]] = []
     log(f"work dir {workdir}; open files limit {nofile}")
-    interrupted = False
-    try:
+
+    def measure() -> None:
         for transport in args.transports:
             for n in args.subs:
                 for target in args.targets:
@@ -1799,11 +1817,8 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append(cell)
                     ok = [r for r in runs if "error" not in r]
                     results.append(median_cell(ok) if ok else runs[-1])
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping everything we started")
-    finally:
-        stop_all()
+
+    interrupted = measure_until_interrupted(measure)
 
     if not results:
         return 1

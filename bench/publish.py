@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = wrkbench.prepare(args)
     workdir = Path(tempfile.mkdtemp(prefix="publish-"))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    interrupted = False
-    try:
+
+    def measure_cells() -> None:
         for k in range(args.repeat):
             for target in args.targets:
                 for mode in args.modes:
@@ -245,11 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         server.stop()
                     runs.setdefault((target, mode), []).append(r)
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping everything we started")
-    finally:
-        fanout.stop_all()
+
+    interrupted = fanout.measure_until_interrupted(measure_cells)
 
     results: list[dict[str, Any]] = []
     for (target, mode), rs in runs.items():

@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = wrkbench.prepare(args)
     workdir = Path(tempfile.mkdtemp(prefix="shortpoll-"))
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    interrupted = False
-    try:
+
+    def measure_cells() -> None:
         for k in range(args.repeat):
             for name in args.targets:
                 log(f"{name} (run {k + 1}/{args.repeat})")
@@ -390,11 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         runs.setdefault(name, {}).setdefault(path, []).append(r)
                 finally:
                     t.stop()
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping everything we started")
-    finally:
-        fanout.stop_all()
+
+    interrupted = fanout.measure_until_interrupted(measure_cells)
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name, paths in runs.items():

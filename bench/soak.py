@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from fanout import (
     find_redis_pid,
     free_port,
     git_rev,
+    interrupt_on_sigterm,
     log,
     pinned,
     raise_nofile,
@@ -577,11 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()
     if nofile < args.subscribers + 1000:
         log(f"warning: open files limit is {nofile}, below {args.subscribers + 1000}")
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
+    interrupt_on_sigterm()
     try:
         result = run(args)
     except KeyboardInterrupt:

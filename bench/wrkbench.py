@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -49,11 +48,7 @@ def prepare(args: argparse.Namespace) -> list[int]:
     for tool in ("taskset", args.wrk):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is required")
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
+    fanout.interrupt_on_sigterm()
     return sorted({int(args.server_cpu), int(args.wrk_cpu)})
 
 

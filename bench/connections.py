@@ -49,17 +49,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
+import fanout
+from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, cpu_seconds, find_redis_pid, rss_kb
+
 CONNGEN = BENCH_DIR / "conngen.js"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REDIS = "redis://127.0.0.1:6379/0"
 MODES = ("sse", "ws", "mix")
 FD_HARD = 20000  # open files one process may hold here (the hard limit)
 PER_GEN = 19000  # connections one holder takes at most (its own files stay under FD_HARD)
 
-_STARTED: list[Proc] = []
 _STOP = threading.Event()
 _WHY: list[str] = []
 
@@ -123,60 +122,6 @@ SLAB_NAMES = (
     "selinux_file_security",
     "lsm_file_cache",
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                out += [
-                    int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-                ]
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children(p)
-    return out
-
-
-def start_time(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def find_redis_pid() -> int | None:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{entry}/comm").read_text().strip() == "redis-server":
-                    return int(entry)
-    return None
 
 
 # ---------------------------------------------------------------- kernel limits
@@ -248,54 +193,10 @@ def kernel_limits(tune: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------- processes
 
 
-class Proc:
-    """A process this script started; stopped by its PID (and its recorded descendants)."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, pipe: bool = False) -> None:
-        self.name = name
-        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if pipe else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipe else self.log_file,
-            stderr=self.log_file,
-            start_new_session=True,
-            cwd=REPO_DIR,
-        )
-        self.pid = self.proc.pid
-        self.known: dict[int, int | None] = {self.pid: start_time(self.pid)}
-        _STARTED.append(self)
-
-    def remember(self) -> list[int]:
-        pids = tree(self.pid)
-        for pid in pids:
-            self.known.setdefault(pid, start_time(pid))
-        return pids
-
-    def stop(self, grace: float = 20.0) -> None:
-        self.remember()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} (pid {self.pid}) did not stop in {grace:.0f} s: killed")
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for pid, started in self.known.items():
-            if pid != self.pid and started is not None and start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.log_file.close()
-
-
 def stop_all() -> None:
-    for proc in reversed(_STARTED):
-        with contextlib.suppress(Exception):
-            proc.stop()
-    _STARTED.clear()
+    """Stop every process this run started; a server holding a million connections may take
+    a while to close them."""
+    fanout.stop_all(grace=20.0)
 
 
 class Gen:
@@ -308,7 +209,14 @@ class Gen:
     def __init__(self, index: int, cfg: dict[str, Any], cpu: str, logdir: Path) -> None:
         self.index = index
         argv = ["taskset", "-c", cpu, "node", str(CONNGEN), json.dumps(cfg)]
-        self.proc = Proc(f"conngen {index}", argv, logdir / f"conngen-{index}.log", pipe=True)
+        self.proc = ManagedProcess(
+            f"conngen {index}",
+            argv,
+            logdir / f"conngen-{index}.log",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO_DIR,
+        )
         self.answers: dict[str, queue.Queue[dict[str, Any]]] = {}
         self.lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -347,19 +255,15 @@ class Gen:
         return None
 
 
-def ask_all(
-    gens: list[Gen], messages: list[dict[str, Any]], timeout: float
-) -> list[dict[str, Any]]:
-    """Send each generator its message; wait for every answer."""
-    for gen, message in zip(gens, messages, strict=True):
+def ask_all(gens: list[Gen], message: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+    """Send every generator the message; wait for every answer."""
+    for gen in gens:
         gen.send(message)
     deadline = time.monotonic() + timeout
-    answers = [
-        gen.wait(message["cmd"], deadline) for gen, message in zip(gens, messages, strict=True)
-    ]
+    answers = [gen.wait(message["cmd"], deadline) for gen in gens]
     missing = [g.index for g, a in zip(gens, answers, strict=True) if a is None]
     if missing and not _STOP.is_set():
-        raise RuntimeError(f"no answer from conngen {missing} to {messages[0].get('cmd')}")
+        raise RuntimeError(f"no answer from conngen {missing} to {message.get('cmd')}")
     return [a or {} for a in answers]
 
 
@@ -368,13 +272,13 @@ def ask_all(
 
 @dataclass
 class Server:
-    proc: Proc
+    proc: ManagedProcess
     port: int
     workers: list[int] = field(default_factory=list)
 
     def worker_pids(self) -> list[int]:
         """The processes that serve: the workers, or the server itself when it has none."""
-        pids = self.proc.remember()
+        pids = self.proc.tree() or [self.proc.pid]
         self.workers = [p for p in pids if p != self.proc.pid] or [self.proc.pid]
         return self.workers
 
@@ -401,7 +305,9 @@ def start_server(args: argparse.Namespace, tmp: Path) -> Server:
         "--broker", broker,
         "--workers", str(args.workers),
     ]  # fmt: skip
-    proc = Proc("tidings serve", argv, tmp / "server.log")
+    proc = ManagedProcess(
+        "tidings serve", argv, tmp / "server.log", stdin=subprocess.DEVNULL, cwd=REPO_DIR
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
@@ -450,8 +356,8 @@ class Snapshot:
     def take(cls, server: Server, gens: list[Gen]) -> Snapshot:
         return cls(
             time.monotonic(),
-            sum(rss_kb(p) for p in server.worker_pids()),
-            sum(rss_kb(g.proc.pid) for g in gens),
+            rss_kb(server.worker_pids()),
+            rss_kb([g.proc.pid for g in gens]),
             meminfo(),
             sockstat(),
             slabs(SLAB_NAMES),
@@ -468,9 +374,9 @@ class CpuMeter:
         self.start = self.read()
 
     def read(self) -> tuple[float, float, float, float]:
-        server = sum(cpu_seconds(p) for p in self.server.worker_pids())
-        gens = sum(cpu_seconds(g.proc.pid) for g in self.gens)
-        redis = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+        server = cpu_seconds(self.server.worker_pids())
+        gens = cpu_seconds([g.proc.pid for g in self.gens])
+        redis = cpu_seconds([self.redis_pid] if self.redis_pid else [])
         return time.monotonic(), server, gens, redis
 
     def cores(self) -> dict[str, float]:
@@ -495,17 +401,14 @@ def percentile(hist: dict[int, int], q: float) -> float:
 
 
 def broadcast(gens: list[Gen], port: int, channel: str, seq: int, timeout: float) -> dict[str, Any]:
-    ask_all(gens, [{"cmd": "watch", "seq": seq}] * len(gens), 30)
+    ask_all(gens, {"cmd": "watch", "seq": seq}, 30)
     publish(port, channel, seq)
     answers = ask_all(
         gens,
-        [{"cmd": "collect", "seq": seq, "timeoutMs": timeout * 1000}] * len(gens),
+        {"cmd": "collect", "seq": seq, "timeoutMs": timeout * 1000},
         timeout + 30,
     )
-    hist: dict[int, int] = {}
-    for answer in answers:
-        for value, count in answer.get("hist", {}).items():
-            hist[int(value)] = hist.get(int(value), 0) + count
+    hist = merged_hist(answers)
     return {
         "received": sum(a.get("received", 0) for a in answers),
         "missing": sum(a.get("missing", 0) for a in answers),
@@ -516,11 +419,8 @@ def broadcast(gens: list[Gen], port: int, channel: str, seq: int, timeout: float
 
 
 def heartbeat_gaps(gens: list[Gen]) -> dict[str, Any]:
-    answers = ask_all(gens, [{"cmd": "gaps"}] * len(gens), 60)
-    hist: dict[int, int] = {}
-    for answer in answers:
-        for value, count in answer.get("hist", {}).items():
-            hist[int(value)] = hist.get(int(value), 0) + count
+    answers = ask_all(gens, {"cmd": "gaps"}, 60)
+    hist = merged_hist(answers)
     return {
         "ready": sum(a.get("ready", 0) for a in answers),
         "silent": sum(a.get("silent", 0) for a in answers),
@@ -531,7 +431,7 @@ def heartbeat_gaps(gens: list[Gen]) -> dict[str, Any]:
 
 
 def gen_usage(gens: list[Gen]) -> list[dict[str, Any]]:
-    return ask_all(gens, [{"cmd": "status"}] * len(gens), 60)
+    return ask_all(gens, {"cmd": "status"}, 60)
 
 
 # ---------------------------------------------------------------- the run
@@ -574,6 +474,13 @@ def climb(
     reasons: dict[str, int] = {}
     during: list[dict[str, Any]] = []
     halted: list[str] = []
+
+    def halt(why: str) -> None:  # the climb ends where it is; why is the run's ceiling
+        halted.append(why)
+        log(why)
+        for gen in gens:
+            gen.send({"cmd": "halt"})
+
     for kind in kinds:
         share = [n // len(kinds) + (n % len(kinds) if kind == kinds[0] else 0) for n in per]
         messages = [
@@ -597,26 +504,20 @@ def climb(
                 break
             available = meminfo()["MemAvailable"]
             if not halted and available < args.climb_floor_gib * 1048576:
-                halted.append(
+                halt(
                     f"memory: MemAvailable fell to {available / 1048576:.2f} GiB while "
                     f"connecting (climbing stops below {args.climb_floor_gib:g} GiB)"
                 )
-                log(halted[0])
-                for gen in gens:
-                    gen.send({"cmd": "halt"})
             if have + connected > 0 and seq is not None and not halted:
                 seq[0] += 1
                 try:
                     during.append(broadcast(gens, server.port, args.channel, seq[0], 20))
                 except (OSError, RuntimeError) as error:  # TimeoutError is an OSError
-                    halted.append(
+                    halt(
                         f"delivery: a publish while connecting went unanswered ({error}), "
                         f"with the cores at {meter.cores()} and the load average at "
                         f"{os.getloadavg()[0]:.0f}"
                     )
-                    log(halted[0])
-                    for gen in gens:
-                        gen.send({"cmd": "halt"})
             time.sleep(2.0)
         answers = [g.wait("connect", end) or {} for g in gens]
         for answer in answers:
@@ -647,7 +548,7 @@ def measure_stage(
     broadcasts: int,
 ) -> dict[str, Any]:
     time.sleep(args.settle)
-    ask_all(gens, [{"cmd": "mark"}] * len(gens), 30)
+    ask_all(gens, {"cmd": "mark"}, 30)
     meter = CpuMeter(server, gens, redis_pid)
     gens_cpu0 = [u.get("cpuUs", 0) for u in gen_usage(gens)]
     deadline = time.monotonic() + window
@@ -703,11 +604,17 @@ def measure_stage(
 
 
 def _merge(maps: list[dict[str, int]]) -> dict[str, int]:
+    """The counts of all the maps, summed key by key."""
     out: dict[str, int] = {}
     for m in maps:
         for k, v in m.items():
             out[k] = out.get(k, 0) + v
     return out
+
+
+def merged_hist(answers: list[dict[str, Any]]) -> dict[int, int]:
+    """The generators' histograms (bin -> count; JSON gives the bins as strings) as one."""
+    return {int(k): v for k, v in _merge([a.get("hist", {}) for a in answers]).items()}
 
 
 def hold(
@@ -720,7 +627,7 @@ def hold(
 ) -> dict[str, Any]:
     """Hold the top stage for --hold-seconds: gaps and a broadcast every interval."""
     log(f"{mode}: holding for {args.hold_seconds:.0f} s")
-    ask_all(gens, [{"cmd": "mark"}] * len(gens), 30)
+    ask_all(gens, {"cmd": "mark"}, 30)
     meter = CpuMeter(server, gens, redis_pid)
     started = time.monotonic()
     checks = []
@@ -800,7 +707,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg = {"id": i, "port": server.port, "sources": sources, "channel": args.channel,
                "capacity": PER_GEN, "maxLifetimeS": args.time_limit_minutes * 60 + 300}  # fmt: skip
         gens.append(Gen(i, cfg, args.load_cpus, tmp))
-    ask_all(gens, [{"cmd": "hello"}] * len(gens), 60)
+    ask_all(gens, {"cmd": "hello"}, 60)
     log(f"{n_gens} connection holders on cores {args.load_cpus}")
     time.sleep(2)
     base = Snapshot.take(server, gens)
@@ -885,7 +792,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.hold_seconds = max(0.0, left)
                 result["holds"].append(hold(mode, server, gens, redis_pid, args, seq))
             log(f"{mode}: closing every connection")
-            ask_all(gens, [{"cmd": "close"}] * len(gens), 90)
+            ask_all(gens, {"cmd": "close"}, 90)
             wait_closed(server, base_files)
             if _STOP.is_set():
                 break

@@ -393,10 +393,11 @@ class ManagedProcess:
             return ""
 
 
-def stop_all() -> None:
+def stop_all(grace: float = 5.0) -> None:
+    """Stop every process we started and have not stopped yet, the last started first."""
     for mp in list(reversed(_STARTED)):
         try:
-            mp.stop(grace=5.0)
+            mp.stop(grace=grace)
         except Exception as exc:
             log(f"stopping {mp.name}: {exc}")
 

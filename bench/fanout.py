@@ -411,6 +411,15 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
+def exit_with(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; whatever ends it, every process started is stopped."""
+    try:
+        sys.exit(main())
+    finally:
+        with contextlib.suppress(Exception):
+            stop_all()
+
+
 def measure_until_interrupted(measure: Callable[[], None]) -> bool:
     """Run measure() to its end or until Ctrl-C or SIGTERM, then stop every process started;
     whether it was interrupted."""
@@ -1849,7 +1858,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        stop_all()
+    exit_with(main)

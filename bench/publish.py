@@ -24,10 +24,8 @@ goes to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -271,8 +269,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        with contextlib.suppress(Exception):
-            fanout.stop_all()
+    fanout.exit_with(main)

@@ -26,12 +26,10 @@ targets, paths and --repeat.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 import urllib.request
@@ -418,8 +416,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        with contextlib.suppress(Exception):
-            fanout.stop_all()
+    fanout.exit_with(main)

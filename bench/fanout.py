@@ -217,6 +217,35 @@ def wait_quiet(args: argparse.Namespace, cores: list[int], ours: Callable[[], fl
     return waited
 
 
+def least_disturbed(
+    args: argparse.Namespace,
+    cores: list[int],
+    ours: Callable[[], float],
+    measure: Callable[[float], dict[str, Any]],
+    disturbed: Callable[[dict[str, Any], int], None],
+) -> tuple[dict[str, Any], int]:
+    """measure() on cores as quiet as we can get them; the least disturbed attempt (its
+    "attempts": how many were made up to it) and how many were made in all.
+
+    Other work on the machine shares our cores. Before each attempt, wait (wait_quiet) until it
+    uses less than --quiet-pct of a core; measure(the seconds waited) returns the attempt's
+    figures, "otherCpuPct" among them. If other work used more than that during the attempt,
+    disturbed(figures, attempt index) is told and the measurement runs again, at most
+    --phase-retries times.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(args.phase_retries + 1):
+        r = measure(wait_quiet(args, cores, ours))
+        r["attempts"] = attempt + 1
+        if best is None or r["otherCpuPct"] < best["otherCpuPct"]:
+            best = r
+        if r["otherCpuPct"] < args.quiet_pct:
+            break
+        disturbed(r, attempt)
+    assert best is not None
+    return best, attempt + 1
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -913,34 +942,25 @@ def quiet_phase(
     timeout: float,
     **msg: Any,
 ) -> dict[str, Any]:
-    """measure_phase on cores as quiet as we can get them.
-
-    Other work on the machine shares our two cores. Before the phase, wait (at most
-    --quiet-wait s) until it uses less than --quiet-pct of a core; afterwards, if it used more
-    than that during the phase, run the phase again (at most --phase-retries times) and keep the
-    attempt with the least disturbance.
-    """
+    """measure_phase on cores as quiet as we can get them (least_disturbed)."""
     redis = [server.redis_pid] if server.redis_pid else []
 
     def ours() -> float:  # the server's, the load generator's and Redis's CPU time
         return server.cpu() + lg.cpu() + cpu_seconds(redis)
 
-    best: dict[str, Any] | None = None
-    for attempt in range(args.phase_retries + 1):
-        waited = wait_quiet(args, cores, ours)
+    def measure(waited: float) -> dict[str, Any]:
         r = measure_phase(server, lg, cores, timeout, **msg)
         r["quietWaitS"] = waited
-        r["attempts"] = attempt + 1
-        if best is None or r["otherCpuPct"] < best["otherCpuPct"]:
-            best = r
-        if r["otherCpuPct"] < args.quiet_pct:
-            break
+        return r
+
+    def disturbed(r: dict[str, Any], attempt: int) -> None:
         log(
             f"  {msg['cmd']}: other processes used {r['otherCpuPct']:.0f}% of a core"
             + ("; running the phase again" if attempt < args.phase_retries else "")
         )
-    assert best is not None
-    best["attempts"] = attempt + 1
+
+    best, attempts = least_disturbed(args, cores, ours, measure, disturbed)
+    best["attempts"] = attempts
     return best
 
 

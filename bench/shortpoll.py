@@ -210,9 +210,8 @@ def measure(t: Target, path: str, args: argparse.Namespace, cores: list[int]) ->
     for k, v in headers.items():
         argv += ["-H", f"{k}: {v}"]
     argv.append(t.url)
-    best: dict[str, Any] | None = None
-    for attempt in range(args.phase_retries + 1):
-        fanout.wait_quiet(args, cores, t.cpu)  # as fanout.py does before each phase
+
+    def measure_once(_waited: float) -> dict[str, Any]:
         run = wrkbench.run_wrk(
             f"wrk {t.name} {path}", argv, t.tmp, f"wrk-{path}.out", t.cpu, cores, args.duration
         )
@@ -224,14 +223,13 @@ def measure(t: Target, path: str, args: argparse.Namespace, cores: list[int]) ->
         r["usPerPoll"] = run.server_s * 1e6 / r["requests"] if r["requests"] else None
         r["answerBytes"] = size
         r["status"] = status
-        r["attempts"] = attempt + 1
-        if best is None or r["otherCpuPct"] < best["otherCpuPct"]:
-            best = r
-        if r["otherCpuPct"] < args.quiet_pct:
-            break
+        return r
+
+    def disturbed(r: dict[str, Any], _attempt: int) -> None:
         log(f"  other processes used {r['otherCpuPct']:.0f}% of a core during the run")
-    assert best is not None
-    r = best
+
+    # on cores as quiet as we can get them, as fanout.py measures its phases
+    r, _ = fanout.least_disturbed(args, cores, t.cpu, measure_once, disturbed)
     bad = r["non2xx3xx"] + r["socketErrors"]
     if bad:
         raise RuntimeError(

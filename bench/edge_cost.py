@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import re
 import time
-from typing import Any
 
 import uvloop
 
@@ -31,6 +30,7 @@ from tidings.config import Settings
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.uvloop.http import Edge, HttpConnection
+from tidings.server.uvloop.memory import MemoryTransport
 
 CURSOR = re.compile(rb"Tidings-Cursor: ([^\r]+)")
 PAYLOAD = b'{"channel":"bench","data":{"bench_t":1,"seq":1,"pad":"' + b"x" * 60 + b'"}}'
@@ -42,44 +42,6 @@ WS_UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-class Kept:
-    """An in-memory transport: it keeps what is written, and the protocol it carries."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.protocol: Any = None
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self.protocol
 
 
 def masked_text(payload: bytes) -> bytes:
@@ -101,8 +63,8 @@ async def measure(kind: str, subs: int, rounds: int) -> str:
 
 async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
 
-    def connect() -> tuple[HttpConnection, Kept]:
-        connection, transport = edge.protocol_factory(), Kept()
+    def connect() -> tuple[HttpConnection, MemoryTransport]:
+        connection, transport = edge.protocol_factory(), MemoryTransport()
         connection.connection_made(transport)  # type: ignore[arg-type]
         return connection, transport
 
@@ -117,8 +79,8 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         await publish()
         connection, transport = connect()
         connection.data_received(b"GET /poll?channel=bench HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        found = CURSOR.search(b"".join(transport.out))
-        assert found is not None, transport.out
+        found = CURSOR.search(b"".join(transport.written))
+        assert found is not None, transport.written
         cursor = found.group(1)
         match = b'If-None-Match: "' + cursor + b'"\r\n' if kind == "poll_304" else b""
         request = b"GET /poll?channel=bench&since=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (
@@ -129,7 +91,7 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         started = time.process_time()
         for _ in range(total):
             connection.data_received(request)
-            transport.out.clear()
+            transport.written.clear()
         spent = time.process_time() - started
         return f"{kind}: {spent * 1e6 / total:.2f} us per request"
 
@@ -142,8 +104,8 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
 
         def poll_again() -> None:
             for connection, transport in connections:
-                cursor = CURSOR.findall(b"".join(transport.out))[-1]
-                transport.out.clear()
+                cursor = CURSOR.findall(b"".join(transport.written))[-1]
+                transport.written.clear()
                 connection.data_received(
                     b"GET /poll?channel=bench&timeout=30&since=%s HTTP/1.1\r\n"
                     b"Host: 127.0.0.1\r\n\r\n" % cursor
@@ -160,9 +122,9 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         started = time.process_time()
         for _ in range(rounds):
             for _connection, transport in connections:
-                transport.out.append(b"HTTP/1.1 200 OK\r\nTidings-Cursor: abcdefgh.1\r\n\r\n")
-                cursor = CURSOR.findall(b"".join(transport.out))[-1]
-                transport.out.clear()
+                transport.written.append(b"HTTP/1.1 200 OK\r\nTidings-Cursor: abcdefgh.1\r\n\r\n")
+                cursor = CURSOR.findall(b"".join(transport.written))[-1]
+                transport.written.clear()
                 _ = b"GET /poll?channel=bench&timeout=30&since=%s HTTP/1.1\r\n\r\n" % cursor
         driver = time.process_time() - started
         deliveries = rounds * subs
@@ -184,12 +146,12 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         await asyncio.sleep(0.05)
     await publish()
     for _, transport in connections:
-        transport.out.clear()
+        transport.written.clear()
     started = time.process_time()
     for _ in range(rounds):
         await publish()
     spent = time.process_time() - started
-    writes = sum(len(transport.out) for _, transport in connections)
+    writes = sum(len(transport.written) for _, transport in connections)
     assert writes == rounds * subs, f"{writes} writes for {rounds * subs} deliveries"
     return f"{kind}: {spent * 1e6 / writes:.3f} us per delivery"
 

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from websockets.frames import Frame, Opcode
@@ -22,45 +21,8 @@ from tidings.config import load_settings
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.uvloop.http import Edge
+from tidings.server.uvloop.memory import MemoryTransport
 from tidings.server.uvloop.websocket import FrameSocket
-
-
-class MemoryTransport:
-    """Keeps what is written and the protocol it carries; reads nothing of its own."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.protocol: Any = None
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self.protocol
 
 
 @pytest.fixture
@@ -82,7 +44,7 @@ async def opened(edge: Edge, extensions: str | None = None) -> tuple[FrameSocket
         b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (key, offer)
     )
-    assert transport.written.startswith(b"HTTP/1.1 101"), bytes(transport.written)
+    assert transport.output().startswith(b"HTTP/1.1 101"), transport.output()
     socket = transport.protocol
     assert isinstance(socket, FrameSocket)
     return socket, transport
@@ -97,7 +59,7 @@ SUBSCRIBE = text(b'{"op":"subscribe","channel":"news","ref":1}')
 
 async def answered(transport: MemoryTransport, what: bytes) -> None:
     async def wait() -> None:
-        while what not in transport.written:
+        while what not in transport.output():
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(wait(), 5)
@@ -128,7 +90,7 @@ async def test_a_protocol_made_by_a_read_stays_until_a_heartbeat_finds_the_socke
     assert socket.protocol is kept  # a socket that keeps sending keeps its protocol
     socket.heartbeat(edge.node.loop.time())
     assert socket.protocol is None
-    assert transport.written.endswith(b"\x89\x00")  # the heartbeat's ping went out
+    assert transport.output().endswith(b"\x89\x00")  # the heartbeat's ping went out
 
 
 async def test_a_message_split_across_reads_keeps_the_protocol_until_it_is_whole(
@@ -146,18 +108,18 @@ async def test_a_message_split_across_reads_keeps_the_protocol_until_it_is_whole
     assert socket.protocol is not None
     socket.data_received(frame[3:])
     await answered(transport, b'"channel":"sport"')
-    assert b'"channel":"news"' in transport.written
+    assert b'"channel":"news"' in transport.output()
     socket.heartbeat(edge.node.loop.time())
     assert socket.protocol is None
 
 
 async def test_a_protocol_that_negotiated_deflate_is_kept(edge: Edge) -> None:
     socket, transport = await opened(edge, "permessage-deflate; client_max_window_bits")
-    assert b"permessage-deflate" in transport.written
-    handshake = len(transport.written)
+    assert b"permessage-deflate" in transport.output()
+    handshake = len(transport.output())
     socket.data_received(SUBSCRIBE)
     await answered(transport, b"\x81")  # a text frame: subscribed (too short to compress)
-    assert len(transport.written) > handshake
+    assert len(transport.output()) > handshake
     socket.heartbeat(edge.node.loop.time())
     assert socket.protocol is not None
 
@@ -168,5 +130,5 @@ async def test_a_close_from_a_socket_at_rest_runs_the_closing_handshake(edge: Ed
     await answered(transport, b'"op":"subscribed"')
     assert socket.protocol is None
     socket.data_received(Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=True))
-    assert transport.written.endswith(b"\x88\x02\x03\xe8")  # the close echoed
+    assert transport.output().endswith(b"\x88\x02\x03\xe8")  # the close echoed
     assert transport.closing

@@ -8,6 +8,7 @@ order, or is told with a reset that history was lost. Never a silent skip.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -203,3 +204,20 @@ async def test_an_unreachable_redis_is_broker_unavailable(monkeypatch: pytest.Mo
             await broker.check()
     finally:
         await broker.close()
+
+
+async def test_a_loop_held_up_past_the_ping_deadline_keeps_its_link(make_node: MakeNode) -> None:
+    """A node whose event loop could not run for longer than DEAD_AFTER (a process starved of
+    CPU) reads its pongs late: that is not a silent link, and rebuilding it would resync
+    every channel on a node with no time to spare."""
+    node, publisher = make_node(), make_node()
+    async with following(node, "news") as probe:
+        first = await publisher.publish("news", "m", b"1")
+        await probe.until(lambda: probe.events == [first], "the first event")
+        resyncs = probe.resyncs
+        time.sleep(redis_link.DEAD_AFTER + 1.5)  # the whole loop held up, pings unread
+        await asyncio.sleep(redis_link.PING_INTERVAL * 2.5)
+        assert probe.resyncs == resyncs  # the link was not rebuilt
+        second = await publisher.publish("news", "m", b"2")
+        await probe.until(lambda: probe.events == [first, second], "the next event, live")
+        await node.check()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
@@ -18,11 +17,6 @@ from tidings.server.uvloop.websocket import FrameSocket
 
 log = logging.getLogger("tidings.server")
 BACKLOG = 4096
-# The collector's thresholds once a node process serves. With the interpreter's default of
-# 700 allocations, a held long poll or a request's objects outlive a young collection or two
-# and reach the oldest generation, whose full collections then walk every connection. Ten
-# times as many allocations between young collections let a request's objects die young.
-GC_THRESHOLDS = (7000, 10, 10)
 
 
 class Server:
@@ -90,17 +84,6 @@ class Server:
             self._drain.hurry.set()
 
 
-def tune_collector() -> None:
-    """Once a node process listens: what start-up built is never collected again
-    (``gc.freeze``), and young collections run every ``GC_THRESHOLDS[0]`` allocations.
-
-    Only for a process the node owns (``tidings serve`` and its workers): an application
-    that mounts Tidings keeps its own collector settings.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def announce(settings: Settings, port: int, workers: int = 1) -> None:
     """The line that says where the node listens (tests and scripts read the port there)."""
     server = settings.server
@@ -126,7 +109,6 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)  # before "listening" is announced
     announce(settings, await server.start())
-    tune_collector()
     try:
         await stop.wait()
     finally:

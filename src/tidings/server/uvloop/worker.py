@@ -34,7 +34,7 @@ from tidings.server.core import logs
 from tidings.server.core.figures import figures_of
 from tidings.server.core.peers import Peers, PeersView
 from tidings.server.uvloop.loop import install_loop
-from tidings.server.uvloop.server import Server, tune_collector
+from tidings.server.uvloop.server import Server
 
 log = logging.getLogger("tidings.server")
 
@@ -124,7 +124,6 @@ async def serve(plan: WorkerPlan, stdin: int, stdout: int) -> None:
         loop.add_signal_handler(signum, on_signal)
     control = await open_control(stdin, stdout)
     port = await server.start()
-    tune_collector()
     node = server.node
     assert node is not None
 

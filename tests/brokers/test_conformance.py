@@ -11,6 +11,7 @@ import pytest
 
 from tests.brokers.conftest import Clock, MakeBroker, Sink
 from tidings.brokers import Broker, HistoryPage
+from tidings.brokers.base import PAGE_BYTES
 from tidings.exceptions import ConfigError
 from tidings.protocol.cursor import Cursor, parse_cursor
 from tidings.protocol.event import Event, Reset
@@ -132,6 +133,47 @@ async def test_history_resumes_exactly_page_by_page(make_broker: MakeBroker) -> 
         seen.extend(page.events)
         cursor = page.cursor
     assert seen == events
+
+
+async def test_more_says_whether_history_holds_events_after_the_page(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    events = await publish_many(broker, "news", 5)
+    start = Cursor(events[0].epoch, 0)
+    assert (await broker.history("news", start, 4)).more
+    assert not (await broker.history("news", start, 5)).more
+    assert not (await broker.history("news", start, 100)).more
+    assert not (await broker.history("news", events[-1].cursor, 100)).more
+    assert not (await broker.history("news", None, 100)).more
+
+
+async def test_a_page_of_large_events_stops_at_the_byte_bound_and_reads_on(
+    make_broker: MakeBroker, holds_history_locally: bool
+) -> None:
+    """A catch-up of large events reads PAGE_BYTES at a time from a broker over the network
+    (one event at least), and ``more`` leads the reader to every event, once, in order."""
+    broker = make_broker()
+    size = PAGE_BYTES // 10 + 1  # ten of them pass the bound
+    events = [
+        await broker.publish("news", "message", b'"%s"' % (b"%02d" % n * (size // 2)))
+        for n in range(25)
+    ]
+    cursor, seen, pages = Cursor(events[0].epoch, 0), [], []
+    for _ in range(30):
+        page = await broker.history("news", cursor, 1000)
+        assert page.reset is None and page.events
+        pages.append(len(page.events))
+        seen.extend(page.events)
+        cursor = page.cursor
+        if not page.more:
+            break
+    assert seen == events
+    if holds_history_locally:
+        assert pages == [25]
+    else:
+        assert pages == [9, 9, 7]
+        assert all(sum(len(e.data) for e in page) <= PAGE_BYTES for page in [seen[:9], seen[9:18]])
 
 
 async def test_history_nowait_equals_history(

@@ -12,7 +12,7 @@ import pytest
 from tests.redis.conftest import MakeNode
 from tests.redis.support import Probe, Recorder, clients_named, kill_clients
 from tidings.brokers import redis_link
-from tidings.brokers.base import HistoryPage
+from tidings.brokers.base import PAGE_BYTES, HistoryPage
 from tidings.brokers.redis import COMMAND_TIMEOUT, POOL_SIZE, READS_AT_ONCE
 from tidings.config import Settings
 from tidings.hub.hub import Hub
@@ -114,3 +114,35 @@ async def test_a_read_that_waits_its_turn_longer_than_a_command_may_take_still_r
     for _ in range(READS_AT_ONCE):
         turns.release()
     assert (await reading).cursor == published.cursor
+
+
+async def test_a_catch_up_of_large_events_reads_redis_a_bounded_page_at_a_time(
+    make_node: MakeNode,
+) -> None:
+    """A follower 100 events of 32 KB behind (3.2 MB) is caught up by pages of at most
+    PAGE_BYTES, each asked for when the one before was written, and misses nothing: one
+    read of the whole backlog held all of it in the node's memory at once."""
+    node = make_node()
+    hub = Hub(node, Settings(), asyncio.get_running_loop())
+    hub.start()
+    sizes: list[int] = []
+    read = node.history
+
+    async def measured(channel: str, since: Cursor | None, limit: int) -> HistoryPage:
+        page = await read(channel, since, limit)
+        sizes.append(sum(len(event.data) for event in page.events))
+        return page
+
+    node.history = measured  # type: ignore[method-assign]
+    try:
+        data = b'"' + b"x" * 32_000 + b'"'
+        events = [await node.publish("news", "m", data) for _ in range(100)]  # history holds 100
+        probe = Probe(hub, "news", Cursor(events[0].epoch, 0))
+        hub.attach("news", probe)
+        await probe.until(lambda: len(probe.events) == 100, "every event")
+        assert probe.events == events
+        assert probe.resets == [] and probe.abandoned == []
+        assert len(sizes) >= 100 * len(data) // PAGE_BYTES
+        assert max(sizes) <= PAGE_BYTES
+    finally:
+        await hub.close()

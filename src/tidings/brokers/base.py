@@ -8,7 +8,10 @@ Guarantees every implementation keeps, checked by one conformance suite:
   subscribed to the channel, each node receiving a channel's events in offset order.
 - ``history`` returns the events after a cursor, in order, or a Reset when they are not all
   still held (reason ``gap``) or the cursor belongs to another epoch or lies beyond the last
-  event (reason ``epoch``). It never skips silently.
+  event (reason ``epoch``). It never skips silently. A page holds at most ``limit`` events
+  and, from a broker that reads history over the network, stops before its events' data
+  would pass ``PAGE_BYTES`` (one event at least): a catch-up of large events then holds a bounded
+  amount of memory at a time. ``more`` says that history holds events after the page.
 - An idempotency key repeated on the same channel while its first event is still in history
   returns that first event and stores nothing.
 - ``check`` makes a real round trip, so a dead link is reported, not guessed.
@@ -56,18 +59,23 @@ GapSink = Callable[[str], None]
 PresenceSink = Callable[[PresenceChange], None]
 ControlSink = Callable[[Control], None]
 
+# The data one history page read over the network carries at most (one event may pass it).
+PAGE_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     """Events after a cursor (at most ``limit``), and the cursor after the last one returned.
 
     ``reset`` is set when history could not cover the request; ``events`` then start from the
-    reset's cursor.
+    reset's cursor. ``more`` is True when history holds events after the last one returned
+    that the page left out (its ``limit`` or ``PAGE_BYTES``): read on from ``cursor``.
     """
 
     events: Sequence[Event]
     cursor: Cursor
     reset: Reset | None = None
+    more: bool = False
 
     def before(self) -> Cursor:
         """Of a ``recent`` page: the cursor just before its first event, where a rewound

@@ -85,7 +85,9 @@ class ChannelLog:
             return HistoryPage((), head, Reset(self.channel, head, "gap"))
         start = since.offset + 1 - first_held
         events = tuple(islice(self.events, start, start + limit))
-        return HistoryPage(events, events[-1].cursor if events else since)
+        if not events:
+            return HistoryPage(events, since)
+        return HistoryPage(events, events[-1].cursor, more=events[-1].offset < self.last_offset)
 
     def recent(self, count: int) -> HistoryPage:
         self.expire(time.time_ns() // 1_000_000)

@@ -57,7 +57,14 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import (
+    PAGE_BYTES,
+    ControlSink,
+    EventSink,
+    GapSink,
+    HistoryPage,
+    PresenceSink,
+)
 from tidings.brokers.nats_control import NatsControl
 from tidings.brokers.nats_errors import FOREIGN_ERRORS, translated
 from tidings.brokers.nats_layout import (
@@ -84,6 +91,7 @@ from tidings.supervisor import Supervisor
 log = logging.getLogger("tidings.brokers")
 
 FETCH_AT_ONCE = 100  # direct gets in flight for one history page
+FIRST_FETCH = 16  # of a history page: the events' size decides how many follow at once
 PENDING_MESSAGES = 10_000  # per subscription; past it the client drops and we resync
 PENDING_BYTES = 16 * 1024 * 1024
 RECONNECT_WAIT_SECONDS = 1
@@ -352,11 +360,12 @@ class NatsBroker:
             return gap
         if limit <= 0:
             return HistoryPage((), since)
-        events = await self._fetch(js, stream, start, min(state.last_seq, since.offset + limit))
+        last = min(state.last_seq, since.offset + limit)
+        events = await self._fetch(js, stream, start, last, PAGE_BYTES)
         # JetStream removes aged messages on a timer; history ends at the age limit exactly.
         if not events or events[0].ts < now_ms() - stream.ttl_ms:
             return gap
-        return HistoryPage(events, events[-1].cursor)
+        return HistoryPage(events, events[-1].cursor, more=events[-1].offset < state.last_seq)
 
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
         """History lives in NATS: always a round trip."""
@@ -385,17 +394,32 @@ class NatsBroker:
         return None
 
     async def _fetch(
-        self, js: JetStreamContext, stream: ChannelStream, first: int, last: int
+        self,
+        js: JetStreamContext,
+        stream: ChannelStream,
+        first: int,
+        last: int,
+        budget: int | None = None,
     ) -> list[Event]:
-        """Events ``first`` to ``last``, stopping before the first one no longer stored."""
+        """Events ``first`` to ``last``, stopping before the first one no longer stored, and
+        before the one whose data would pass ``budget`` bytes in all (one event at least)."""
         events: list[Event] = []
-        for low in range(first, last + 1, FETCH_AT_ONCE):
-            high = min(low + FETCH_AT_ONCE, last + 1)
+        size, at_once = 0, FETCH_AT_ONCE if budget is None else FIRST_FETCH
+        low = first
+        while low <= last:
+            high = min(low + at_once, last + 1)
             chunk = await asyncio.gather(*(self._get(js, stream, seq) for seq in range(low, high)))
             for event in chunk:
                 if event is None:
                     return events
+                size += len(event.data)
+                if budget is not None and size > budget and events:
+                    return events
                 events.append(event)
+            low = high
+            if budget is not None:  # as many as the budget left holds, at the size seen so far
+                left = (budget - size) * len(events) // max(size, 1) + 1
+                at_once = max(1, min(FETCH_AT_ONCE, left))
         return events
 
     async def _get(self, js: JetStreamContext, stream: ChannelStream, seq: int) -> Event | None:

@@ -67,7 +67,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
-from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import (
+    PAGE_BYTES,
+    ControlSink,
+    EventSink,
+    GapSink,
+    HistoryPage,
+    PresenceSink,
+)
 from tidings.brokers.redis_link import PubSubLink
 from tidings.brokers.redis_presence import RedisPresence
 from tidings.brokers.redis_scripts import (
@@ -383,7 +390,7 @@ class RedisBroker:
     async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:
         _size, ttl_ms, meta_ms = self._limits(channel)
         epoch, start = (since.epoch, since.offset + 1) if since is not None else ("", 0)
-        args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, epoch, start, limit]
+        args: list[EncodableT] = [new_epoch(), ttl_ms, meta_ms, epoch, start, limit, PAGE_BYTES]
         async with self._read_turn():
             with translated("history read"):
                 try:

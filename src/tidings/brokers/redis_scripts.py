@@ -83,7 +83,8 @@ end
 READ = (
     _COMMON
     + """
--- ARGV: candidate epoch, ttl ms, meta ttl ms, since epoch, first offset wanted, limit
+-- ARGV: candidate epoch, ttl ms, meta ttl ms, since epoch, first offset wanted, limit,
+--       bytes of data a page stops after (one entry at least)
 local epoch = epoch_of(ARGV[1])
 expire_old(now_ms())
 keep(meta, ARGV[3])
@@ -92,8 +93,20 @@ local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 local first, entries = '', {}
 if #head > 0 then
   first = head[1][1]
-  if ARGV[4] == epoch and tonumber(ARGV[6]) > 0 then
-    entries = redis.call('XRANGE', stream, ARGV[5], '+', 'COUNT', ARGV[6])
+  if ARGV[4] == epoch then
+    local from, wanted, budget = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+    local bytes = 0
+    while #entries < wanted and bytes < budget do
+      local count = math.min(wanted - #entries, 64)
+      local chunk = redis.call('XRANGE', stream, from, '+', 'COUNT', count)
+      if #chunk == 0 then break end
+      for _, entry in ipairs(chunk) do
+        bytes = bytes + #entry[2][4]
+        if #entries > 0 and bytes > budget then break end
+        entries[#entries + 1] = entry
+      end
+      from = string.format('%d', tonumber(string.match(entries[#entries][1], '^%d+')) + 1)
+    end
   end
 end
 return {epoch, last, first, entries}
@@ -241,4 +254,6 @@ def page_of(channel: str, since: Cursor | None, reply: list[Any]) -> HistoryPage
     events = tuple(entry_event(channel, epoch, entry) for entry in entries)
     if since.offset + 1 < first_held or (events and events[0].offset != since.offset + 1):
         return HistoryPage((), head, Reset(channel, head, "gap"))
-    return HistoryPage(events, events[-1].cursor if events else since)
+    if not events:
+        return HistoryPage(events, since)
+    return HistoryPage(events, events[-1].cursor, more=events[-1].offset < last)

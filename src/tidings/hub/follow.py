@@ -128,7 +128,7 @@ class Follower:
             if event.epoch == tail.epoch and event.offset == tail.offset + 1:
                 tail.offset = event.offset
                 self.write_event(tail, event)
-        if len(page.events) >= PAGE_SIZE:
+        if page.more:
             return True
         return self.writable() and not self._drain_backlog(tail)
 

@@ -410,11 +410,18 @@ def broadcast(gens: list[Gen], port: int, channel: str, seq: int, timeout: float
     )
     hist = merged_hist(answers)
     return {
+        "seq": seq,
         "received": sum(a.get("received", 0) for a in answers),
         "missing": sum(a.get("missing", 0) for a in answers),
         "p50_ms": percentile(hist, 0.50),
         "p99_ms": percentile(hist, 0.99),
         "max_ms": max((a.get("maxMs", 0.0) for a in answers), default=0.0),
+        # since the start, over every earlier broadcast a connection had not seen when its
+        # wait ended: seen later, skipped over (a later one came first: lost), still unseen
+        "owed_late": sum(a.get("late", 0) for a in answers),
+        "owed_late_max_ms": max((a.get("lateMaxMs", 0.0) for a in answers), default=0.0),
+        "owed_lost": sum(a.get("lost", 0) for a in answers),
+        "owed_unseen": sum(a.get("stillOwed", 0) for a in answers),
     }
 
 
@@ -970,7 +977,25 @@ def main() -> None:
             f"{max((b['p99_ms'] for b in h['broadcasts']), default=float('nan')):.0f} ms, "
             f"missing {sum(b['missing'] for b in h['broadcasts'])}, cores {h['cores']}"
         )
+    last = _last_broadcast(result)
+    if last is not None and "owed_late" in last:
+        print(
+            "\nbroadcasts a connection had not seen when their wait ended, by the last one: "
+            f"seen later {last['owed_late']:,} (at most {last['owed_late_max_ms']:.0f} ms after"
+            f" publishing), skipped over (lost) {last['owed_lost']:,}, still unseen"
+            f" {last['owed_unseen']:,}"
+        )
     print(f"\nceiling: {result['ceiling'] or 'none reached'}")
+
+
+def _last_broadcast(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's last broadcast (its counts of late and lost deliveries are cumulative)."""
+    found: list[dict[str, Any]] = []
+    for stage in result["stages"]:
+        found += stage.get("climb", {}).get("broadcasts_during", []) + stage.get("broadcasts", [])
+    for hold_result in result["holds"]:
+        found += hold_result["broadcasts"]
+    return max(found, key=lambda b: b.get("seq", 0), default=None)
 
 
 if __name__ == "__main__":

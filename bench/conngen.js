@@ -41,6 +41,9 @@ const lastBeat = new Float64Array(CAPACITY); // wall ms of the last heartbeat (o
 const maxGap = new Float64Array(CAPACITY); // largest gap between heartbeats since `mark`
 const beats = new Uint32Array(CAPACITY); // heartbeats since `mark`
 const gotSeq = new Int32Array(CAPACITY).fill(-1); // last broadcast sequence number seen
+// A broadcast still unseen when its collect ended: seen later (late) or skipped over (lost).
+const owedSeq = new Int32Array(CAPACITY).fill(-1);
+const owed = { late: 0, lost: 0, lateMaxMs: 0 };
 const watched = new Uint8Array(CAPACITY); // ready when the watched broadcast was published
 let alive = 0;
 let markAt = 0;
@@ -70,6 +73,7 @@ function eventSeen(i, buf, s, e) {
   const t = parseFloat(buf.latin1Slice(q + TKEY.length, q + TKEY.length + 24));
   if (gotSeq[i] === seq) return true;
   gotSeq[i] = seq;
+  if (owedSeq[i] !== -1) settleOwed(i, seq, t);
   if (seq === watchSeq && watched[i]) {
     const lat = Date.now() - t;
     const bin = Math.max(0, Math.floor(lat));
@@ -78,6 +82,18 @@ function eventSeen(i, buf, s, e) {
     if (lat > watchMax) watchMax = lat;
   }
   return true;
+}
+
+function settleOwed(i, seq, t) {
+  if (seq === owedSeq[i]) {
+    owed.late++;
+    owed.lateMaxMs = Math.max(owed.lateMaxMs, Date.now() - t);
+  } else if (seq > owedSeq[i]) {
+    owed.lost++;
+  } else {
+    return; // an older broadcast: the owed one may still come
+  }
+  owedSeq[i] = -1;
 }
 
 // ---------------------------------------------------------------- connections
@@ -305,7 +321,16 @@ const commands = {
       let missing = 0;
       for (let i = 0; i < CAPACITY; i++) { const c = conns[i]; if (watched[i] && c && c.state === 2 && gotSeq[i] !== msg.seq) missing++; }
       if (missing === 0 || Date.now() - t0 > (msg.timeoutMs || 30000)) {
-        return { seq: msg.seq, received: watchCount, missing, alive, maxMs: watchMax, hist: Object.fromEntries(watchHist) };
+        for (let i = 0; missing > 0 && i < CAPACITY; i++) {
+          const c = conns[i];
+          if (watched[i] && c && c.state === 2 && gotSeq[i] !== msg.seq) owedSeq[i] = msg.seq;
+        }
+        let stillOwed = 0;
+        for (let i = 0; i < CAPACITY; i++) if (owedSeq[i] !== -1 && conns[i] && conns[i].state === 2) stillOwed++;
+        return {
+          seq: msg.seq, received: watchCount, missing, alive, maxMs: watchMax, hist: Object.fromEntries(watchHist),
+          late: owed.late, lost: owed.lost, lateMaxMs: owed.lateMaxMs, stillOwed,
+        };
       }
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -83,6 +83,14 @@ class HistoryPage:
         return Cursor(self.cursor.epoch, self.cursor.offset - len(self.events))
 
 
+def page_after(since: Cursor, events: Sequence[Event], last_offset: int) -> HistoryPage:
+    """The page of ``events`` read after ``since`` from a history whose newest event has
+    ``last_offset``: ``more`` when the page stopped short of it."""
+    if not events:
+        return HistoryPage(events, since)
+    return HistoryPage(events, events[-1].cursor, more=events[-1].offset < last_offset)
+
+
 class Broker(Protocol):
     """Owns order, cursors and history; fans stored events out to the nodes."""
 

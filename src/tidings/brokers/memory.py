@@ -11,7 +11,14 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import islice
 
-from tidings.brokers.base import ControlSink, EventSink, GapSink, HistoryPage, PresenceSink
+from tidings.brokers.base import (
+    ControlSink,
+    EventSink,
+    GapSink,
+    HistoryPage,
+    PresenceSink,
+    page_after,
+)
 from tidings.config import Settings
 from tidings.protocol.channel import namespace_of
 from tidings.protocol.control import Control, Revocation
@@ -84,10 +91,7 @@ class ChannelLog:
         if since.offset + 1 < first_held:
             return HistoryPage((), head, Reset(self.channel, head, "gap"))
         start = since.offset + 1 - first_held
-        events = tuple(islice(self.events, start, start + limit))
-        if not events:
-            return HistoryPage(events, since)
-        return HistoryPage(events, events[-1].cursor, more=events[-1].offset < self.last_offset)
+        return page_after(since, tuple(islice(self.events, start, start + limit)), self.last_offset)
 
     def recent(self, count: int) -> HistoryPage:
         self.expire(time.time_ns() // 1_000_000)

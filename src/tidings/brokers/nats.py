@@ -64,6 +64,7 @@ from tidings.brokers.base import (
     GapSink,
     HistoryPage,
     PresenceSink,
+    page_after,
 )
 from tidings.brokers.nats_control import NatsControl
 from tidings.brokers.nats_errors import FOREIGN_ERRORS, translated
@@ -365,7 +366,7 @@ class NatsBroker:
         # JetStream removes aged messages on a timer; history ends at the age limit exactly.
         if not events or events[0].ts < now_ms() - stream.ttl_ms:
             return gap
-        return HistoryPage(events, events[-1].cursor, more=events[-1].offset < state.last_seq)
+        return page_after(since, events, state.last_seq)
 
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
         """History lives in NATS: always a round trip."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.brokers.base import HistoryPage
+from tidings.brokers.base import HistoryPage, page_after
 from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Event, Reset
 
@@ -254,6 +254,4 @@ def page_of(channel: str, since: Cursor | None, reply: list[Any]) -> HistoryPage
     events = tuple(entry_event(channel, epoch, entry) for entry in entries)
     if since.offset + 1 < first_held or (events and events[0].offset != since.offset + 1):
         return HistoryPage((), head, Reset(channel, head, "gap"))
-    if not events:
-        return HistoryPage(events, since)
-    return HistoryPage(events, events[-1].cursor, more=events[-1].offset < last)
+    return page_after(since, events, last)

@@ -13,7 +13,9 @@ stage reports:
   memory per connection (slab and TCP buffer pages from /proc/meminfo and /proc/net/sockstat,
   both ends of every connection, since client and server are on this machine);
 - heartbeat punctuality: the largest gap between two heartbeats (SSE ': ping', WebSocket
-  ping) any connection saw, against heartbeat_seconds;
+  ping) any connection saw, against heartbeat_seconds; beside it, how late the server wrote
+  them (its tidings_heartbeat_delay_seconds) and how late the holders could read them (their
+  own event loop's delay), since a starved holder reads a heartbeat that came on time late;
 - time for one published event to reach every connection (p50, p99, max);
 - CPU at idle (heartbeats alone) per 100k connections: server, load generator and Redis.
 
@@ -24,7 +26,7 @@ It stops by itself (and stops everything it started, by PID) when MemAvailable f
 --memory-floor-gib, when a stage cannot be reached (connections refused or timing out), or
 when --time-limit-minutes pass; what ran out is the result's "ceiling".
 
-Standard library only; run it with the worktree's Python so that `tidings` is the working
+Standard library and tidings' own dependencies; run it with the worktree's Python so that `tidings` is the working
 tree's (`.venv/bin/python bench/connections.py`). All traffic goes to 127.0.0.0/8.
 """
 
@@ -51,6 +53,7 @@ from typing import Any
 
 import fanout
 from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, cpu_seconds, find_redis_pid, rss_kb
+from prometheus_client.parser import text_string_to_metric_families
 
 CONNGEN = BENCH_DIR / "conngen.js"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -434,7 +437,43 @@ def heartbeat_gaps(gens: list[Gen]) -> dict[str, Any]:
         "max_gap_s": max((a.get("worstMs", 0.0) for a in answers), default=0.0) / 1000,
         "p99_gap_s": percentile(hist, 0.99) / 10,
         "window_s": max((a.get("windowMs", 0.0) for a in answers), default=0.0) / 1000,
+        # the holders' own loop delay: how much later than it came a heartbeat may be read
+        "holder_loop_lag_max_s": max((a.get("loopLagMaxMs", 0.0) for a in answers), default=0.0)
+        / 1000,
     }
+
+
+DELAY = "tidings_heartbeat_delay_seconds"
+
+
+def heartbeat_delays(port: int) -> dict[str, float]:
+    """The node's heartbeat delay histogram (cumulative counts by upper bound, seconds)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    buckets: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == DELAY:
+            for sample in family.samples:
+                if sample.name == f"{DELAY}_bucket":
+                    buckets[sample.labels["le"]] = sample.value
+    return buckets
+
+
+def server_delay(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """How late the server wrote the heartbeats between two readings: the count, the bound
+    under which 99 % came, and the bound of the latest (``inf`` past the last bucket)."""
+    bounds = sorted(after, key=float)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative
+    total = counts[-1] if counts else 0.0
+    if not total:
+        return {"heartbeats": 0, "p99_le_s": float("nan"), "max_le_s": float("nan")}
+    p99 = next(float(b) for b, c in zip(bounds, counts, strict=True) if c >= 0.99 * total)
+    latest = next(float(b) for b, c in zip(bounds, counts, strict=True) if c >= total)
+    return {"heartbeats": int(total), "p99_le_s": p99, "max_le_s": latest}
 
 
 def gen_usage(gens: list[Gen]) -> list[dict[str, Any]]:
@@ -556,6 +595,7 @@ def measure_stage(
 ) -> dict[str, Any]:
     time.sleep(args.settle)
     ask_all(gens, {"cmd": "mark"}, 30)
+    delays = heartbeat_delays(server.port)
     meter = CpuMeter(server, gens, redis_pid)
     gens_cpu0 = [u.get("cpuUs", 0) for u in gen_usage(gens)]
     deadline = time.monotonic() + window
@@ -564,6 +604,7 @@ def measure_stage(
     cores = meter.cores()
     usage = gen_usage(gens)
     gaps = heartbeat_gaps(gens)
+    gaps["server"] = server_delay(delays, heartbeat_delays(server.port))
     snap = Snapshot.take(server, gens)
     span = window
     busiest_gen = max(
@@ -635,6 +676,7 @@ def hold(
     """Hold the top stage for --hold-seconds: gaps and a broadcast every interval."""
     log(f"{mode}: holding for {args.hold_seconds:.0f} s")
     ask_all(gens, {"cmd": "mark"}, 30)
+    delays = heartbeat_delays(server.port)
     meter = CpuMeter(server, gens, redis_pid)
     started = time.monotonic()
     checks = []
@@ -658,6 +700,7 @@ def hold(
             f"broadcast p99 {result['p99_ms']:.0f} ms, missing {result['missing']}"
         )
     gaps = heartbeat_gaps(gens)
+    gaps["server"] = server_delay(delays, heartbeat_delays(server.port))
     return {
         "mode": mode,
         "seconds": time.monotonic() - started,
@@ -836,6 +879,16 @@ def wait_closed(server: Server, base_files: int) -> None:
     time.sleep(2)
 
 
+def late(gaps: dict[str, Any]) -> str:
+    """Where a heartbeat's lateness came from: the server's writing, the holders' reading."""
+    server = gaps.get("server", {})
+    return (
+        f"server wrote 99 % within {server.get('p99_le_s', float('nan')):g} s, "
+        f"all within {server.get('max_le_s', float('nan')):g} s; "
+        f"holders read up to {gaps.get('holder_loop_lag_max_s', float('nan')):.1f} s late"
+    )
+
+
 def print_stage(stage: dict[str, Any], args: argparse.Namespace) -> None:
     b = stage["broadcasts"][-1] if stage["broadcasts"] else {}
     g = stage["gaps"]
@@ -843,7 +896,7 @@ def print_stage(stage: dict[str, Any], args: argparse.Namespace) -> None:
         f"  {stage['mode']} {stage['alive']:,}: rss {stage['server_rss_per_conn_b']:.0f} B/conn, "
         f"kernel {stage['kernel_per_conn_b']:.0f} B/conn (slab {stage['slab_per_conn_b']:.0f}), "
         f"gen {stage['gens_rss_per_conn_b']:.0f} B/conn; max gap {g['max_gap_s']:.2f} s "
-        f"(hb {args.heartbeat_seconds}), silent {g['silent']}; broadcast p50/p99/max "
+        f"(hb {args.heartbeat_seconds}; {late(g)}), silent {g['silent']}; broadcast p50/p99/max "
         f"{b.get('p50_ms', 0):.0f}/{b.get('p99_ms', 0):.0f}/{b.get('max_ms', 0):.0f} ms "
         f"missing {b.get('missing')}; idle cores/100k {stage['idle_cores_per_100k']}; "
         f"busiest gen {stage['busiest_gen_cores']:.2f}; "
@@ -854,9 +907,9 @@ def print_stage(stage: dict[str, Any], args: argparse.Namespace) -> None:
 def table(result: dict[str, Any], heartbeat: float) -> str:
     head = (
         "| mode | held | connect/s | server RSS B/conn | kernel B/conn | max heartbeat gap (s) "
-        "| broadcast p50 / p99 / max (ms) | p99 while connecting (ms) "
+        "| heartbeats late | broadcast p50 / p99 / max (ms) | p99 while connecting (ms) "
         "| idle CPU per 100k: server / load / Redis (% core) |\n"
-        "|---|---:|---:|---:|---:|---:|---|---:|---|\n"
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---|\n"
     )
     rows = []
     for s in result["stages"]:
@@ -873,6 +926,7 @@ def table(result: dict[str, Any], heartbeat: float) -> str:
             f"| {s['mode']} | {s['alive']:,} | {s['climb']['rate']:,.0f} "
             f"| {s['server_rss_per_conn_b']:,.0f} "
             f"| {s['kernel_per_conn_b']:,.0f} | {s['gaps']['max_gap_s']:.2f} / {heartbeat:g} "
+            f"| {late(s['gaps'])} "
             f"| {p50:.0f} / {p99:.0f} / {mx:.0f}{f' ({miss} missed)' if miss else ''} "
             f"| {'-' if storm != storm else f'{storm:.0f}'}"
             f"{f' ({storm_miss} missed)' if storm_miss else ''} "
@@ -972,7 +1026,7 @@ def main() -> None:
     for h in result["holds"]:
         print(
             f"\nheld {h['mode']} for {h['seconds']:.0f} s: "
-            f"max heartbeat gap {h['gaps']['max_gap_s']:.2f} s, "
+            f"max heartbeat gap {h['gaps']['max_gap_s']:.2f} s ({late(h['gaps'])}), "
             f"silent {h['gaps']['silent']}, fewest alive {h['alive_min']:,}, broadcast p99 worst "
             f"{max((b['p99_ms'] for b in h['broadcasts']), default=float('nan')):.0f} ms, "
             f"missing {sum(b['missing'] for b in h['broadcasts'])}, cores {h['cores']}"

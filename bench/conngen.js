@@ -271,6 +271,19 @@ function closeAll() {
 }
 
 // ---------------------------------------------------------------- measurements
+// This holder's own event-loop delay: a heartbeat that reached the socket while the holder
+// was busy reading other sockets is read (and its gap measured) that much later. A 100 ms
+// timer that fires late says by how much, at most, since the mark.
+const LOOP_TICK_MS = 100;
+let loopLagMaxMs = 0;
+let loopExpected = nowMs() + LOOP_TICK_MS;
+setInterval(() => {
+  const now = nowMs();
+  const late = now - loopExpected;
+  if (late > loopLagMaxMs) loopLagMaxMs = late;
+  loopExpected = now + LOOP_TICK_MS;
+}, LOOP_TICK_MS).unref();
+
 function gaps() {
   const now = nowMs();
   let worst = 0;
@@ -290,7 +303,10 @@ function gaps() {
       hist.set(bin, (hist.get(bin) || 0) + 1);
     }
   }
-  return { ready, silent, worstMs: worst, hist: Object.fromEntries(hist), windowMs: now - markAt };
+  return {
+    ready, silent, worstMs: worst, hist: Object.fromEntries(hist), windowMs: now - markAt,
+    loopLagMaxMs,
+  };
 }
 
 function usage() {
@@ -306,7 +322,7 @@ const commands = {
   },
   async close() { return closeAll(); },
   async halt() { halted = true; return { alive }; },
-  async mark() { markAt = nowMs(); maxGap.fill(0); beats.fill(0); return { markAt }; },
+  async mark() { markAt = nowMs(); maxGap.fill(0); beats.fill(0); loopLagMaxMs = 0; return { markAt }; },
   async gaps() { return gaps(); },
   async watch(msg) {
     watchSeq = msg.seq; watchHist = new Map(); watchCount = 0; watchMax = 0;

@@ -7,13 +7,16 @@ poll and heartbeat is isolated, and what raised is logged and counted by the sup
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.hub.conftest import MakeHub
 from tests.hub.support import Broken, Changes, Seen, Sharer, Woken
-from tidings.hub.hub import RESYNC_SLICE, RESYNC_STEP, Hub, Subscriber
+from tidings.hub.hub import FAN_OUT_SLICE, RESYNC_SLICE, RESYNC_STEP, Hub, Subscriber
+from tidings.hub.tail import Tail
+from tidings.protocol.cursor import Cursor
 from tidings.protocol.event import Batch
 
 pytestmark = pytest.mark.timeout(20)
@@ -247,3 +250,58 @@ async def test_a_batch_that_does_not_continue_the_cohort_goes_the_general_way(hu
     for sharer in sharers:
         assert sharer.offsets_written() == offsets
         assert sharer.batches == 2
+
+
+class Slow(Sharer):
+    """A sharer whose every write takes ``SLOW_WRITE`` seconds, as a starved process's do;
+    each write and each heartbeat goes into one shared log, in order."""
+
+    def __init__(self, hub: Hub, log: list[str], *tails: tuple[str, Cursor]) -> None:
+        super().__init__(hub, *tails)
+        self.log = log
+
+    def _spend(self) -> None:
+        until = time.perf_counter() + SLOW_WRITE
+        while time.perf_counter() < until:
+            pass
+        self.log.append("write")
+
+    def write_batch(self, tail: Tail, batch: Batch) -> None:
+        self._spend()
+        super().write_batch(tail, batch)
+
+    def write_shared(self, data: bytes) -> bool:
+        self._spend()
+        return super().write_shared(data)
+
+
+SLOW_WRITE = 0.0002
+
+
+@pytest.mark.parametrize("path", ["general", "cohort"])
+async def test_heartbeats_due_during_a_long_fan_out_are_written_during_it(
+    make_hub: MakeHub, path: str
+) -> None:
+    """Four slices of slow writes take about 0.4 s, eight steps of the timer: the heartbeats
+    whose turn came meanwhile are written between slices, not after the last write."""
+    hub = make_hub({"TIDINGS_SERVER_HEARTBEAT_SECONDS": "0.05"})
+    log: list[str] = []
+
+    class Beating:
+        def heartbeat(self, now: float) -> None:
+            log.append("beat")
+
+    hub.beating.add(Beating())
+    head = (await hub.broker.history("news", None, 0)).cursor
+    slow = [Slow(hub, log, ("news", head)) for _ in range(4 * FAN_OUT_SLICE)]
+    await subscribed(hub, "news", *slow)
+    if path == "cohort":  # one batch the general way: then they are in step, a cohort
+        await published(hub, "news", *slow)
+    log.clear()
+    await published(hub, "news", *slow)
+    writes = [index for index, entry in enumerate(log) if entry == "write"]
+    assert len(writes) == len(slow)
+    during = [i for i, entry in enumerate(log) if entry == "beat" and writes[0] < i < writes[-1]]
+    assert len(during) >= 3  # after each of the first three slices, at least
+    # each between two slices: after a whole number of them
+    assert all(log[:i].count("write") % FAN_OUT_SLICE == 0 for i in during)

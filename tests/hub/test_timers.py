@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tidings.hub.tally import LAG_BUCKETS_MS
 from tidings.hub.timers import Rounds, TimerWheel
 from tidings.supervisor import Supervisor
 
@@ -334,6 +335,22 @@ def test_a_late_tick_visits_every_slice_it_missed_and_no_member_twice() -> None:
     assert rounds.tick(105 * RESOLUTION, run) == 0  # the same step again: nothing
     assert rounds.tick(200 * RESOLUTION, run) == 200  # a whole interval late: everyone once
     assert all(len(times) <= 3 for times in visits.times.values())
+
+
+def test_each_visit_counts_how_late_its_slice_came() -> None:
+    rounds: Rounds[int] = Rounds(1.0, RESOLUTION, Visits().of)
+    for member in range(200):  # ten in each of the twenty slices
+        rounds.add(member)
+    rounds.tick(100 * RESOLUTION + 0.0001, run)
+    assert rounds.delay.count == 10
+    assert rounds.delay.counts[0] == 10  # on its turn: within the first bucket (1 ms)
+    # five slices due while the loop was held up: late by 200, 150, 100, 50 and 0 ms
+    rounds.tick(105 * RESOLUTION + 0.0001, run)
+    assert rounds.delay.count == 60
+    assert rounds.delay.sum_ms == pytest.approx(10 * 0.1 * 6 + 10 * (200 + 150 + 100 + 50))
+    assert rounds.delay.counts[LAG_BUCKETS_MS.index(100.0)] == 10  # 50 ms late
+    assert rounds.delay.counts[LAG_BUCKETS_MS.index(250.0)] == 30  # 100 to 200 ms late
+    assert sum(rounds.delay.counts[LAG_BUCKETS_MS.index(1.0) + 1 :]) == 40
 
 
 def test_a_discarded_member_is_not_visited_and_adding_twice_is_once() -> None:

@@ -26,6 +26,8 @@ def test_counters_and_gauges_add_up_over_workers() -> None:
         deliveries={"sse": 30},
         lag_counts=(1,) + (0,) * (BUCKETS - 1),
         lag_sum_ms=0.5,
+        heartbeat_delay_counts=(4,) + (0,) * (BUCKETS - 1),
+        heartbeat_delay_sum_ms=2.0,
         refusals={"unauthorized": 1},
         broker_up=True,
         broker_rtt=0.001,
@@ -38,6 +40,8 @@ def test_counters_and_gauges_add_up_over_workers() -> None:
         deliveries={"sse": 20, "websocket": 5},
         lag_counts=(0, 2) + (0,) * (BUCKETS - 2),
         lag_sum_ms=3.0,
+        heartbeat_delay_counts=(1,) + (0,) * (BUCKETS - 2) + (1,),
+        heartbeat_delay_sum_ms=20000.5,
         refusals={"unauthorized": 2, "rate_limited": 1},
         broker_up=True,
         broker_rtt=0.004,
@@ -51,6 +55,8 @@ def test_counters_and_gauges_add_up_over_workers() -> None:
     assert total.deliveries == {"sse": 50, "websocket": 5}
     assert total.delivered == 55
     assert total.lag_counts[:2] == (1, 2) and total.lag_sum_ms == 3.5
+    assert total.heartbeat_delay_counts == (5,) + (0,) * (BUCKETS - 2) + (1,)
+    assert total.heartbeat_delay_sum_ms == 20002.5
     assert total.refusals == {"unauthorized": 3, "rate_limited": 1}
     assert total.broker_rtt == 0.004  # the slowest worker's
     assert total.cpu_seconds == 2.0
@@ -91,7 +97,10 @@ def test_a_dead_worker_leaves_its_counters_and_takes_its_gauges() -> None:
 
 def test_figures_and_peers_cross_the_pipe_unchanged() -> None:
     figures = worker(
-        deliveries={"sse": 3}, lag_counts=(0, 1) + (0,) * (BUCKETS - 2), broker_rtt=0.25
+        deliveries={"sse": 3},
+        lag_counts=(0, 1) + (0,) * (BUCKETS - 2),
+        heartbeat_delay_counts=(2,) + (0,) * (BUCKETS - 1),
+        broker_rtt=0.25,
     )
     assert Figures.from_json(figures.to_json()) == figures
     peers = Peers(rest=figures, not_ready="worker 2 is draining", workers=2, restarts=1)
@@ -100,7 +109,13 @@ def test_figures_and_peers_cross_the_pipe_unchanged() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"[]", b'{"lag_counts": [1, 2]}', b'{"unknown": 1}', b"not json"],
+    [
+        b"[]",
+        b'{"lag_counts": [1, 2]}',
+        b'{"heartbeat_delay_counts": [1]}',
+        b'{"unknown": 1}',
+        b"not json",
+    ],
 )
 def test_a_garbled_line_is_refused(line: bytes) -> None:
     with pytest.raises((ValueError, TypeError)):

@@ -151,6 +151,24 @@ async def test_sse_deliveries_and_bytes_match_what_the_streams_read(
     assert lag_count(after) - lag_count(before) == 3 * EVENTS
 
 
+async def test_each_heartbeat_written_counts_its_delay(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(heartbeat_seconds=0.2)
+    before = scrape(server)
+    async with (
+        async_http_client(server) as client,
+        sse_stream(client, "/sse?channel=m-beat") as stream,
+    ):
+        await stream.feed_until(lambda: stream.parser.comments >= 3, "three heartbeats")
+        after = scrape(server)
+    name = "tidings_heartbeat_delay_seconds"
+    beats = delta(before, after, f"{name}_count")
+    assert beats >= 3  # every heartbeat written is counted, each once
+    assert beats == delta(before, after, f"{name}_bucket", le="+Inf")
+    assert 0 <= delta(before, after, f"{name}_sum") / beats < 1.0
+
+
 def counted(edge: str, raw: bytes, body: bytes) -> int:
     """The bytes of a poll answer the node counts as written: the whole answer, where the
     edge writes it (the standalone edge), else its body (an ASGI server writes the head)."""

@@ -10,6 +10,11 @@ shared bytes go out), without the per-subscriber checks of the general path. A m
 tail moved on its own (a catch-up, a backlog while it lags) leaves the cohort and gets the
 batch the general way; a batch that does not continue the cursor dissolves the cohort.
 
+A fan-out to tens of thousands of streams holds the loop while it writes; between slices of
+``FAN_OUT_SLICE`` streams it writes the heartbeats whose turn came meanwhile (and nothing
+else: deadlines and jobs wait for the timer's tick), so a broadcast does not make every
+heartbeat due during it late, however long a starved process takes to write it.
+
 A connection that raises is the node's bug, and it stays that connection's: the hub's
 supervisor logs and counts it, and the fan-out, the resync or the heartbeat goes on with the
 next connection. The timer wheel and the background tasks report to the same supervisor.
@@ -21,8 +26,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar, cast
 
 from tidings.brokers.base import Broker, ControlSink
 from tidings.config import Settings
@@ -47,6 +52,9 @@ BROKER_CHECK_SECONDS = 10.0
 # (its own link pings included) and the broker's connections.
 RESYNC_SLICE = 100
 RESYNC_STEP = 0.05
+FAN_OUT_SLICE = 512
+
+Item = TypeVar("Item")
 
 
 class Subscriber(Protocol):
@@ -116,9 +124,10 @@ class Hub:
         self.loop = loop
         self.supervisor = Supervisor()
         self.timers = TimerWheel(loop, supervisor=self.supervisor)
+        self.tally = Tally()
         # every stream's heartbeat, spread over the interval a slice per tick
         self.beating: Rounds[Beating] = self.timers.rounds(
-            settings.server.heartbeat_seconds, _heartbeat_of
+            settings.server.heartbeat_seconds, _heartbeat_of, self.tally.heartbeat_delay
         )
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._cohorts: dict[str, Cohort] = {}
@@ -131,7 +140,6 @@ class Hub:
         self._resyncs: deque[tuple[str, Subscriber | None, Waiter | None]] = deque()
         self._resyncing: set[tuple[str, Subscriber | Waiter]] = set()
         self._resync_timer: asyncio.TimerHandle | None = None
-        self.tally = Tally()
         # events that reached the node per channel, counted only while the admin page watches
         self.arrivals: dict[str, int] | None = None
         self.presence = Presence(broker, settings, self.spawn)
@@ -201,18 +209,30 @@ class Hub:
         for key, (encode, members) in tuple(cohort.groups.items()):
             data = batch.joined(key, encode)
             written = 0
-            for member, tail in tuple(members.items()):
-                if tail.offset == before and tail.backlog is None and tail.epoch == epoch:
-                    tail.offset = last
-                    try:
-                        if member.write_shared(data):
-                            written += 1
-                    except Exception as error:
-                        self.supervisor.record(f"{type(member).__qualname__}.write_shared", error)
-                else:
-                    cohort.leave(member)
+            for members_slice in self._in_slices(tuple(members.items())):
+                for member, tail in members_slice:
+                    if tail.offset == before and tail.backlog is None and tail.epoch == epoch:
+                        tail.offset = last
+                        try:
+                            if member.write_shared(data):
+                                written += 1
+                        except Exception as error:
+                            where = f"{type(member).__qualname__}.write_shared"
+                            self.supervisor.record(where, error)
+                    else:
+                        cohort.leave(member)
             if written:
                 tally.shared(key, written)
+
+    def _in_slices(self, items: tuple[Item, ...]) -> Iterator[tuple[Item, ...]]:
+        """``items`` a slice at a time; between two slices, the heartbeats whose turn came."""
+        if len(items) <= FAN_OUT_SLICE:
+            yield items
+            return
+        for start in range(0, len(items), FAN_OUT_SLICE):
+            if start:
+                self.timers.beat()
+            yield items[start : start + FAN_OUT_SLICE]
 
     def join_cohort(
         self, batch: Batch, key: str, encode: Encode, subscriber: Sharing, tail: Tail
@@ -291,11 +311,13 @@ class Hub:
                 others = set()
             # The supervisor's try inline: a call per delivery would cost the hot path, and a
             # try that raises nothing costs nothing.
-            for subscriber in tuple(others):
-                try:
-                    subscriber.deliver_batch(batch)
-                except Exception as error:
-                    self.supervisor.record(f"{type(subscriber).__qualname__}.deliver_batch", error)
+            for others_slice in self._in_slices(tuple(others)):
+                for subscriber in others_slice:
+                    try:
+                        subscriber.deliver_batch(batch)
+                    except Exception as error:
+                        where = f"{type(subscriber).__qualname__}.deliver_batch"
+                        self.supervisor.record(where, error)
         waiters = self._waiters.pop(batch.channel, None)
         if waiters:
             for waiter in waiters:

@@ -25,7 +25,8 @@ LAG_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 
 
 
 class LagHistogram:
-    """Publish-to-write lag, observed once per event per fan-out, weighted by writes."""
+    """Delays in milliseconds, each observed with a weight: the publish-to-write lag once
+    per event per fan-out weighted by writes, a heartbeat's delay weighted by streams."""
 
     __slots__ = ("counts", "sum_ms")
 
@@ -71,6 +72,7 @@ class Tally:
         "broker_rtt",
         "broker_up",
         "deliveries",
+        "heartbeat_delay",
         "lag",
         "poll",
         "sse",
@@ -90,6 +92,8 @@ class Tally:
         self.deliveries = dict.fromkeys(TRANSPORTS, 0)
         self.written_bytes = dict.fromkeys(TRANSPORTS, 0)
         self.lag = LagHistogram()
+        # how late each stream's heartbeat came against its turn in the interval
+        self.heartbeat_delay = LagHistogram()
         self.broker_errors = 0
         self.broker_rtt: float | None = None  # seconds, of the last successful check
         self.broker_up: bool | None = None  # None until the first check

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from tidings.hub.tally import LagHistogram
 from tidings.supervisor import Supervisor
 
 
@@ -39,7 +40,9 @@ class Rounds(Generic[Member]):
     A member joins the slice after the last one it filled, so slices stay even however
     members come and go, and its first visit comes within one interval of joining.
     Adding and discarding are O(1); a tick visits the slices whose time came (all the
-    slices it missed, if the loop was late), so a member is never skipped.
+    slices it missed, if the loop was late), so a member is never skipped. ``delay`` counts,
+    once per member visited, how long after its slice's turn the visit came: a loop held up
+    (by CPU starvation, or by work that did not yield) shows there.
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class Rounds(Generic[Member]):
         interval: float,
         resolution: float,
         visit: Callable[[Member], Callable[[float], None]],
+        delay: LagHistogram | None = None,
     ) -> None:
         self.interval = interval
+        self.delay = delay if delay is not None else LagHistogram()
         self._resolution = resolution
         self._slices: list[dict[Member, None]] = [
             {} for _ in range(max(1, round(interval / resolution)))
@@ -100,10 +105,12 @@ class Rounds(Generic[Member]):
         count = len(self._slices)
         first = step if last is None else max(last + 1, step - count + 1)
         visited = 0
+        resolution = self._resolution
         for current in range(first, step + 1):
             members = self._slices[current % count]
             if members:
                 visited += len(members)
+                self.delay.observe((now - current * resolution) * 1000, len(members))
                 for member in tuple(members):  # a visit may end the member's connection
                     run(self._visit(member), now)
         return visited
@@ -166,17 +173,28 @@ class TimerWheel:
         return self._resolution
 
     def rounds(
-        self, interval: float, visit: Callable[[Member], Callable[[float], None]]
+        self,
+        interval: float,
+        visit: Callable[[Member], Callable[[float], None]],
+        delay: LagHistogram | None = None,
     ) -> Rounds[Member]:
         """Members visited once every ``interval``, spread over it: at each member's turn,
-        ``visit(member)(now)`` runs."""
-        spread: Rounds[Member] = Rounds(interval, self._resolution, visit)
+        ``visit(member)(now)`` runs (and its delay is counted in ``delay``)."""
+        spread: Rounds[Member] = Rounds(interval, self._resolution, visit, delay)
         self._rounds.append(spread)  # type: ignore[arg-type]
         return spread
 
     def every(self, interval: float, job: Callable[[], None]) -> None:
         """Run ``job`` every ``interval`` seconds from this tick on."""
         self._periodic.append(_Periodic(self._loop.time() + interval, interval, job))
+
+    def beat(self) -> None:
+        """Visit the rounds' members whose turn came, now: called from inside long work (a
+        fan-out), so that heartbeats do not wait for it. Deadlines and jobs wait for the tick."""
+        now = self._loop.time()
+        run = self._supervisor.run
+        for spread in self._rounds:
+            spread.tick(now, run)
 
     def _schedule(self) -> None:
         self._handle = self._loop.call_at(self._next_slot * self._resolution, self._tick)

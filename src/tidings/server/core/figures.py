@@ -32,6 +32,8 @@ OPEN_KINDS = ("websocket", "sse", "long_poll", "admin")
 # Followers per channel are sent for this many of a worker's busiest channels: the node's
 # top ten are exact as long as each of them is among every worker's top fifty.
 SENT_CHANNELS = 50
+# bucket counts of LAG_BUCKETS_MS (and +Inf), summed over workers bucket by bucket
+HISTOGRAMS = ("lag_counts", "heartbeat_delay_counts")
 GAUGES = frozenset(
     {
         "workers",
@@ -63,6 +65,8 @@ class Figures:
     written_bytes: Mapping[str, int] = field(default_factory=dict)
     lag_counts: tuple[int, ...] = (0,) * (len(LAG_BUCKETS_MS) + 1)
     lag_sum_ms: float = 0.0
+    heartbeat_delay_counts: tuple[int, ...] = (0,) * (len(LAG_BUCKETS_MS) + 1)
+    heartbeat_delay_sum_ms: float = 0.0
     resets: int = 0
     slow_consumers: int = 0
     refusals: Mapping[str, int] = field(default_factory=dict)
@@ -77,8 +81,9 @@ class Figures:
     started_at: float | None = None  # the oldest process, seconds since the epoch
 
     def __post_init__(self) -> None:
-        if len(self.lag_counts) != len(LAG_BUCKETS_MS) + 1:
-            raise ValueError(f"lag_counts needs {len(LAG_BUCKETS_MS) + 1} buckets")
+        for name in HISTOGRAMS:
+            if len(getattr(self, name)) != len(LAG_BUCKETS_MS) + 1:
+                raise ValueError(f"{name} needs {len(LAG_BUCKETS_MS) + 1} buckets")
 
     def __add__(self, other: Figures) -> Figures:
         return Figures(
@@ -91,8 +96,12 @@ class Figures:
             published=self.published + other.published,
             deliveries=_add(self.deliveries, other.deliveries),
             written_bytes=_add(self.written_bytes, other.written_bytes),
-            lag_counts=tuple(a + b for a, b in zip(self.lag_counts, other.lag_counts, strict=True)),
+            lag_counts=_add_counts(self.lag_counts, other.lag_counts),
             lag_sum_ms=self.lag_sum_ms + other.lag_sum_ms,
+            heartbeat_delay_counts=_add_counts(
+                self.heartbeat_delay_counts, other.heartbeat_delay_counts
+            ),
+            heartbeat_delay_sum_ms=self.heartbeat_delay_sum_ms + other.heartbeat_delay_sum_ms,
             resets=self.resets + other.resets,
             slow_consumers=self.slow_consumers + other.slow_consumers,
             refusals=_add(self.refusals, other.refusals),
@@ -126,9 +135,14 @@ class Figures:
         values: Any = orjson.loads(data)
         if not isinstance(values, dict):
             raise ValueError("figures must be a JSON object")
-        if "lag_counts" in values:
-            values["lag_counts"] = tuple(values["lag_counts"])
+        for name in HISTOGRAMS:
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
+
+
+def _add_counts(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
 
 
 def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
@@ -181,6 +195,8 @@ def figures_of(node: Node, process: bool = False) -> Figures:
         written_bytes=dict(tally.written_bytes),
         lag_counts=tally.lag.snapshot(),
         lag_sum_ms=tally.lag.sum_ms,
+        heartbeat_delay_counts=tally.heartbeat_delay.snapshot(),
+        heartbeat_delay_sum_ms=tally.heartbeat_delay.sum_ms,
         resets=stats.resets,
         slow_consumers=stats.slow_consumers,
         refusals=dict(stats.refusals),

@@ -50,7 +50,7 @@ class NodeCollector:
         figures = self.figures()
         yield from _connections(figures)
         yield from _traffic(figures)
-        yield _lag(figures)
+        yield from _lag(figures)
         yield from _refusals_and_broker(figures)
         yield from _health(figures)
 
@@ -139,18 +139,28 @@ def _traffic(figures: Figures) -> Iterable[Metric]:
     )
 
 
-def _lag(figures: Figures) -> Metric:
-    cumulative = 0
-    buckets: list[tuple[str, float]] = []
-    for bound, count in zip((*LAG_BUCKETS_MS, float("inf")), figures.lag_counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound / 1000), cumulative))
-    return HistogramMetricFamily(
+def _lag(figures: Figures) -> Iterable[Metric]:
+    yield _histogram(
         "tidings_delivery_lag_seconds",
         "Publish to write, once per event per subscriber written with shared bytes",
-        buckets=buckets,
-        sum_value=figures.lag_sum_ms / 1000,
+        figures.lag_counts,
+        figures.lag_sum_ms,
     )
+    yield _histogram(
+        "tidings_heartbeat_delay_seconds",
+        "How long after its turn each stream's heartbeat was written, once per heartbeat",
+        figures.heartbeat_delay_counts,
+        figures.heartbeat_delay_sum_ms,
+    )
+
+
+def _histogram(name: str, documentation: str, counts: tuple[int, ...], sum_ms: float) -> Metric:
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*LAG_BUCKETS_MS, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound / 1000), cumulative))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum_ms / 1000)
 
 
 def _refusals_and_broker(figures: Figures) -> Iterable[Metric]:

@@ -12,13 +12,15 @@ node unready while it follows that channel.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningServer
-from tests.nats.conftest import settings_for
+from tests.nats.conftest import MakeNats, settings_for
 from tests.nats.proxy import Mode, SubscriptionProxy
 from tests.nats.support import NATS_URL, PrivateNats
 from tests.readiness import readiness, until_ready, until_unready
@@ -131,3 +133,20 @@ async def test_the_broker_names_the_channel_refused_until_it_is_not_wanted(
         await broker.check()
     finally:
         await broker.close()
+
+
+async def test_a_check_held_up_past_its_timeout_passes_when_nats_answered(
+    nats_url: str, make_nats: MakeNats
+) -> None:
+    """The check's deadline counts only time the loop could run: a node starved of CPU while
+    its JetStream request and its ping were out is not unready for it (brokers/patience.py)."""
+    broker = make_nats(url=f"{nats_url}&timeout=1")
+    broker.start(lambda event: None, lambda channel: None)
+    await broker.subscribe("news")
+    await broker.check()
+    for steps in (1, 2, 3):  # held up at the check's first wait, or a step or two later
+        check = asyncio.ensure_future(broker.check())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        time.sleep(2.0)  # the whole loop held up, twice the timeout
+        await check  # NATS answered meanwhile: no BrokerUnavailable

@@ -221,3 +221,17 @@ async def test_a_loop_held_up_past_the_ping_deadline_keeps_its_link(make_node: M
         second = await publisher.publish("news", "m", b"2")
         await probe.until(lambda: probe.events == [first, second], "the next event, live")
         await node.check()
+
+
+async def test_a_check_held_up_past_its_timeout_passes_when_the_ping_came_back(
+    make_node: MakeNode,
+) -> None:
+    """The readiness check's deadline counts only time the loop could run: a node starved of
+    CPU while its ping was out is not unready for it (brokers/patience.py)."""
+    node = make_node()
+    async with following(node, "news"):
+        await node.check()
+        check = asyncio.ensure_future(node.check())
+        await asyncio.sleep(0)  # the check is under way: its ping is about to go out
+        time.sleep(redis_broker.CHECK_TIMEOUT + 1.0)  # the whole loop held up
+        await check  # Redis answered meanwhile: no BrokerUnavailable

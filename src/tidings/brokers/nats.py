@@ -81,6 +81,7 @@ from tidings.brokers.nats_layout import (
 from tidings.brokers.nats_ping import FanoutPing
 from tidings.brokers.nats_presence import NatsPresence
 from tidings.brokers.nats_streams import StreamDirectory
+from tidings.brokers.patience import SLACK, Patience, retrieve
 from tidings.config import Settings
 from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.control import Control, Revocation
@@ -505,12 +506,20 @@ class NatsBroker:
         """A JetStream request, and a ping through a subscription of the fan-out's (see
         nats_ping.py). A connection that answers but whose subscriptions deliver nothing is
         made again: nats-py then replays every subscription, and the node resyncs."""
-        js = await self._jetstream()
+        await self._jetstream()
         client = self._client
-        async with translated("answer a readiness check"):
-            await js.account_info()
         if client is None:
             return
+        timeout = self._options.timeout
+        # a JetStream request, on a patience: only time this loop could run counts
+        answer = asyncio.get_running_loop().create_task(
+            client.jetstream(timeout=timeout * SLACK).account_info()
+        )
+        answer.add_done_callback(retrieve)
+        async with translated("answer a readiness check"):
+            if not await Patience(timeout).wait(answer):
+                raise BrokerUnavailable("NATS did not answer a readiness check in time")
+            answer.result()
         asked = dict(self._refused)
         for channel in asked:  # ask again: the account may allow it by now
             await self._listen(client, channel)

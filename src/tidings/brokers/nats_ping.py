@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tidings.brokers.nats_errors import translated
+from tidings.brokers.patience import SLACK, Patience, retrieve
 from tidings.exceptions import BrokerUnavailable
 
 
@@ -44,21 +45,28 @@ class FanoutPing:
         self._subscription = None
 
     async def round_trip(self, client: Client, timeout: float) -> None:
-        """Publish a ping and wait for it to come back through the subscription."""
+        """Publish a ping and wait for it to come back through the subscription, for
+        ``timeout`` seconds of the time this loop could run (see patience.py)."""
         await self.listen(client)
         self._sequence += 1
         sequence = self._sequence
-        back = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        back: asyncio.Future[None] = loop.create_future()
         self._waiting[sequence] = back
+        patience = Patience(timeout)
         try:
             async with translated("send a ping through its subscription"):
                 await client.publish(self.subject, b"%d" % sequence)
-                await client.flush(math.ceil(timeout))
-            await asyncio.wait_for(back, timeout)
-        except TimeoutError as error:
-            raise BrokerUnavailable(
-                "a ping did not come back through this node's NATS subscription"
-            ) from error
+                # nats-py's own flush deadline is on the wall clock: the patience decides
+                flushed = loop.create_task(client.flush(math.ceil(timeout * SLACK)))
+                flushed.add_done_callback(retrieve)
+                if not await patience.wait(flushed):
+                    raise BrokerUnavailable("NATS did not answer a ping in time")
+                flushed.result()
+            if not await patience.wait(back):
+                raise BrokerUnavailable(
+                    "a ping did not come back through this node's NATS subscription"
+                )
         finally:
             self._waiting.pop(sequence, None)
 

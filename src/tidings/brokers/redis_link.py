@@ -45,6 +45,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from tidings.brokers.patience import Patience, retrieve
 from tidings.client.backoff import Backoff
 from tidings.exceptions import BrokerUnavailable
 from tidings.supervisor import Supervisor
@@ -166,17 +167,21 @@ class PubSubLink:
         await self._send(self._unsubscribe, name)
 
     async def round_trip(self, timeout: float) -> None:
-        """Publish a ping and wait for it to come back through the link.
+        """Publish a ping and wait for it to come back through the link, for ``timeout``
+        seconds of the time this loop could run (see patience.py).
 
         Fails at once while the link is down, except before it was first up (start-up). The
         deadline never cancels a redis-py call (see ``close``): a late ping is left to finish.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        patience = Patience(timeout)
         if not self.kept:
             raise BrokerUnavailable("the Redis pub/sub link has stopped")
         if not self._was_up:
-            await _until(self._up.wait(), deadline, "the Redis pub/sub link is not up yet")
+            up = loop.create_task(self._up.wait())
+            if not await patience.wait(up):
+                up.cancel()
+                raise BrokerUnavailable("the Redis pub/sub link is not up yet")
         if not self.up:
             raise BrokerUnavailable("the Redis pub/sub link is down: reconnecting")
         sequence = self._next_sequence()
@@ -186,12 +191,12 @@ class PubSubLink:
             sent: asyncio.Task[object] = loop.create_task(
                 self._publish(self._ping_channel, b"%d" % sequence)
             )
-            sent.add_done_callback(_retrieve)
-            await asyncio.wait({sent}, timeout=max(0.0, deadline - loop.time()))
-            if not sent.done():
+            sent.add_done_callback(retrieve)
+            if not await patience.wait(sent):
                 raise BrokerUnavailable("Redis did not answer a ping in time")
             sent.result()
-            await _until(back, deadline, "a ping did not come back through Redis pub/sub")
+            if not await patience.wait(back):
+                raise BrokerUnavailable("a ping did not come back through Redis pub/sub")
         finally:
             self._round_trips.pop(sequence, None)
 
@@ -331,16 +336,3 @@ class PubSubLink:
                 back.set_result(None)
 
 
-async def _until(awaitable: Awaitable[object], deadline: float, failure: str) -> None:
-    """Await one of our own futures or events until ``deadline``; BrokerUnavailable after."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            await awaitable
-    except TimeoutError as error:
-        raise BrokerUnavailable(failure) from error
-
-
-def _retrieve(task: asyncio.Task[object]) -> None:
-    """Fetch a finished background call's outcome, so a late failure is not reported twice."""
-    if not task.cancelled():
-        task.exception()

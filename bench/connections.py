@@ -26,8 +26,9 @@ It stops by itself (and stops everything it started, by PID) when MemAvailable f
 --memory-floor-gib, when a stage cannot be reached (connections refused or timing out), or
 when --time-limit-minutes pass; what ran out is the result's "ceiling".
 
-Standard library and tidings' own dependencies; run it with the worktree's Python so that `tidings` is the working
-tree's (`.venv/bin/python bench/connections.py`). All traffic goes to 127.0.0.0/8.
+Standard library and tidings' own dependencies; run it with the worktree's Python so that
+`tidings` is the working tree's (`.venv/bin/python bench/connections.py`). All traffic goes
+to 127.0.0.0/8.
 """
 
 from __future__ import annotations

@@ -64,3 +64,14 @@ async def test_a_loop_held_up_again_and_again_still_runs_out() -> None:
         assert not await Patience(0.5).wait(future)
     finally:
         holding = False
+
+
+async def test_a_bounded_wait_ends_after_at_most_and_keeps_the_rest() -> None:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    patience = Patience(1.0)
+    started = time.monotonic()
+    assert not await patience.wait(future, at_most=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + STEP
+    assert 0.65 <= patience.left <= 0.7  # what the bounded wait spent, and no more
+    assert not await patience.wait(future, at_most=5.0)  # the patience runs out first
+    assert patience.left <= 0

@@ -13,6 +13,7 @@ A broker that really is gone is still found out: every step the loop does run co
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 STEP = 0.25
@@ -29,20 +30,22 @@ class Patience:
     def __init__(self, seconds: float) -> None:
         self.left = seconds
 
-    async def wait(self, future: asyncio.Future[Any]) -> bool:
-        """Until ``future`` is done (True) or the patience has run out (False). The future
-        is never cancelled: the caller decides what becomes of a late one."""
+    async def wait(self, future: asyncio.Future[Any], at_most: float = math.inf) -> bool:
+        """Until ``future`` is done (True), or the patience has run out or ``at_most``
+        seconds of running time have passed (False). The future is never cancelled: the
+        caller decides what becomes of a late one."""
         loop = asyncio.get_running_loop()
         while not future.done():
-            if self.left <= 0:
+            if self.left <= 0 or at_most <= 0:
                 return False
-            step = min(self.left, STEP)
+            step = min(self.left, at_most, STEP)
             asked = loop.time()
             await asyncio.wait({future}, timeout=step)
             # a wake-up later than asked: the loop was held up for the difference
-            self.left -= min(loop.time() - asked, step)
+            spent = min(loop.time() - asked, step)
+            self.left -= spent
+            at_most -= spent
         return True
-
 
 def retrieve(task: asyncio.Task[Any]) -> None:
     """A done callback for a call left to finish late: fetch its outcome, so that a late

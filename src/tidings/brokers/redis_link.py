@@ -14,7 +14,8 @@ What it promises the broker:
 - A link that stops delivering is noticed, even when its socket stays open (a killed or
   half-open connection, a stalled server): every ``PING_INTERVAL`` seconds a ping is
   published on a channel only this node subscribes to, and it must come back through the
-  link within ``DEAD_AFTER`` seconds of the time the node's event loop could run: a loop
+  link within ``DEAD_AFTER`` seconds of the time the node's event loop could run (a
+  ``Patience``, as the readiness check's round trip): a loop
   held up (a process starved of CPU, a storm of connections) reads its pong late, and a link
   rebuilt for that would resync every channel on a node that has no time to spare. A link
   that fails or goes quiet is closed and rebuilt,
@@ -250,16 +251,15 @@ class PubSubLink:
             names = [self._ping_channel, *self.wanted]
             for start in range(0, len(names), self._per_command):
                 await self._send(self._subscribe, *names[start : start + self._per_command])
-            held_up = 0.0  # time the loop ran late since the last pong
+            # a pong is due within DEAD_AFTER seconds of the time the loop could run
+            patience = Patience(DEAD_AFTER)
             while not reader.done() and not self._closing:
                 self._ping()
-                pong, waited_from = self._last_pong, loop.time()
-                await asyncio.wait({reader}, timeout=PING_INTERVAL)
-                # a wait that ended later than asked: the loop could not run meanwhile (after
-                # any pong it took during the wait, which it could only take while running)
-                late = max(0.0, loop.time() - waited_from - PING_INTERVAL)
-                held_up = (held_up if self._last_pong == pong else 0.0) + late
-                if loop.time() - self._last_pong - held_up > DEAD_AFTER:
+                pong = self._last_pong
+                await patience.wait(reader, PING_INTERVAL)
+                if self._last_pong != pong:
+                    patience = Patience(DEAD_AFTER)
+                elif patience.left <= 0:
                     log.warning("Redis pub/sub link: no ping came back in %.0f s", DEAD_AFTER)
                     return
         finally:

@@ -46,6 +46,7 @@ const owedSeq = new Int32Array(CAPACITY).fill(-1);
 const owed = { late: 0, lost: 0, lateMaxMs: 0 };
 const watched = new Uint8Array(CAPACITY); // ready when the watched broadcast was published
 let alive = 0;
+let unexpectedLogged = 0; // the first few frames that came instead of `subscribed` are logged
 let markAt = 0;
 const stats = { closes: {}, errors: {}, protocol: 0 };
 
@@ -198,7 +199,11 @@ class Conn {
         if (!eventSeen(i, buf, ps, pe) && this.state === 1) {
           const k = buf.indexOf(SUBSCRIBED, ps);
           if (k !== -1 && k < pe) this.ready();
-          else { this.fail('unexpected frame before subscribed'); return true; }
+          else {
+            if (unexpectedLogged++ < 5) log(`unexpected frame before subscribed: ${buf.toString('utf8', ps, Math.min(pe, ps + 200))}`);
+            this.fail('unexpected frame before subscribed');
+            return true;
+          }
         }
       } else if (op === 8) {
         this.error = `ws close ${pe - ps >= 2 ? buf.readUInt16BE(ps) : 1005}`;

@@ -10,8 +10,8 @@ shared bytes go out), without the per-subscriber checks of the general path. A m
 tail moved on its own (a catch-up, a backlog while it lags) leaves the cohort and gets the
 batch the general way; a batch that does not continue the cursor dissolves the cohort.
 
-A fan-out to tens of thousands of streams holds the loop while it writes; between slices of
-``FAN_OUT_SLICE`` streams it writes the heartbeats whose turn came meanwhile (and nothing
+A fan-out to tens of thousands of streams (or long polls) holds the loop while it writes;
+between slices of ``FAN_OUT_SLICE`` it writes the heartbeats whose turn came meanwhile (and nothing
 else: deadlines and jobs wait for the timer's tick), so a broadcast does not make every
 heartbeat due during it late, however long a starved process takes to write it.
 
@@ -320,11 +320,12 @@ class Hub:
                         self.supervisor.record(where, error)
         waiters = self._waiters.pop(batch.channel, None)
         if waiters:
-            for waiter in waiters:
-                try:
-                    waiter.wake(batch)
-                except Exception as error:
-                    self.supervisor.record(f"{type(waiter).__qualname__}.wake", error)
+            for waiters_slice in self._in_slices(tuple(waiters)):
+                for waiter in waiters_slice:
+                    try:
+                        waiter.wake(batch)
+                    except Exception as error:
+                        self.supervisor.record(f"{type(waiter).__qualname__}.wake", error)
         self.tally.fold(batch)
 
     def attach(self, channel: str, subscriber: Subscriber) -> None:

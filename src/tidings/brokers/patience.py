@@ -47,6 +47,7 @@ class Patience:
             at_most -= spent
         return True
 
+
 def retrieve(task: asyncio.Task[Any]) -> None:
     """A done callback for a call left to finish late: fetch its outcome, so that a late
     failure is not reported as never retrieved."""

@@ -334,5 +334,3 @@ class PubSubLink:
         for waiting, back in list(self._round_trips.items()):
             if waiting <= sequence and not back.done():
                 back.set_result(None)
-
-

@@ -191,7 +191,9 @@ class TimerWheel:
     def beat(self) -> None:
         """Visit the rounds' members whose turn came, now: called from inside long work (a
         fan-out), so that heartbeats do not wait for it. Deadlines and jobs wait for the tick."""
-        now = self._loop.time()
+        self._visit_rounds(self._loop.time())
+
+    def _visit_rounds(self, now: float) -> None:
         run = self._supervisor.run
         for spread in self._rounds:
             spread.tick(now, run)
@@ -208,8 +210,7 @@ class TimerWheel:
                 del self._bucket_of[item]
                 run(item.expire)
         self._next_slot = current + 1
-        for spread in self._rounds:
-            spread.tick(now, run)
+        self._visit_rounds(now)
         self._run_periodic(now)
         self._schedule()
 

@@ -35,6 +35,11 @@ from tidings.server.core.transports.websocket import WebSocketSession
 
 quiet = logging.getLogger("tidings.ws.protocol")
 quiet.setLevel(logging.WARNING)
+# Answers every handshake that negotiates nothing: ``accept`` reads only the request it is
+# given. One object for all, because every websockets protocol object is a reference cycle
+# (it and its parser) that only the garbage collector frees, and a served process collects
+# rarely (collector.py): one made per handshake would pile up between collections.
+HANDSHAKES = ServerProtocol(logger=quiet)
 
 DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 # Close codes the connection fails with when the peer breaks RFC 6455, counted as refusals.
@@ -74,6 +79,49 @@ class FrameProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
+class Resting:
+    """Protocol objects at rest, lent to the sockets that have frames to read.
+
+    A protocol at rest (see :class:`FrameSocket`) holds nothing a new one created OPEN would
+    not, so a socket that lets one go gives it back here and the next socket with frames to
+    read takes it. Making one per read instead would cost a random id and a reference cycle
+    (a protocol and its parser) that only the garbage collector frees, for every burst of
+    client messages. At most ``RESTING_KEPT`` wait; one that failed, closed, or kept
+    anything to send or to read is dropped, never lent.
+    """
+
+    __slots__ = ("_count", "_kept")
+
+    def __init__(self) -> None:
+        self._kept: dict[int, list[FrameProtocol]] = {}  # by their message size limit
+        self._count = 0
+
+    def lend(self, max_size: int) -> FrameProtocol:
+        kept = self._kept.get(max_size)
+        if kept:
+            self._count -= 1
+            return kept.pop()
+        return FrameProtocol(state=State.OPEN, max_size=max_size, logger=quiet)
+
+    def give_back(self, protocol: FrameProtocol, max_size: int) -> None:
+        """``protocol``, made with ``max_size``, is no longer used by the socket it was lent to
+        (a socket that negotiated an extension keeps its own and never gives it back)."""
+        if (
+            self._count < RESTING_KEPT
+            and protocol.state is State.OPEN
+            and protocol.parser_exc is None
+            and protocol.current_size is None
+            and not protocol.data_to_send()
+            and not protocol.events_received()
+        ):
+            self._kept.setdefault(max_size, []).append(protocol)
+            self._count += 1
+
+
+RESTING_KEPT = 256
+RESTING = Resting()
+
+
 # A client's pong with no payload, as the whole of one read: the answer to the server's
 # heartbeat ping (b"\x89\x00"), with its 4-byte mask.
 EMPTY_PONG_LENGTH = 6
@@ -94,8 +142,9 @@ class FrameSocket(WebSocketSession):
     that a new one created OPEN would not (a frame ends where its bytes end, no message is
     half read, everything it had to send is sent), yet it is half of what an idle WebSocket
     holds (1.4 of 2.7 KB of Python objects). A socket opens without one (``protocol`` is
-    ``None``) and makes one when frames come (about 4 us); the first read that leaves it at
-    rest, typically after its subscribes, lets it go. Once it has rested, a protocol made by
+    ``None``) and takes one from ``RESTING`` when frames come (made anew, about 4 us, if none
+    waits there); the first read that leaves it at rest, typically after its subscribes,
+    gives it back. Once it has rested, a protocol made by
     a later read is kept until a heartbeat finds the socket at rest. So a quiet socket holds
     none, and one that keeps sending makes one per heartbeat interval. A protocol that
     negotiated permessage-deflate is kept: its extension was agreed in the handshake, which
@@ -148,8 +197,7 @@ class FrameSocket(WebSocketSession):
         if protocol.state is not State.OPEN:
             self.accepting = False
         elif not self._rested and self._at_rest():
-            self.protocol = None  # the first time at rest: the next read makes a new one
-            self._rested = True
+            self._let_go()  # the first time at rest: the next read takes another
 
     def _at_rest(self) -> bool:
         """Between messages, open, no extension: a new protocol would hold the same."""
@@ -166,15 +214,19 @@ class FrameSocket(WebSocketSession):
     def heartbeat(self, now: float) -> None:
         super().heartbeat(now)
         if self._at_rest():
-            self.protocol = None
-            self._rested = True
+            self._let_go()
+
+    def _let_go(self) -> None:
+        assert self.protocol is not None
+        RESTING.give_back(self.protocol, frame_limit(self.node))
+        self.protocol = None
+        self._rested = True
 
     def _frames(self) -> FrameProtocol:
-        """The protocol object, made anew (OPEN) if the last read let it go."""
+        """The protocol object, taken (OPEN) if the last read let it go."""
         protocol = self.protocol
         if protocol is None:
-            limit = frame_limit(self.node)
-            protocol = self.protocol = FrameProtocol(state=State.OPEN, max_size=limit, logger=quiet)
+            protocol = self.protocol = RESTING.lend(frame_limit(self.node))
         return protocol
 
     def _follow_frames(self, data: bytes) -> None:
@@ -298,7 +350,7 @@ def handshake(node: Node, request: Request) -> Handshake:
         negotiated = _negotiate(ws_request, max_size)
         if negotiated is not None:
             return negotiated
-    response = ServerProtocol(logger=quiet).accept(ws_request)
+    response = HANDSHAKES.accept(ws_request)
     if response.status_code != 101:
         return _refusal(response.body)
     return Handshake(response.serialize(), opened=True)

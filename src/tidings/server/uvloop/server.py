@@ -12,6 +12,7 @@ from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.core.peers import PeersView
 from tidings.server.drain import Drain
+from tidings.server.uvloop.collector import tune_collector
 from tidings.server.uvloop.http import Edge
 from tidings.server.uvloop.websocket import FrameSocket
 
@@ -109,6 +110,7 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)  # before "listening" is announced
     announce(settings, await server.start())
+    tune_collector()
     try:
         await stop.wait()
     finally:

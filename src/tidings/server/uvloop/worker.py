@@ -33,6 +33,7 @@ from tidings.exceptions import ConfigError
 from tidings.server.core import logs
 from tidings.server.core.figures import figures_of
 from tidings.server.core.peers import Peers, PeersView
+from tidings.server.uvloop.collector import tune_collector
 from tidings.server.uvloop.loop import install_loop
 from tidings.server.uvloop.server import Server
 
@@ -124,6 +125,7 @@ async def serve(plan: WorkerPlan, stdin: int, stdout: int) -> None:
         loop.add_signal_handler(signum, on_signal)
     control = await open_control(stdin, stdout)
     port = await server.start()
+    tune_collector()
     node = server.node
     assert node is not None
 

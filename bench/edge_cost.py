@@ -32,6 +32,14 @@ from tidings.server.core.ops.static import StaticFiles
 from tidings.server.uvloop.http import Edge, HttpConnection
 from tidings.server.uvloop.memory import MemoryTransport
 
+try:
+    from tidings.server.uvloop.collector import tune_collector
+except ImportError:  # a version from before the collector was tuned (PYTHONPATH=...)
+
+    def tune_collector() -> None:
+        pass
+
+
 CURSOR = re.compile(rb"Tidings-Cursor: ([^\r]+)")
 PAYLOAD = b'{"channel":"bench","data":{"bench_t":1,"seq":1,"pad":"' + b"x" * 60 + b'"}}'
 PUBLISH = (
@@ -57,6 +65,7 @@ async def measure(kind: str, subs: int, rounds: int) -> str:
     node = Node(settings, asyncio.get_running_loop())
     edge = Edge(node, await StaticFiles.load())
     await node.start()
+    tune_collector()  # as `tidings serve` does once listening
     try:
         return await _measure(edge, kind, subs, rounds)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator, Callable
 from types import FrameType
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tidings.hub.tally import LAG_BUCKETS_MS
-from tidings.hub.timers import Rounds, TimerWheel
+from tidings.hub.timers import MAX_SLICES, Rounds, TimerWheel
 from tidings.supervisor import Supervisor
 
 RESOLUTION = 0.05
@@ -466,3 +467,20 @@ def test_a_tick_and_an_add_cost_the_same_however_many_items_wait(waiting: int) -
         discard = calls_made(lambda: timers.discard(one))  # noqa: B023
         work.append((tick, add, discard))
     assert work[0] == work[1], work
+
+
+def test_a_long_interval_gets_longer_slices_not_more() -> None:
+    """A heartbeat of a day: MAX_SLICES slices of 21 s, each member still visited once."""
+    visits = Visits()
+    day = 86400.0
+    rounds: Rounds[int] = Rounds(day, RESOLUTION, visits.of)
+    assert len(rounds.slice_sizes()) == MAX_SLICES
+    for member in range(MAX_SLICES * 2):
+        rounds.add(member)
+    turn = day / MAX_SLICES
+    start = 10 * day
+    per_tick = [rounds.tick(start + step * RESOLUTION, run) for step in range(0, 1000)]
+    assert sum(per_tick) == 2 * math.ceil(1000 * RESOLUTION / turn)  # a slice per turn
+    rounds.tick(start + day - turn / 2, run)  # the rest of the round, late
+    assert sorted(visits.times) == list(range(MAX_SLICES * 2))
+    assert all(len(times) == 1 for times in visits.times.values())

@@ -34,6 +34,11 @@ class Expiring(Protocol):
 Member = TypeVar("Member")
 
 
+# Slices per round at most: a long interval (a heartbeat of a day) gets slices longer than
+# the wheel's step rather than a slice for every step (1.7 million of them for a day).
+MAX_SLICES = 4096
+
+
 class Rounds(Generic[Member]):
     """Members visited once per ``interval``, a slice at each of the wheel's ticks.
 
@@ -54,10 +59,9 @@ class Rounds(Generic[Member]):
     ) -> None:
         self.interval = interval
         self.delay = delay if delay is not None else LagHistogram()
-        self._resolution = resolution
-        self._slices: list[dict[Member, None]] = [
-            {} for _ in range(max(1, round(interval / resolution)))
-        ]
+        count = max(1, min(MAX_SLICES, round(interval / resolution)))
+        self._resolution = interval / count  # a slice's turn: the wheel's step, or longer
+        self._slices: list[dict[Member, None]] = [{} for _ in range(count)]
         self._slice_of: dict[Member, int] = {}
         self._visit = visit
         self._joined = 0  # members ever added: the next one goes to the next slice

@@ -20,9 +20,9 @@ from websockets.frames import Frame, Opcode
 from tidings.config import load_settings
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
+from tidings.server.uvloop import websocket
 from tidings.server.uvloop.http import Edge
 from tidings.server.uvloop.memory import MemoryTransport
-from tidings.server.uvloop import websocket
 from tidings.server.uvloop.websocket import RESTING_KEPT, FrameProtocol, FrameSocket, Resting
 
 

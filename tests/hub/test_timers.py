@@ -354,6 +354,18 @@ def test_each_visit_counts_how_late_its_slice_came() -> None:
     assert sum(rounds.delay.counts[LAG_BUCKETS_MS.index(1.0) + 1 :]) == 40
 
 
+def test_a_visit_on_its_turn_is_never_counted_early() -> None:
+    """At 6554.95 s, floor(now / 0.05) * 0.05 is 6554.950000000001: rounding, not a visit
+    before its turn, so it counts as on time."""
+    rounds: Rounds[int] = Rounds(0.05, 0.05, Visits().of)
+    rounds.add(1)
+    now = 6554.95
+    assert math.floor(now / 0.05) * 0.05 > now
+    rounds.tick(now, run)
+    assert rounds.delay.count == 1
+    assert rounds.delay.sum_ms == 0.0
+
+
 def test_a_discarded_member_is_not_visited_and_adding_twice_is_once() -> None:
     visits = Visits()
     rounds: Rounds[int] = Rounds(0.1, RESOLUTION, visits.of)

@@ -114,7 +114,9 @@ class Rounds(Generic[Member]):
             members = self._slices[current % count]
             if members:
                 visited += len(members)
-                self.delay.observe((now - current * resolution) * 1000, len(members))
+                # never below 0: the step is floor(now / resolution), rounded
+                late = max(0.0, now - current * resolution)
+                self.delay.observe(late * 1000, len(members))
                 for member in tuple(members):  # a visit may end the member's connection
                     run(self._visit(member), now)
         return visited

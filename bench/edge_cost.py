@@ -33,11 +33,14 @@ from tidings.server.uvloop.http import Edge, HttpConnection
 from tidings.server.uvloop.memory import MemoryTransport
 
 try:
-    from tidings.server.uvloop.collector import tune_collector
-except ImportError:  # a version from before the collector was tuned (PYTHONPATH=...)
+    from tidings.server.collector import tune_collector
+except ImportError:  # an older version (PYTHONPATH=...): its own place, or none
+    try:
+        from tidings.server.uvloop.collector import tune_collector  # type: ignore[no-redef]
+    except ImportError:
 
-    def tune_collector() -> None:
-        pass
+        def tune_collector() -> None:
+            pass
 
 
 CURSOR = re.compile(rb"Tidings-Cursor: ([^\r]+)")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tidings.server.uvloop.collector import YOUNG_THRESHOLD, tune_collector
+from tidings.server.collector import YOUNG_THRESHOLD, tune_collector
 
 
 @pytest.fixture
@@ -87,3 +87,9 @@ def test_the_standalone_server_tunes_its_process_once_listening() -> None:
     before, after = done.stdout.split()
     assert int(before) == 700  # CPython's default, as the process started
     assert int(after) == YOUNG_THRESHOLD
+
+
+def test_an_application_that_mounts_tidings_tunes_with_the_same_function() -> None:
+    import tidings.asgi
+
+    assert tidings.asgi.tune_collector is tune_collector

@@ -7,12 +7,12 @@ import logging
 import signal
 
 from tidings.config import Settings
+from tidings.server.collector import tune_collector
 from tidings.server.core.limits import exposure_warning
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
 from tidings.server.core.peers import PeersView
 from tidings.server.drain import Drain
-from tidings.server.uvloop.collector import tune_collector
 from tidings.server.uvloop.http import Edge
 from tidings.server.uvloop.websocket import FrameSocket
 

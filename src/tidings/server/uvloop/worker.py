@@ -30,10 +30,10 @@ import orjson
 
 from tidings.config import Settings
 from tidings.exceptions import ConfigError
+from tidings.server.collector import tune_collector
 from tidings.server.core import logs
 from tidings.server.core.figures import figures_of
 from tidings.server.core.peers import Peers, PeersView
-from tidings.server.uvloop.collector import tune_collector
 from tidings.server.uvloop.loop import install_loop
 from tidings.server.uvloop.server import Server
 

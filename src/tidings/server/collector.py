@@ -15,8 +15,9 @@ request makes is freed by reference counting; the collector is there for the rar
 - a young walk comes after ``YOUNG_THRESHOLD`` new container objects instead of 700; the
   older generations keep CPython's ratios, so a full walk is a hundred young ones apart.
 
-Only the processes of ``tidings serve`` do this: the ASGI mount lives in the application's
-process, whose collector is the application's to set.
+The processes of ``tidings serve`` do this once listening. The ASGI mount lives in the
+application's process, whose collector is the application's to set: it may call
+``tidings.asgi.tune_collector()`` once started, and gets the same.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ YOUNG_THRESHOLD = 50_000
 
 
 def tune_collector() -> None:
-    """Set this process's collector for serving; call it once, when the server listens."""
+    """Set this process's collector for serving: call it once, when everything the process
+    loads at start-up is loaded (the server listens, the application has started)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -35,6 +35,8 @@ class LagHistogram:
         self.sum_ms = 0.0
 
     def observe(self, lag_ms: float, weight: int) -> None:
+        """A delay below 0 (another node's clock behind, a rounding) counts as 0."""
+        lag_ms = max(0.0, lag_ms)
         self.counts[bisect_left(LAG_BUCKETS_MS, lag_ms)] += weight
         self.sum_ms += lag_ms * weight
 
@@ -140,7 +142,7 @@ class Tally:
         now_ms = time.time() * 1000
         for event in batch.events:
             # clocks of other nodes may run ahead: a negative lag is no lag
-            self.lag.observe(max(0.0, now_ms - event.ts), writes)
+            self.lag.observe(now_ms - event.ts, writes)
 
     def _shared(self, transport: str, writes: int, batch: Batch, data: bytes) -> None:
         self.deliveries[transport] += writes * len(batch.events)

@@ -114,9 +114,8 @@ class Rounds(Generic[Member]):
             members = self._slices[current % count]
             if members:
                 visited += len(members)
-                # never below 0: the step is floor(now / resolution), rounded
-                late = max(0.0, now - current * resolution)
-                self.delay.observe(late * 1000, len(members))
+                # below 0 by a rounding at most (counted as 0): the step is floor(now / res)
+                self.delay.observe((now - current * resolution) * 1000, len(members))
                 for member in tuple(members):  # a visit may end the member's connection
                     run(self._visit(member), now)
         return visited

@@ -57,6 +57,7 @@ TARGETS = (
     "socketio",
     "channels",
     "tidings-deflate",
+    "floor",
 )
 REDIS2 = "tidings-redis2"  # two `tidings serve` nodes sharing the channel through Redis
 MOUNT = "mount"  # Tidings mounted at /rt in a FastAPI app (bench/mount_app.py) under uvicorn
@@ -69,6 +70,9 @@ PEERS = (SSE_STARLETTE, FASTAPI_SSE, SOCKETIO, CHANNELS)
 # `tidings serve` as the `tidings` target, its WebSocket subscribers offering permessage-deflate
 # (the `tidings` target's do not, so they get plain frames from the same server)
 DEFLATE = "tidings-deflate"
+# bench/floor_server.py --long-poll: uvloop + httptools holding polls and writing one built
+# answer per event, the least a Python server can spend per long-poll delivery
+FLOOR = "floor"
 UVICORN_APPS = {
     MOUNT: ("mount_app:app", "/rt"),
     SSE_STARLETTE: ("sse_starlette_app:app", ""),
@@ -84,6 +88,7 @@ TARGET_TRANSPORTS = {
     SOCKETIO: ("ws",),
     CHANNELS: ("ws",),
     DEFLATE: ("ws",),
+    FLOOR: ("long_poll",),
 }
 # How the load generator's WebSocket subscribers subscribe on each target (loadgen.js WS_FLAVOUR)
 WS_FLAVOURS = {SOCKETIO: ("socketio", None), CHANNELS: ("plain", f"/ws/{CHANNEL}/")}
@@ -645,6 +650,11 @@ def start_server(target: str, args: argparse.Namespace, workdir: Path) -> Server
         return start_redis2(args, port, tmp)
     elif target in UVICORN_APPS:
         return start_uvicorn(target, args, port, tmp)
+    elif target == FLOOR:
+        python = args.uvicorn_cmd.split()[0]  # the project's environment: uvloop, httptools
+        argv = [*pinned(args, args.server_cpu), python, str(BENCH_DIR / "floor_server.py")]
+        argv += [str(port), "--long-poll"]
+        version = "bench/floor_server.py --long-poll (uvloop + httptools)"
     else:
         return start_tidings(target, args, port, tmp)
     mp = ManagedProcess(
@@ -1240,6 +1250,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         out.extend(render_workers(by_key, cells, several))
     if "tidings" in args.targets and DEFLATE in args.targets:
         out.extend(render_deflate(by_key, cells))
+    if FLOOR in args.targets:
+        out.extend(render_floor(by_key, cells))
 
     notes = [(c, note) for c in results for note in c.get("notes", [])]
     notes += [(c, c["error"]) for c in results if "error" in c]
@@ -1285,6 +1297,41 @@ def render_nchan(by_key: ByKey, cells: list[Cell]) -> list[str]:
             f"| {'-' if mem_goal is None else f'<= {mem_goal:.0f} KB'} "
             f"| {'-' if mem_goal is None else verdict(t['memKbPerConn'], mem_goal)} |"
         )
+    out.append("")
+    return out
+
+
+def render_floor(by_key: ByKey, cells: list[Cell]) -> list[str]:
+    """The long-poll floor against Nchan, and Tidings against the floor, of the same run."""
+    out = section(
+        "The long-poll floor",
+        "CPU per delivery at the fixed rate and at saturation, and latency p50 at the fixed "
+        "rate, as ratios. The floor (bench/floor_server.py --long-poll) is uvloop + httptools "
+        "holding every poll and writing one built answer per event: what a Python server on "
+        "this event loop spends before any work of its own.\n",
+        "| transport | subs | floor / Nchan: rate us/msg | floor / Nchan: sat us/msg "
+        "| floor / Nchan: rate p50 | Tidings / floor: rate us/msg | Tidings / floor: sat us/msg "
+        "| Tidings / floor: rate p50 |",
+    )
+
+    def ratios(top: dict[str, Any] | None, low: dict[str, Any] | None) -> str:
+        if top is None or low is None:
+            return " | - | - | -"
+        return (
+            f" | {rx(top['rate']['usPerMsg'], low['rate']['usPerMsg'])}"
+            f" | {rx(top['sat']['usPerMsg'], low['sat']['usPerMsg'])}"
+            f" | {rx(top['rate']['p50ms'], low['rate']['p50ms'])}"
+        )
+
+    for transport, n in cells:
+        if serves(FLOOR, transport):
+            floor = by_key.get((FLOOR, transport, n))
+            nchan, tidings = (
+                by_key.get(("nchan", transport, n)),
+                by_key.get(("tidings", transport, n)),
+            )
+            row = f"| {TRANSPORT_TITLE[transport]} | {n:,}"
+            out.append(row + ratios(floor, nchan) + ratios(tidings, floor) + " |")
     out.append("")
     return out
 
@@ -1562,7 +1609,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(Tidings inside a FastAPI app under uvicorn), sse-starlette (sse-starlette + "
         "broadcaster under uvicorn, SSE only), fastapi-sse (FastAPI's fastapi.sse, SSE only), "
         "socketio (python-socketio, WebSocket only), channels (Django Channels with the "
-        "in-memory layer, WebSocket only), tidings-deflate (tidings, its WebSocket "
+        "in-memory layer, WebSocket only), floor (bench/floor_server.py --long-poll: the least "
+        "a Python server on uvloop + httptools spends, long poll only), tidings-deflate "
+        "(tidings, its WebSocket "
         "subscribers negotiating permessage-deflate)",
     )
     p.add_argument(

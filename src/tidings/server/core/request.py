@@ -2,37 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.protocol.query import Query, parse_query
 
 
-@dataclass(slots=True)
 class Request:
-    method: str
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    keep_alive: bool
-    peer: str
-    path: str = ""
-    query_string: str = ""
-    upgrade: bool = False
-    leftover: bytes = b""
-    identity: Identity = ANONYMOUS  # whose token came with it, once verified
-    hooked: bool = False  # the identity is the application hook's decision
-    http_version: str = "1.1"
+    """One request: what the client sent, and what the core learnt of it (its identity).
 
-    def __post_init__(self) -> None:
-        path, _, query = self.target.decode("latin-1").partition("?")
-        self.path = path
-        self.query_string = query
+    A plain class with one ``__init__``: every HTTP request makes one, so the split of the
+    target into path and query is done there, without a second call.
+    """
+
+    __slots__ = (
+        "body",
+        "headers",
+        "hooked",
+        "http_version",
+        "identity",
+        "keep_alive",
+        "leftover",
+        "method",
+        "path",
+        "peer",
+        "query_string",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+        peer: str,
+        *,
+        upgrade: bool = False,
+        http_version: str = "1.1",
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.peer = peer
+        path, _, query = target.decode("latin-1").partition("?")
+        self.path: str = path
+        self.query_string: str = query
+        self.upgrade = upgrade
+        self.leftover = b""  # what followed an Upgrade request, for the protocol it starts
+        self.identity: Identity = ANONYMOUS  # whose token came with it, once verified
+        self.hooked = False  # the identity is the application hook's decision
+        self.http_version = http_version
+
+    def __repr__(self) -> str:
+        return f"Request({self.method} {self.target!r} from {self.peer})"
 
     def header(self, name: bytes) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
-        values = [value for key, value in self.headers if key.lower() == name]
-        return b", ".join(values).decode("latin-1") if values else None
+        joined = None
+        for key, value in self.headers:  # a loop, not a comprehension: no frame of its own
+            if key.lower() == name:
+                joined = value if joined is None else joined + b", " + value
+        return None if joined is None else joined.decode("latin-1")
 
     def query(self) -> Query:
         return parse_query(self.query_string)

@@ -177,7 +177,8 @@ class MemoryBroker:
         return self._log(channel).page(since, limit)
 
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
-        return self._log(channel).page(since, limit)
+        log = self._logs.get(channel)  # a poll's every request: the call to _log saved
+        return (self._log(channel) if log is None else log).page(since, limit)
 
     async def recent(self, channel: str, count: int) -> HistoryPage:
         return self._log(channel).recent(count)

@@ -17,7 +17,7 @@ from typing import cast
 
 import httptools
 
-from tidings.protocol.http import build_error, build_response, status_line
+from tidings.protocol.http import build_error, status_line
 from tidings.protocol.identity import Identity
 from tidings.server.core.exchange import Held, Session, Sink
 from tidings.server.core.limits import forwarded_for
@@ -337,18 +337,18 @@ class HttpConnection(asyncio.Protocol):
         headers: list[tuple[bytes, bytes]] | None = None,
         content_type: bytes | None = b"application/json",
     ) -> int:
-        keep_alive = self._keep_alive()
-        response = build_response(status, body, content_type, headers or (), keep_alive)
-        return self.send(response, keep_alive)
+        return self.answer(Response(status, body, headers or [], content_type))
 
     def answer(self, response: Response) -> int:
-        keep_alive = self._keep_alive()
+        current = self.current
+        # while the node drains, the last answer says "Connection: close": a proxy must not
+        # reuse this connection
+        keep_alive = (
+            current is not None
+            and current.keep_alive
+            and (self.node.drain is None or bool(self._queue))
+        )
         return self.send(response.http11(keep_alive), keep_alive)
-
-    def _keep_alive(self) -> bool:
-        if self.node.drain is not None and not self._queue:
-            return False  # "Connection: close": a proxy must not reuse this connection
-        return self.current is not None and self.current.keep_alive
 
     def send(self, response: bytes, keep_alive: bool = True) -> int:
         """Write a complete response and go on to the next request."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from mypy_extensions import mypyc_attr
+
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.hub import Hub
@@ -22,6 +24,7 @@ PAGE_SIZE = 1000
 MAX_BACKLOG = 1000
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
 class Follower:
     """The catch-up logic shared by SSE streams and WebSocket connections.
 

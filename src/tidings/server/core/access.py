@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from tidings.config import AuthSettings, Settings
 from tidings.exceptions import ConfigError, Forbidden, Unauthorized
 from tidings.protocol.channel import namespace_of
@@ -46,6 +48,8 @@ DECODE_OPTIONS: Any = {
 }
 
 
+# an ordinary class once compiled: the suite stands in for verify() to show a failing verifier
+@mypyc_attr(native_class=False)
 class TokenVerifier:
     """Checks connection tokens against the one configured key and algorithm."""
 

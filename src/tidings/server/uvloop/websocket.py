@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import CloseCode, Frame, Opcode
@@ -128,6 +129,7 @@ EMPTY_PONG_LENGTH = 6
 EMPTY_PONG_HEAD = b"\x8a\x80"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
 class FrameSocket(WebSocketSession):
     """The standalone edge's WebSocket: ``websockets``' protocol parses and frames.
 

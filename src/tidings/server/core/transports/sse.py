@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import BrokerUnavailable
 from tidings.hub.tail import Tail
@@ -70,6 +72,7 @@ def stream_head(node: Node, request: Request) -> Response:
     return Response(200, headers=[*SSE_HEADERS, *node.cors_pairs(request)], content_type=None)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
     kind = "sse"

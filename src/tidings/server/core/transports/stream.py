@@ -15,6 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from tidings.hub.follow import Follower
 from tidings.hub.tail import Tail
 from tidings.protocol.channel import namespace_of
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.stream")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
 class StreamConnection(Follower, asyncio.Protocol):
     __slots__ = (
         "address",

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from tidings.brokers.base import HistoryPage
 from tidings.exceptions import (
     BrokerUnavailable,
@@ -57,6 +59,7 @@ CLOSE_LINGER_SECONDS = 5.0
 TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
 class WebSocketSession(StreamConnection):
     """One WebSocket's subscriptions, requests and answers, whatever carries its frames."""
 
@@ -103,8 +106,8 @@ class WebSocketSession(StreamConnection):
             return
         try:
             self._dispatch(message)
-        except RequestError as error:
-            self._error(getattr(message, "ref", None), error)
+        except RequestError as refused:  # not `error`: compiled, a name keeps its first type
+            self._error(getattr(message, "ref", None), refused)
 
     def _dispatch(self, message: ws.ClientMessage) -> None:
         if isinstance(message, ws.Subscribe):

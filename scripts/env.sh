@@ -15,7 +15,27 @@ case "${TIDINGS_INSTALL:-test}" in
   test) wanted=(test); target="$ROOT[test]" ;;
   *) echo "TIDINGS_INSTALL must be serve or test, not ${TIDINGS_INSTALL}" >&2; exit 1 ;;
 esac
-digest="$(sha1sum < "$ROOT/pyproject.toml" | cut -c1-12)"
+# The modules on every request's path (setup.py) are compiled with mypyc where a C compiler
+# and Python's headers are present: TIDINGS_COMPILE=0 keeps them interpreted, =1 insists.
+compile="${TIDINGS_COMPILE:-auto}"
+if [ "$compile" = auto ]; then
+  if command -v cc >/dev/null 2>&1 && "$PY" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    compile=1
+  else
+    compile=0
+    echo "note: no C compiler or no Python headers here: Tidings runs interpreted, slower" \
+      "(docs/production.md, \"Compiled modules\")" >&2
+  fi
+fi
+case "$compile" in
+  0) sources="" ;;
+  1) sources="$(find "$ROOT/src" -name '*.py' -print0 | sort -z | xargs -0 cat | sha1sum)" ;;
+  *) echo "TIDINGS_COMPILE must be 0 or 1, not ${compile}" >&2; exit 1 ;;
+esac
+# a compiled build is redone when any source changes: an extension runs the code it was built from
+digest="$({ cat "$ROOT/pyproject.toml" "$ROOT/setup.py"; echo "$compile $sources"; } \
+  | sha1sum | cut -c1-12)"
 installed=""
 for kind in "${wanted[@]}"; do
   [ -f "$VENV/.installed-$digest-$kind" ] && installed="$kind"
@@ -23,7 +43,14 @@ done
 if [ -z "$installed" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$target"
+  find "$ROOT/src" -name '*.so' -delete  # extensions of an earlier build
+  if [ "$compile" = 1 ]; then
+    echo "== compiling the request path with mypyc (about a minute)" >&2
+    "$VENV/bin/python" -m pip install --quiet "setuptools>=77" "mypy>=1.10"
+    TIDINGS_COMPILE=1 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -e "$target"
+  else
+    "$VENV/bin/python" -m pip install --quiet -e "$target"
+  fi
   rm -f "$VENV"/.installed-*
   touch "$VENV/.installed-$digest-${TIDINGS_INSTALL:-test}"
 fi

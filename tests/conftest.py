@@ -12,10 +12,27 @@ from typing import Any
 import pytest
 import uvloop
 
+from tidings.compiled import describe, stale_modules
 from tidings.config import Settings, load_settings
 from tidings.server.core.node import Node
 from tidings.server.uvloop.server import Server
 from tidings.server.uvloop.websocket import FrameSocket
+
+
+def pytest_report_header() -> str:
+    return f"tidings: {describe()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite tests the code as it is: never extensions built from an older source."""
+    stale = stale_modules()
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their source: {', '.join(stale)}. scripts/test "
+            "rebuilds them; TIDINGS_COMPILE=0 scripts/test runs interpreted",
+            returncode=4,
+        )
+
 
 # Broker deployments beyond one server (Redis Cluster, Sentinel, a NATS cluster), as fixtures.
 pytest_plugins = ["tests.deployments"]

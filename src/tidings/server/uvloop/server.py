@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from tidings.compiled import describe, stale_modules
 from tidings.config import Settings
 from tidings.server.collector import tune_collector
 from tidings.server.core.limits import exposure_warning
@@ -90,10 +91,19 @@ def announce(settings: Settings, port: int, workers: int = 1) -> None:
     server = settings.server
     processes = f", {workers} workers" if workers > 1 else ""
     where = f"http://{server.host}:{port}"
-    log.info("tidings listening on %s (broker %s%s)", where, server.broker, processes)
+    log.info(
+        "tidings listening on %s (broker %s%s; %s)", where, server.broker, processes, describe()
+    )
     warning = exposure_warning(server)
     if warning is not None:
         log.warning(warning)
+    stale = stale_modules()
+    if stale:
+        log.warning(
+            "compiled modules older than their source run the old code: %s; reinstall "
+            "(scripts/serve does) or delete their .so files",
+            ", ".join(stale),
+        )
 
 
 async def run(settings: Settings) -> None:

@@ -1,0 +1,56 @@
+"""Build: the package is pure Python; with ``TIDINGS_COMPILE=1`` the modules that serve every
+request and delivery are also compiled to C extensions by mypyc, from the same source.
+
+The compiled modules run the same code, with their type annotations checked at run time; an
+interpreter that finds no extension imports the ``.py`` beside it. ``scripts/env.sh`` builds
+them when a C compiler and Python's headers are there (``TIDINGS_COMPILE=0`` to skip), and
+``tidings.compiled()`` tells which kind a process runs. docs/production.md says more.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# Every request, delivery and fan-out runs through these; the rest (configuration, the CLI,
+# the brokers (tests stand in for their methods), the ASGI mount, clients, the lab) stays interpreted.
+COMPILED = [
+    "src/tidings/protocol/channel.py",
+    "src/tidings/protocol/cursor.py",
+    "src/tidings/protocol/event.py",
+    "src/tidings/protocol/fragments.py",
+    "src/tidings/protocol/http.py",
+    "src/tidings/protocol/identity.py",
+    "src/tidings/protocol/poll.py",
+    "src/tidings/protocol/query.py",
+    "src/tidings/protocol/sse.py",
+    "src/tidings/protocol/ws.py",
+    "src/tidings/hub/follow.py",
+    "src/tidings/hub/hub.py",
+    "src/tidings/hub/tail.py",
+    "src/tidings/hub/tally.py",
+    "src/tidings/hub/timers.py",
+    "src/tidings/server/core/access.py",
+    "src/tidings/server/core/limits.py",
+    "src/tidings/server/core/request.py",
+    "src/tidings/server/core/response.py",
+    "src/tidings/server/core/routes.py",
+    "src/tidings/server/core/transports/poll.py",
+    "src/tidings/server/core/transports/sse.py",
+    "src/tidings/server/core/transports/stream.py",
+    "src/tidings/server/core/transports/websocket.py",
+    "src/tidings/server/uvloop/http.py",
+    "src/tidings/server/uvloop/websocket.py",
+]
+
+
+def extensions() -> list[object]:
+    if os.environ.get("TIDINGS_COMPILE") != "1":
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(COMPILED, opt_level="3"))
+
+
+setup(ext_modules=extensions())

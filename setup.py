@@ -14,7 +14,7 @@ import os
 from setuptools import setup
 
 # Every request, delivery and fan-out runs through these; the rest (configuration, the CLI,
-# the brokers (tests stand in for their methods), the ASGI mount, clients, the lab) stays interpreted.
+# the Redis and NATS brokers, the ASGI mount, clients, the lab) stays interpreted.
 COMPILED = [
     "src/tidings/protocol/channel.py",
     "src/tidings/protocol/cursor.py",
@@ -26,16 +26,23 @@ COMPILED = [
     "src/tidings/protocol/query.py",
     "src/tidings/protocol/sse.py",
     "src/tidings/protocol/ws.py",
+    "src/tidings/brokers/base.py",
+    "src/tidings/brokers/memory_log.py",
     "src/tidings/hub/follow.py",
     "src/tidings/hub/hub.py",
+    "src/tidings/hub/presence.py",
+    "src/tidings/hub/reads.py",
     "src/tidings/hub/tail.py",
     "src/tidings/hub/tally.py",
     "src/tidings/hub/timers.py",
     "src/tidings/server/core/access.py",
+    "src/tidings/server/core/hooked.py",
     "src/tidings/server/core/limits.py",
+    "src/tidings/server/core/node.py",
     "src/tidings/server/core/request.py",
     "src/tidings/server/core/response.py",
     "src/tidings/server/core/routes.py",
+    "src/tidings/server/core/stats.py",
     "src/tidings/server/core/transports/poll.py",
     "src/tidings/server/core/transports/sse.py",
     "src/tidings/server/core/transports/stream.py",

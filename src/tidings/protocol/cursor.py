@@ -26,6 +26,11 @@ class Cursor:
     offset: int
 
     def __str__(self) -> str:
+        return self.text()
+
+    def text(self) -> str:
+        """``<epoch>.<offset>``, as clients send it back (a method: compiled, ``str()`` of a
+        cursor goes through the type's slot and costs several times the call)."""
         return f"{self.epoch}.{self.offset}"
 
     def next(self) -> Cursor:
@@ -54,7 +59,9 @@ def parse_cursor_list(text: str, count: int) -> list[Cursor]:
 
 
 def format_cursor_list(cursors: Sequence[Cursor]) -> str:
-    return ",".join(map(str, cursors))
+    if len(cursors) == 1:  # every single-channel poll
+        return cursors[0].text()
+    return ",".join([cursor.text() for cursor in cursors])
 
 
 def new_epoch() -> str:

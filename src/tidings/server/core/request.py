@@ -62,8 +62,9 @@ class Request:
     def header(self, name: bytes) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
         joined = None
+        size = len(name)
         for key, value in self.headers:  # a loop, not a comprehension: no frame of its own
-            if key.lower() == name:
+            if len(key) == size and key.lower() == name:
                 joined = value if joined is None else joined + b", " + value
         return None if joined is None else joined.decode("latin-1")
 

@@ -243,7 +243,7 @@ def _answer_page(
     key = (channel, since.epoch, since.offset, page.cursor.offset)
     response = answers.get(key)
     if response is None:
-        cursor_list = str(page.cursor)
+        cursor_list = page.cursor.text()
         body = poll_body(page.events, cursor_list)
         response = answers.keep(key, Response(200, body, _headers(node, None, cursor_list)))
     written = exchange.answer(response)

@@ -44,12 +44,13 @@ if [ -z "$installed" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   find "$ROOT/src" -name '*.so' -delete  # extensions of an earlier build
+  "$VENV/bin/python" -m pip install --quiet -e "$target"
   if [ "$compile" = 1 ]; then
+    # mypyc type-checks the sources against the dependencies just installed
     echo "== compiling the request path with mypyc (about a minute)" >&2
     "$VENV/bin/python" -m pip install --quiet "setuptools>=77" "mypy>=1.10"
-    TIDINGS_COMPILE=1 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -e "$target"
-  else
-    "$VENV/bin/python" -m pip install --quiet -e "$target"
+    TIDINGS_COMPILE=1 "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
+      -e "$target"
   fi
   rm -f "$VENV"/.installed-*
   touch "$VENV/.installed-$digest-${TIDINGS_INSTALL:-test}"

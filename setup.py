@@ -4,7 +4,8 @@ request and delivery are also compiled to C extensions by mypyc, from the same s
 The compiled modules run the same code, with their type annotations checked at run time; an
 interpreter that finds no extension imports the ``.py`` beside it. ``scripts/env.sh`` builds
 them when a C compiler and Python's headers are there (``TIDINGS_COMPILE=0`` to skip), and
-``tidings.compiled()`` tells which kind a process runs. docs/production.md says more.
+``tidings.compiled`` tells which modules a process runs compiled. docs/production.md says
+more.
 """
 
 from __future__ import annotations

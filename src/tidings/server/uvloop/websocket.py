@@ -129,7 +129,9 @@ EMPTY_PONG_LENGTH = 6
 EMPTY_PONG_HEAD = b"\x8a\x80"
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
+# compiled (setup.py), yet open to interpreted subclasses:
+# the Autobahn echo (echo.py) subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FrameSocket(WebSocketSession):
     """The standalone edge's WebSocket: ``websockets``' protocol parses and frames.
 

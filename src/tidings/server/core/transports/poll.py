@@ -337,8 +337,7 @@ class LongPoll:
         if self.shareable and len(batch.events) <= self.poll.limit:
             cursor, first = self.cursors[0], batch.events[0]
             if first.offset == cursor.offset + 1 and first.epoch == cursor.epoch:
-                shared = batch.answers.get("poll") or shared_response(self.node, batch)
-                exchange.answer(shared)
+                exchange.answer(shared_response(self.node, batch))
                 self.node.hub.tally.poll += 1  # folded by the hub with the batch's bytes
                 return
         gathered = _gather_nowait(self.node, self.poll, self.cursors)

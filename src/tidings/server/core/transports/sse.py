@@ -72,7 +72,9 @@ def stream_head(node: Node, request: Request) -> Response:
     return Response(200, headers=[*SSE_HEADERS, *node.cors_pairs(request)], content_type=None)
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
+# compiled (setup.py), yet open to interpreted subclasses:
+# the admin feed (ops/admin.py) subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SSEStream(StreamConnection):
     __slots__ = ("envelope", "order")
     kind = "sse"

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.stream")
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
+# compiled (setup.py), yet open to interpreted subclasses:
+# SSE streams and WebSockets derive from it, and they have interpreted subclasses
+@mypyc_attr(allow_interpreted_subclasses=True)
 class StreamConnection(Follower, asyncio.Protocol):
     __slots__ = (
         "address",

@@ -59,7 +59,9 @@ CLOSE_LINGER_SECONDS = 5.0
 TOKEN_EXPIRED = "token expired: fetch a new token and reconnect"
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # see setup.py
+# compiled (setup.py), yet open to interpreted subclasses:
+# the ASGI edge's socket (asgi/websocket.py) subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WebSocketSession(StreamConnection):
     """One WebSocket's subscriptions, requests and answers, whatever carries its frames."""
 

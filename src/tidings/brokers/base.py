@@ -44,7 +44,6 @@ Control (``POST /api/disconnect`` and ``/api/unsubscribe``, protocol/control.py)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from tidings.config import Settings
@@ -63,22 +62,49 @@ ControlSink = Callable[[Control], None]
 PAGE_BYTES = 256 * 1024
 
 
-# Not frozen: compiled (setup.py), a frozen dataclass is built by a Python __init__ that sets
-# each field through object.__setattr__, six times what a request's page costs otherwise.
-# Nothing changes a page once made.
-@dataclass(slots=True)
 class HistoryPage:
     """Events after a cursor (at most ``limit``), and the cursor after the last one returned.
 
     ``reset`` is set when history could not cover the request; ``events`` then start from the
     reset's cursor. ``more`` is True when history holds events after the last one returned
     that the page left out (its ``limit`` or ``PAGE_BYTES``): read on from ``cursor``.
+
+    A plain class, not a dataclass: compiled (setup.py), a dataclass is built by the
+    ``__init__`` that ``dataclasses`` writes at import, which runs interpreted (about 1,800
+    instructions a page, where every poll reads one). Nothing changes a page once made.
     """
 
-    events: Sequence[Event]
-    cursor: Cursor
-    reset: Reset | None = None
-    more: bool = False
+    __slots__ = ("cursor", "events", "more", "reset")
+
+    def __init__(
+        self,
+        events: Sequence[Event],
+        cursor: Cursor,
+        reset: Reset | None = None,
+        more: bool = False,
+    ) -> None:
+        self.events = events
+        self.cursor = cursor
+        self.reset = reset
+        self.more = more
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HistoryPage):
+            return NotImplemented
+        return (
+            self.events == other.events
+            and self.cursor == other.cursor
+            and self.reset == other.reset
+            and self.more == other.more
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and not immutable
+
+    def __repr__(self) -> str:
+        return (
+            f"HistoryPage(events={self.events!r}, cursor={self.cursor!r}, "
+            f"reset={self.reset!r}, more={self.more!r})"
+        )
 
     def before(self) -> Cursor:
         """Of a ``recent`` page: the cursor just before its first event, where a rewound

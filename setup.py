@@ -28,6 +28,7 @@ COMPILED = [
     "src/tidings/protocol/sse.py",
     "src/tidings/protocol/ws.py",
     "src/tidings/brokers/base.py",
+    "src/tidings/brokers/memory.py",
     "src/tidings/brokers/memory_log.py",
     "src/tidings/hub/follow.py",
     "src/tidings/hub/hub.py",

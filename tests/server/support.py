@@ -83,6 +83,19 @@ async def background(coroutine: Coroutine[Any, Any, Any]) -> AsyncIterator[async
             await task
 
 
+class PublishStandIn:
+    """A node's broker with ``publish`` stood in for: the memory broker runs compiled
+    (setup.py), so its methods cannot be replaced on the instance. Everything else is the
+    broker's own. ``server.node.broker = PublishStandIn(broker, publish)``, on the loop."""
+
+    def __init__(self, broker: Any, publish: Callable[..., Awaitable[Any]]) -> None:
+        self.broker = broker
+        self.publish = publish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.broker, name)
+
+
 @dataclass
 class Record:
     """Events and resets in the order a subscriber saw them, by offset.

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RunningServer
 from tests.server.support import (
+    PublishStandIn,
     RawConnection,
     client_frame,
     connection_count,
@@ -149,16 +150,17 @@ def hold_publishes(server: RunningServer, entered: threading.Event) -> asyncio.E
     """Make the broker hold every publish until the returned event is set."""
 
     def install() -> asyncio.Event:
-        broker = server.node.broker  # type: ignore[union-attr]
+        node = server.node
+        assert node is not None
         gate = asyncio.Event()
-        publish = broker.publish
+        publish = node.broker.publish
 
         async def held(*args: Any, **kwargs: Any) -> Any:
             entered.set()
             await gate.wait()
             return await publish(*args, **kwargs)
 
-        broker.publish = held  # type: ignore[method-assign]
+        node.broker = PublishStandIn(node.broker, held)
         return gate
 
     return server.call(install)

@@ -17,6 +17,7 @@ from tests.conftest import RunningServer
 from tests.server.support import (
     TIMEOUT,
     FrameReader,
+    PublishStandIn,
     RawConnection,
     apublish,
     async_http_client,
@@ -298,14 +299,14 @@ async def test_broker_errors_are_counted_and_readyz_measures_the_round_trip(
     async def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise BrokerUnavailable("the broker is down (test)")
 
-    original = app.broker.publish
-    server.call(lambda: setattr(app.broker, "publish", unreachable))
+    original = app.broker
+    server.call(lambda: setattr(app, "broker", PublishStandIn(original, unreachable)))
     async with async_http_client(server) as client:
         failed = await client.post("/api/publish", json={"channel": "m-b", "data": 1})
         assert failed.status_code == 503
         batch = await client.post("/api/publish", json={"events": [{"channel": "m-b", "data": 1}]})
         assert batch.json()["results"][0]["error"]["code"] == "unavailable"
-        server.call(lambda: setattr(app.broker, "publish", original))
+        server.call(lambda: setattr(app, "broker", original))
         assert ("tidings_broker_rtt_seconds", ()) not in scrape(server)  # not measured yet
         assert (await client.get("/readyz")).status_code == 200
     samples = scrape(server)

@@ -170,6 +170,18 @@ def test_a_bad_last_event_id_is_refused() -> None:
         subscribe("channel=a", resume_from="p.07")
 
 
+# parse_poll: the cursor list it answers with
+
+
+def test_a_resuming_poll_carries_its_cursor_list_as_the_server_writes_it_and_its_etag() -> None:
+    resumed = poll("channel=a&channel=b&since=e1.7,e2.0")
+    assert resumed.since_text == format_cursor_list(resumed.subscription.since or ())
+    assert resumed.since_text == "e1.7,e2.0"
+    assert resumed.since_etag == b'"e1.7,e2.0"'
+    fresh = poll("channel=a")
+    assert (fresh.since_text, fresh.since_etag) == (None, None)
+
+
 # parse_poll: timeout
 
 

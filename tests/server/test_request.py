@@ -32,6 +32,13 @@ def test_a_repeated_header_reads_as_its_values_joined_in_order() -> None:
     assert made.header(b"x-forwarded-for") == "1.1.1.1, 2.2.2.2"
 
 
+def test_a_raw_header_is_the_bytes_sent_joined_as_header_joins_them() -> None:
+    made = request(b"/", [(b"If-None-Match", b'"a.\xe9"'), (b"if-none-match", b'"b.2"')])
+    assert made.raw_header(b"if-none-match") == b'"a.\xe9", "b.2"'
+    assert made.header(b"if-none-match") == '"a.\xe9", "b.2"'
+    assert made.raw_header(b"host") is None
+
+
 def test_a_new_request_has_no_identity_until_the_core_verifies_one() -> None:
     made = request(b"/poll")
     assert made.identity is ANONYMOUS

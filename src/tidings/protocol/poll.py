@@ -9,6 +9,12 @@ import orjson
 from tidings.protocol.event import Event, Reset
 
 
+def etag(cursor_list: str) -> bytes:
+    """A poll answer's ``ETag``: its cursor list, quoted. A poll that sends it back in
+    ``If-None-Match`` and finds nothing new gets ``304``."""
+    return b'"' + cursor_list.encode("ascii") + b'"'
+
+
 def poll_body(
     events: Sequence[Event],
     cursor_list: str,

@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl
 
 from tidings.exceptions import InvalidChannel, InvalidField, TooManyChannels
 from tidings.protocol.channel import Channel, parse_channel
-from tidings.protocol.cursor import Cursor, parse_cursor_list
+from tidings.protocol.cursor import Cursor, format_cursor_list, parse_cursor_list
+from tidings.protocol.poll import etag
 
 MAX_QUERY_PAIRS = 256
 DEFAULT_POLL_LIMIT = 100
@@ -96,21 +97,30 @@ def parse_rewind(value: object, max_rewind: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PollRequest:
+    """A parsed ``/poll`` query. ``since_text`` is ``since`` written as the server writes a
+    cursor list (``Tidings-Cursor``) and ``since_etag`` its ETag: a poll that is caught up
+    answers with them, made once per distinct query."""
+
     subscription: Subscription
     timeout: float
     limit: int
     token: str | None = None
+    since_text: str | None = None
+    since_etag: bytes | None = None
 
 
 def parse_poll(
     query: Query, max_channels: int, max_poll_seconds: float, max_rewind: int = 0
 ) -> PollRequest:
     subscription = parse_subscription(query, max_channels, None, max_rewind)
+    since_text = None if subscription.since is None else format_cursor_list(subscription.since)
     return PollRequest(
         subscription,
         _parse_timeout(query.one("timeout"), max_poll_seconds),
         _parse_limit(query.one("limit")),
         query.one("token") or None,
+        since_text,
+        None if since_text is None else etag(since_text),
     )
 
 

@@ -61,12 +61,17 @@ class Request:
 
     def header(self, name: bytes) -> str | None:
         """The value of header ``name`` (lower-case), repeated values joined by ``, ``."""
+        joined = self.raw_header(name)
+        return None if joined is None else joined.decode("latin-1")
+
+    def raw_header(self, name: bytes) -> bytes | None:
+        """``header``, as the bytes the client sent."""
         joined = None
         size = len(name)
         for key, value in self.headers:  # a loop, not a comprehension: no frame of its own
             if len(key) == size and key.lower() == name:
                 joined = value if joined is None else joined + b", " + value
-        return None if joined is None else joined.decode("latin-1")
+        return joined
 
     def query(self) -> Query:
         return parse_query(self.query_string)

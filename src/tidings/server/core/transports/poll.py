@@ -25,7 +25,7 @@ from tidings.exceptions import BrokerUnavailable
 from tidings.protocol.cursor import Cursor, format_cursor_list
 from tidings.protocol.event import Batch, Event, Reset
 from tidings.protocol.identity import Identity
-from tidings.protocol.poll import poll_body
+from tidings.protocol.poll import etag, poll_body
 from tidings.protocol.query import PollRequest, parse_poll
 from tidings.server.core.access import subscriber
 from tidings.server.core.exchange import Exchange
@@ -89,8 +89,12 @@ def handle_poll(node: Node, exchange: Exchange, request: Request) -> None:
                 _answer_page(node, exchange, channels[0], since[0], page, transport)
             elif poll.timeout > 0:
                 LongPoll(node, exchange, poll, [page.cursor]).wait(poll.timeout)  # caught up
+            elif page.cursor is since[0] and poll.since_text is not None:
+                # the cursor the poll sent: its text and ETag were made with the parse
+                _answer_nothing_new(node, exchange, request, poll.since_text, poll.since_etag)
             else:
-                _answer_nothing_new(node, exchange, request, [page.cursor], True)
+                text = page.cursor.text()
+                _answer_nothing_new(node, exchange, request, text, etag(text))
             return
     gathered = _gather_nowait(node, poll, since)
     if gathered is None:
@@ -206,7 +210,9 @@ def _answer_or_wait(
     if gathered.events or gathered.resets:
         _answer(node, exchange, gathered, "long_poll" if poll.timeout > 0 else "poll")
     elif poll.timeout <= 0:
-        _answer_nothing_new(node, exchange, request, gathered.cursors, since is not None)
+        cursor_list = format_cursor_list(gathered.cursors)
+        resumed = None if since is None else etag(cursor_list)
+        _answer_nothing_new(node, exchange, request, cursor_list, resumed)
     else:
         LongPoll(node, exchange, poll, gathered.cursors).wait(poll.timeout)
 
@@ -215,7 +221,7 @@ def _headers(node: Node, request: Request | None, cursor_list: str) -> list[tupl
     encoded = cursor_list.encode("ascii")
     return [
         (b"Tidings-Cursor", encoded),
-        (b"ETag", b'"' + encoded + b'"'),
+        (b"ETag", etag(cursor_list)),
         *node.cors_pairs(request),
     ]
 
@@ -254,15 +260,14 @@ def _answer_nothing_new(
     node: Node,
     exchange: Exchange,
     request: Request,
-    cursors: list[Cursor],
-    resumed: bool,
+    cursor_list: str,
+    resumed: bytes | None,
 ) -> None:
-    cursor_list = format_cursor_list(cursors)
+    """A poll that found nothing new: ``304`` when it resumed (``resumed`` is then its
+    answer's ETag) and sent that ETag in ``If-None-Match``, else ``200`` without events."""
     status = 200
-    if resumed:
-        etag = request.header(b"if-none-match")
-        if etag is not None and etag == f'"{cursor_list}"':
-            status = 304
+    if resumed is not None and request.raw_header(b"if-none-match") == resumed:
+        status = 304
     if node.cors_varies:
         headers = _headers(node, request, cursor_list)
         exchange.respond(status, poll_body((), cursor_list) if status == 200 else b"", headers)

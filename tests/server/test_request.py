@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from tidings.protocol.identity import ANONYMOUS
-from tidings.server.core.request import Request
+from tidings.server.core.request import (
+    SPLIT_TARGET_BYTES,
+    SPLITS_KEPT,
+    Request,
+    split_target,
+)
 
 
 def request(target: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Request:
@@ -15,6 +20,19 @@ def test_the_target_splits_into_path_and_query_at_the_first_question_mark() -> N
     assert made.path == "/poll"
     assert made.query_string == "channel=a&since=x.1?y"
     assert request(b"/healthz").query_string == ""
+
+
+def test_a_short_target_is_split_once_and_the_splits_kept_are_bounded() -> None:
+    first = split_target(b"/poll?channel=kept")
+    assert first == ("/poll", "channel=kept")
+    # kept: the same strings again (compiled, the tuple itself is made anew)
+    assert split_target(b"/poll?channel=kept")[1] is first[1]
+    long = b"/poll?channel=" + b"x" * SPLIT_TARGET_BYTES
+    assert split_target(long) == ("/poll", "channel=" + "x" * SPLIT_TARGET_BYTES)
+    assert split_target(long)[1] is not split_target(long)[1]  # too long to keep
+    for index in range(SPLITS_KEPT):
+        split_target(b"/poll?channel=%d" % index)
+    assert split_target(b"/poll?channel=kept")[1] is not first[1]  # forgotten once full
 
 
 def test_a_target_outside_ascii_is_read_as_latin_1_and_never_fails() -> None:

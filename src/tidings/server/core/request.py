@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.protocol.query import Query, parse_query
+
+# Targets split into path and query are kept (under polling most requests repeat one of a
+# few), up to this many, each shorter than SPLIT_TARGET_BYTES: a few megabytes at most.
+SPLITS_KEPT: Final = 4096
+SPLIT_TARGET_BYTES: Final = 512
+_splits: Final[dict[bytes, tuple[str, str]]] = {}
+
+
+def split_target(target: bytes) -> tuple[str, str]:
+    """A target's path and query string (after the first ``?``), read as latin-1."""
+    split = _splits.get(target)
+    if split is None:
+        path, _, query = target.decode("latin-1").partition("?")
+        split = (path, query)
+        if len(target) < SPLIT_TARGET_BYTES:
+            if len(_splits) >= SPLITS_KEPT:
+                _splits.clear()
+            _splits[target] = split
+    return split
 
 
 class Request:
     """One request: what the client sent, and what the core learnt of it (its identity).
 
-    A plain class with one ``__init__``: every HTTP request makes one, so the split of the
-    target into path and query is done there, without a second call.
+    A plain class with one ``__init__``: every HTTP request makes one. Its target's path and
+    query string come from ``split_target``, which keeps the splits of recent targets.
     """
 
     __slots__ = (
@@ -47,9 +68,7 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.peer = peer
-        path, _, query = target.decode("latin-1").partition("?")
-        self.path: str = path
-        self.query_string: str = query
+        self.path, self.query_string = split_target(target)
         self.upgrade = upgrade
         self.leftover = b""  # what followed an Upgrade request, for the protocol it starts
         self.identity: Identity = ANONYMOUS  # whose token came with it, once verified

@@ -266,7 +266,8 @@ class HttpConnection(asyncio.Protocol):
         self._in_message = False
         self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
         request = Request(
-            self.parser.get_method().decode("ascii", "replace"),
+            # llhttp knows only ASCII method names; latin-1 is compiled's fast decoder
+            self.parser.get_method().decode("latin-1"),
             self._url,
             self._headers,
             b"".join(self._body),

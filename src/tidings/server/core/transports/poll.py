@@ -211,8 +211,8 @@ def _answer_or_wait(
         _answer(node, exchange, gathered, "long_poll" if poll.timeout > 0 else "poll")
     elif poll.timeout <= 0:
         cursor_list = format_cursor_list(gathered.cursors)
-        resumed = None if since is None else etag(cursor_list)
-        _answer_nothing_new(node, exchange, request, cursor_list, resumed)
+        resumed_etag = None if since is None else etag(cursor_list)
+        _answer_nothing_new(node, exchange, request, cursor_list, resumed_etag)
     else:
         LongPoll(node, exchange, poll, gathered.cursors).wait(poll.timeout)
 
@@ -261,12 +261,12 @@ def _answer_nothing_new(
     exchange: Exchange,
     request: Request,
     cursor_list: str,
-    resumed: bytes | None,
+    resumed_etag: bytes | None,
 ) -> None:
-    """A poll that found nothing new: ``304`` when it resumed (``resumed`` is then its
+    """A poll that found nothing new: ``304`` when it resumed (``resumed_etag`` is then its
     answer's ETag) and sent that ETag in ``If-None-Match``, else ``200`` without events."""
     status = 200
-    if resumed is not None and request.raw_header(b"if-none-match") == resumed:
+    if resumed_etag is not None and request.raw_header(b"if-none-match") == resumed_etag:
         status = 304
     if node.cors_varies:
         headers = _headers(node, request, cursor_list)

@@ -4,8 +4,8 @@ can do per poll.
 One process, uvloop's event loop, httptools parsing every request on keep-alive connections.
 
 - Short polls (the default): a fixed answer written back, ``304 Not Modified`` when the
-  request carries ``If-None-Match``, else a fixed ``200``: the bytes of Tidings' answers to a
-  caught-up poll. No routing, no channel, no cursor.
+  request carries ``If-None-Match`` with the one ETag, else a fixed ``200``: the bytes of
+  Tidings' answers to a caught-up poll. No routing, no channel, no cursor.
 - Long polls (``--long-poll``): ``GET`` with ``since=N`` is answered at once with event N+1
   if the server has it, else held; ``POST`` is a publish: its body becomes event N+1, built
   once into the bytes of a Tidings answer (same headers, same JSON shape) and written to
@@ -40,6 +40,7 @@ ANSWER_200 = (
     % (len(BODY_200), HEADERS, BODY_200)
 )
 ANSWER_304 = b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % HEADERS
+ETAG = b'"%s"' % CURSOR
 
 
 class FloorProtocol(asyncio.Protocol):
@@ -62,7 +63,7 @@ class FloorProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"if-none-match":
+        if name.lower() == b"if-none-match" and value == ETAG:
             self.conditional = True
 
     def on_message_complete(self) -> None:

@@ -4,13 +4,17 @@
 For every target and path this starts the server pinned to core 0 and runs wrk pinned to core 1
 (`wrk -t1 -c64`, keep-alive connections, a fixed duration) against one short-poll URL, and
 reports polls per second and the server's CPU time per poll (from /proc, the server's own
-process). Two paths:
+process). Three paths:
 
 - `200`: a poll that is caught up (Tidings: `GET /poll?channel=bench&since=<cursor>`, answered
   `200 {"events": [], "cursor": ...}`; Nchan: `GET /poll?channel=bench` with no condition,
   answered with the one message the channel holds; floor: a fixed 200 of the same size);
 - `304`: the same poll with `If-None-Match: <ETag>` (and, for Nchan, `If-Modified-Since`), which
-  is answered `304 Not Modified` with no body.
+  is answered `304 Not Modified` with no body;
+- `200-stale`: the same conditional poll with an ETag that no longer matches (Nchan: and a
+  `If-Modified-Since` of 1970), answered as `200` is: the request of `304`, the answer of
+  `200`. Between `304` and `200` the requests differ too (a header more to parse); between
+  `304` and `200-stale` only the answers do.
 
 Targets: `tidings` (`tidings serve`, memory broker), `nchan` (nginx with the Nchan module, one
 worker, `nchan_subscriber intervalpoll`), `floor` (bench/floor_server.py: uvloop + httptools
@@ -43,7 +47,9 @@ from fanout import BENCH_DIR, REPO_DIR, ManagedProcess, fmt, log
 
 CHANNEL = "bench"
 TARGETS = ("tidings", "nchan", "floor")
-PATHS = ("200", "304")
+PATHS = ("200", "304", "200-stale")
+STALE_ETAG = '"stale.1"'
+STALE_SINCE = "Thu, 01 Jan 1970 00:00:00 GMT"
 # The issue's targets for the 304 path: at least this share of Nchan's polls/s, and within
 # this share of the bare floor's.
 NCHAN_SHARE = 0.5
@@ -87,7 +93,11 @@ def start_floor(args: argparse.Namespace, workdir: Path) -> Target:
         raise RuntimeError(f"floor did not start on port {port}:\n{tail}")
     t = Target("floor", port, mp, tmp)
     t.url = f"http://127.0.0.1:{port}/poll?channel={CHANNEL}"
-    t.headers = {"200": {}, "304": {"If-None-Match": '"jP28yEAX.1"'}}
+    t.headers = {
+        "200": {},
+        "304": {"If-None-Match": '"jP28yEAX.1"'},
+        "200-stale": {"If-None-Match": STALE_ETAG},
+    }
     return t
 
 
@@ -119,7 +129,11 @@ def start_target(name: str, args: argparse.Namespace, workdir: Path) -> Target:
         if not cursor or not etag:
             raise RuntimeError("tidings: a poll answered without Tidings-Cursor or ETag")
         t.url = f"{base}/poll?channel={CHANNEL}&since={urllib.parse.quote(cursor, safe='')}"
-        t.headers = {"200": {}, "304": {"If-None-Match": etag}}
+        t.headers = {
+            "200": {},
+            "304": {"If-None-Match": etag},
+            "200-stale": {"If-None-Match": STALE_ETAG},
+        }
     else:  # nchan: one message in the channel; a poll without conditions gets it
         publish(server.port, f"/pub?channel={CHANNEL}", json.dumps(payload).encode())
         t.url = f"{base}/poll?channel={CHANNEL}"
@@ -127,7 +141,11 @@ def start_target(name: str, args: argparse.Namespace, workdir: Path) -> Target:
             lm, etag = r.headers["Last-Modified"], r.headers["ETag"]
         if not lm or not etag:
             raise RuntimeError("nchan: intervalpoll answered without Last-Modified or ETag")
-        t.headers = {"200": {}, "304": {"If-Modified-Since": lm, "If-None-Match": etag}}
+        t.headers = {
+            "200": {},
+            "304": {"If-Modified-Since": lm, "If-None-Match": etag},
+            "200-stale": {"If-Modified-Since": STALE_SINCE, "If-None-Match": STALE_ETAG},
+        }
     return t
 
 
@@ -320,6 +338,12 @@ def render(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespa
                 f"Tidings' 304 costs {fmt(c304, 2)} us of CPU per poll against {fmt(c200, 2)} us "
                 f"for the caught-up 200 ({'cheaper' if c304 < c200 else 'NOT cheaper'}).\n"
             )
+        if all(p in t and "error" not in t[p] for p in ("304", "200-stale")):
+            c304, stale = t["304"]["usPerPoll"], t["200-stale"]["usPerPoll"]
+            out.append(
+                f"To the same conditional request, the 304 costs {fmt(c304, 2)} us against "
+                f"{fmt(stale, 2)} us for a 200 ({'cheaper' if c304 < stale else 'NOT cheaper'}).\n"
+            )
     return "\n".join(out)
 
 
@@ -333,7 +357,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets", default="tidings,nchan,floor", help="comma list of tidings, nchan, floor"
     )
-    p.add_argument("--paths", default="200,304", help="comma list of 200, 304")
+    p.add_argument("--paths", default="200,304,200-stale", help="comma list of 200, 304, 200-stale")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per measurement")
     p.add_argument("--connections", type=int, default=64, help="wrk -c: keep-alive connections")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the report shows medians")

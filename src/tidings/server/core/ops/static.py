@@ -55,7 +55,7 @@ class StaticFiles:
         file = self.get(name)
         etag = b'"' + file.etag + b'"'
         headers = [(b"ETag", etag), (b"Cache-Control", b"no-cache")]
-        if (request.header(b"if-none-match") or "").encode() == etag:
+        if request.raw_header(b"if-none-match") == etag:
             exchange.respond(304, b"", headers)
         else:
             exchange.respond(200, file.body, headers, file.content_type)

@@ -16,7 +16,7 @@ from tidings.asgi.types import Receive, Scope, Send
 from tidings.exceptions import TooLarge
 from tidings.protocol.http import error_body
 from tidings.protocol.identity import Identity
-from tidings.server.core.exchange import Held, Session, Sink
+from tidings.server.core.exchange import Exchange, Held, Session, Sink
 from tidings.server.core.limits import CONNECTION_RETRY_SECONDS, Limits, forwarded_for
 from tidings.server.core.node import Node
 from tidings.server.core.request import Request
@@ -26,7 +26,7 @@ from tidings.server.core.routes import Routes
 log = logging.getLogger("tidings.asgi")
 
 
-class AsgiExchange:
+class AsgiExchange(Exchange):
     """One HTTP request over ASGI, answered through the core's :class:`Exchange` calls."""
 
     __slots__ = (
@@ -34,8 +34,6 @@ class AsgiExchange:
         "_held",
         "address",
         "client",
-        "closed",
-        "current",
         "node",
         "response",
         "stream",

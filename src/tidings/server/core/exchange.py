@@ -8,7 +8,10 @@ into a stream (SSE) whose session writes to a :class:`Sink`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
+
+from mypy_extensions import mypyc_attr
 
 from tidings.protocol.identity import Identity
 from tidings.server.core.request import Request
@@ -57,21 +60,29 @@ class Session(Protocol):
     def resume_writing(self) -> None: ...
 
 
-class Exchange(Protocol):
-    """One request being answered."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Exchange(ABC):
+    """One request being answered: the edge's side of it, which every handler calls.
 
-    @property
-    def current(self) -> Request | None:
-        """The request; None once it is answered."""
+    A base class, not a ``Protocol``: compiled, every call a handler makes on a native edge's
+    exchange (the uvloop connection) is a call through the class's method table instead of a
+    Python attribute lookup; the ASGI edge's exchange is an interpreted subclass, called as
+    before.
+    """
 
-    @property
-    def closed(self) -> bool:
-        """The client is gone, or the exchange is over: nothing more can be sent."""
+    __slots__ = ("closed", "current")
 
+    # The request; None once it is answered.
+    current: Request | None
+    # The client is gone, or the exchange is over: nothing more can be sent.
+    closed: bool
+
+    @abstractmethod
     def admit(self, request: Request) -> None:
         """Count the connection under ``request``'s client, where a trusted proxy carries
         many clients; raises :class:`RateLimited` past the per-address limit."""
 
+    @abstractmethod
     def respond(
         self,
         status: int,
@@ -81,18 +92,24 @@ class Exchange(Protocol):
     ) -> int:
         """Answer; how many bytes that put on the wire (0 if the client was gone)."""
 
+    @abstractmethod
     def answer(self, response: Response) -> int:
         """Send a built (possibly shared) response; the bytes it put on the wire."""
 
+    @abstractmethod
     def hold(self, held: Held, timeout: float) -> None:
         """Keep the request open until ``held`` answers it or ``timeout`` passes."""
 
-    def release(self) -> None: ...
+    @abstractmethod
+    def release(self) -> None:
+        """The held request is answered or gone: forget it and its deadline."""
 
+    @abstractmethod
     def accept_websocket(self, identity: Identity) -> Session | None:
         """Complete the WebSocket handshake and start the session that speaks for
         ``identity``; None if the handshake was refused (400)."""
 
+    @abstractmethod
     def start_stream(self, session: Session, head: Response) -> Sink:
         """Answer with ``head`` (status and headers, no length) and hand the connection to
         ``session``, whose bytes the returned sink carries from now on."""

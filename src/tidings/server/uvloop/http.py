@@ -19,7 +19,7 @@ import httptools
 
 from tidings.protocol.http import build_error, status_line
 from tidings.protocol.identity import Identity
-from tidings.server.core.exchange import Held, Session, Sink
+from tidings.server.core.exchange import Exchange, Held, Session, Sink
 from tidings.server.core.limits import forwarded_for
 from tidings.server.core.logs import http_closed, http_opened
 from tidings.server.core.node import Node
@@ -70,7 +70,14 @@ class Edge:
         return HttpConnection(self)
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(Exchange):
+    """The standalone edge's connection: uvloop's protocol for it, and the exchange of the
+    request it is answering (``current``).
+
+    uvloop takes any object with the protocol's methods; this one is compiled, and its base
+    is the core's :class:`Exchange`, so that the handlers' calls on it are native ones.
+    """
+
     __slots__ = (
         "_alarm",
         "_body",
@@ -83,8 +90,6 @@ class HttpConnection(asyncio.Protocol):
         "_queue",
         "_url",
         "address",
-        "closed",
-        "current",
         "edge",
         "ended",
         "held",
@@ -123,7 +128,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_limit: int | None = None  # the path's, once a length or a body comes
 
-    # asyncio.Protocol
+    # the asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -156,6 +161,10 @@ class HttpConnection(asyncio.Protocol):
         self.node.hub.timers.discard(self)
         if self.held is not None:
             self.held.cancel()
+
+    def eof_received(self) -> bool:
+        """The client sent FIN: close, as ``asyncio.Protocol`` does by default."""
+        return False
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from typing import cast
 
 from tidings.compiled import describe, stale_modules
 from tidings.config import Settings
@@ -55,7 +57,8 @@ class Server:
         await self.node.start()
         server = self.settings.server
         self._server = await loop.create_server(
-            self.edge.protocol_factory,
+            # a protocol by its methods: HttpConnection's base is the core's Exchange
+            cast("Callable[[], asyncio.Protocol]", self.edge.protocol_factory),
             server.host,
             server.port,
             backlog=BACKLOG,

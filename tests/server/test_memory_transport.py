@@ -7,7 +7,7 @@ import asyncio
 from tidings.config import load_settings
 from tidings.server.core.node import Node
 from tidings.server.core.ops.static import StaticFiles
-from tidings.server.uvloop.http import Edge
+from tidings.server.uvloop.http import MAX_PIPELINED, Edge
 from tidings.server.uvloop.memory import MemoryTransport
 
 
@@ -26,5 +26,56 @@ async def test_a_request_fed_as_bytes_is_answered_into_the_transport() -> None:
         connection.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert transport.output().count(b"HTTP/1.1 200 ") == 2
         assert transport.is_closing()
+    finally:
+        await node.close()
+
+
+async def test_reading_paused_by_a_full_queue_or_a_slow_reader_resumes_once_answered() -> None:
+    node = Node(load_settings(environ={}), asyncio.get_running_loop())
+    edge = Edge(node, await StaticFiles.load())
+    await node.start()
+    try:
+        transport = MemoryTransport()
+        connection = edge.protocol_factory()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        # a slow reader: reading stops until its answers drain, then goes on
+        connection.pause_writing()
+        assert not transport.is_reading()
+        connection.resume_writing()
+        assert transport.is_reading()
+        # a held long poll, then MAX_PIPELINED requests behind it: reading stops
+        held = b"GET /poll?channel=q&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n"
+        queued = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * MAX_PIPELINED
+        connection.data_received(held + queued)
+        assert not transport.is_reading() and transport.output() == b""
+        publisher, publisher_transport = edge.protocol_factory(), MemoryTransport()
+        publisher.connection_made(publisher_transport)  # type: ignore[arg-type]
+        body = b'{"channel":"q","data":1}'
+        publisher.data_received(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        for _ in range(100):
+            if transport.output().count(b"HTTP/1.1 200 ") == 1 + MAX_PIPELINED:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.output().count(b"HTTP/1.1 200 ") == 1 + MAX_PIPELINED
+        assert transport.is_reading()  # the queue is answered: the next requests are read
+    finally:
+        await node.close()
+
+
+async def test_an_answer_does_not_touch_reading_that_the_connection_did_not_pause() -> None:
+    node = Node(load_settings(environ={}), asyncio.get_running_loop())
+    edge = Edge(node, await StaticFiles.load())
+    await node.start()
+    try:
+        transport = MemoryTransport()
+        connection = edge.protocol_factory()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        transport.reading = False  # not by the connection: its answers leave it so
+        connection.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert transport.output().startswith(b"HTTP/1.1 200 ")
+        assert not transport.is_reading()
     finally:
         await node.close()

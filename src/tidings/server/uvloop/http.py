@@ -88,6 +88,7 @@ class HttpConnection(Exchange):
         "_headers",
         "_in_message",
         "_queue",
+        "_reading_paused",
         "_url",
         "address",
         "edge",
@@ -118,6 +119,7 @@ class HttpConnection(Exchange):
         self._deadline = math.inf
         self._alarm = math.inf
         self._in_message = False
+        self._reading_paused = False  # this connection paused its transport's reading
         self._queue: deque[Request] = deque()
         self._reset_message()
 
@@ -222,11 +224,21 @@ class HttpConnection(Exchange):
 
     def pause_writing(self) -> None:
         """A reader that lets responses pile up: stop reading its requests until it drains."""
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._busy:
+        if not self._busy:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, if this connection paused reading: every answer calls it."""
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
             self.transport.resume_reading()
 
     # httptools callbacks
@@ -291,8 +303,8 @@ class HttpConnection(Exchange):
             self.edge.routes.dispatch(self, request)
             return
         self._queue.append(request)
-        if len(self._queue) >= MAX_PIPELINED and self.transport is not None:
-            self.transport.pause_reading()
+        if len(self._queue) >= MAX_PIPELINED:
+            self._pause_reading()
         if not request.upgrade:
             self._next()
 
@@ -376,7 +388,7 @@ class HttpConnection(Exchange):
         elif self.node.drain is not None:
             self.drain(0)
         else:
-            self.transport.resume_reading()
+            self._resume_reading()
             self._set_deadline(self.edge.read_timeout)  # as _await_request, one call less
         return len(response)
 

@@ -19,6 +19,7 @@ class MemoryTransport:
         self.written: list[bytes] = []
         self.protocol: Any = None
         self.closing = False
+        self.reading = True  # as a transport starts: pause_reading and resume_reading turn it
         self._peer = peer
 
     def output(self) -> bytes:
@@ -44,10 +45,13 @@ class MemoryTransport:
         pass
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol

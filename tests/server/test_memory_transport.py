@@ -79,3 +79,30 @@ async def test_an_answer_does_not_touch_reading_that_the_connection_did_not_paus
         assert not transport.is_reading()
     finally:
         await node.close()
+
+
+async def test_a_request_fed_a_byte_at_a_time_is_read_whole() -> None:
+    node = Node(load_settings(environ={}), asyncio.get_running_loop())
+    edge = Edge(node, await StaticFiles.load())
+    await node.start()
+    try:
+        transport = MemoryTransport()
+        connection = edge.protocol_factory()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        body = b'{"channel":"bytes","data":"one at a time"}'
+        request = (
+            b"POST /api/publish?channel=ignored HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (10, body[:10], len(body) - 10, body[10:])
+        )
+        for index in range(len(request)):  # the URL and the body arrive in pieces
+            connection.data_received(request[index : index + 1])
+        for _ in range(100):
+            if transport.output():
+                break
+            await asyncio.sleep(0.01)
+        assert transport.output().startswith(b"HTTP/1.1 200 "), transport.output()
+        page = await node.broker.recent("bytes", 10)
+        assert [event.data for event in page.events] == [b'"one at a time"']
+    finally:
+        await node.close()

@@ -127,7 +127,7 @@ class HttpConnection(Exchange):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._body: list[bytes] = []
+        self._body: list[bytes] | None = None  # its chunks, once one came
         self._body_limit: int | None = None  # the path's, once a length or a body comes
 
     # the asyncio protocol
@@ -249,7 +249,8 @@ class HttpConnection(Exchange):
     # The callbacks run for every request: each counts the head inline, without a call.
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # a URL comes in one piece unless a read split it: no concatenation then
+        self._url = self._url + url if self._url else url
         self._head_bytes += len(url)
         if self._head_bytes > self.edge.max_header_bytes:
             raise _Refuse(431, "too_large", HEAD_TOO_LARGE)
@@ -273,7 +274,10 @@ class HttpConnection(Exchange):
         return self.edge.routes.body_limit(self._url.partition(b"?")[0])
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._body is None:
+            self._body = [body]
+        else:
+            self._body.append(body)
         limit = self._body_limit
         if limit is None:  # a body with no Content-Length (chunked)
             limit = self._path_body_limit()
@@ -291,7 +295,7 @@ class HttpConnection(Exchange):
             self.parser.get_method().decode("latin-1"),
             self._url,
             self._headers,
-            b"".join(self._body),
+            b"" if self._body is None else b"".join(self._body),
             self.parser.should_keep_alive(),
             self._forwarded_client() if self.proxied else self.peer,
             upgrade=self.parser.should_upgrade(),

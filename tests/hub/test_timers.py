@@ -502,3 +502,54 @@ def test_a_long_interval_gets_longer_slices_not_more() -> None:
     rounds.tick(start + day - turn / 2, run)  # the rest of the round, late
     assert sorted(visits.times) == list(range(MAX_SLICES * 2))
     assert all(len(times) == 1 for times in visits.times.values())
+
+
+class MillisecondLoop:
+    """uvloop's clock as the wheel meets it: ``time()`` in whole milliseconds, a timer's delay
+    rounded to the nearest one, and a loop turn that takes a tenth of a millisecond."""
+
+    def __init__(self) -> None:
+        self.tenths = 10_000_000  # the clock in tenths of a millisecond
+        self.pending: list[tuple[int, Callable[[], None]]] = []
+        self.calls = 0
+
+    def time(self) -> float:
+        return (self.tenths // 10) / 1000
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> MillisecondLoop:
+        delay_ms = max(round((when - self.time()) * 1000), 0)
+        self.pending.append(((self.tenths // 10 + delay_ms) * 10, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.pending.clear()
+
+    def run_for(self, seconds: float) -> None:
+        for _ in range(round(seconds * 10_000)):
+            due = [entry for entry in self.pending if entry[0] <= self.tenths]
+            self.pending = [entry for entry in self.pending if entry[0] > self.tenths]
+            for _, callback in due:
+                self.calls += 1
+                callback()
+            self.tenths += 1
+
+
+def test_the_wheel_runs_once_a_step_on_a_millisecond_clock() -> None:
+    """A tick scheduled for the very end of its slot can run half a millisecond early on
+    uvloop's clock; it must not find its slot unfinished and run again at every loop turn
+    until the clock moves (140 wakeups a second on an idle node instead of 20)."""
+    loop = MillisecondLoop()
+    timers = TimerWheel(loop, RESOLUTION)  # type: ignore[arg-type]
+    expired = []
+
+    class Due:
+        def expire(self) -> None:
+            expired.append(loop.time())
+
+    timers.start()
+    loop.run_for(0.01)
+    timers.add(Due(), 0.2)
+    added = loop.time()
+    loop.run_for(2.0)
+    assert loop.calls <= 2.01 / RESOLUTION + 1, loop.calls
+    assert len(expired) == 1 and 0.2 <= expired[0] - added <= 0.2 + RESOLUTION + 0.002

@@ -34,6 +34,9 @@ class Expiring(Protocol):
 Member = TypeVar("Member")
 
 
+# How late each tick is scheduled after its slot's end: the event loop's clock resolution.
+CLOCK_SLACK = 0.001
+
 # Slices per round at most: a long interval (a heartbeat of a day) gets slices longer than
 # the wheel's step rather than a slice for every step (1.7 million of them for a day).
 MAX_SLICES = 4096
@@ -204,7 +207,11 @@ class TimerWheel:
             spread.tick(now, run)
 
     def _schedule(self) -> None:
-        self._handle = self._loop.call_at(self._next_slot * self._resolution, self._tick)
+        # a millisecond past the slot's end: uvloop's clock counts whole milliseconds and
+        # rounds a timer's delay, so a tick due at the very end could run before it, find
+        # its slot not yet over, and be scheduled again and again until the clock moved on
+        when = self._next_slot * self._resolution + CLOCK_SLACK
+        self._handle = self._loop.call_at(when, self._tick)
 
     def _tick(self) -> None:
         now = self._loop.time()

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import socket
-from collections import deque
 from typing import cast
 
 import httptools
@@ -120,7 +119,9 @@ class HttpConnection(Exchange):
         self._alarm = math.inf
         self._in_message = False
         self._reading_paused = False  # this connection paused its transport's reading
-        self._queue: deque[Request] = deque()
+        # pipelined requests waiting their turn: a list (56 bytes empty, a deque 760), as
+        # MAX_PIPELINED bounds it
+        self._queue: list[Request] = []
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -353,7 +354,7 @@ class HttpConnection(Exchange):
     def _next(self) -> None:
         while self._queue and not self._busy and not self.closed:
             self._busy = True
-            self.current = self._queue.popleft()
+            self.current = self._queue.pop(0)
             self.edge.routes.dispatch(self, self.current)
 
     def respond(

@@ -226,3 +226,18 @@ def test_new_epochs_are_valid_and_differ() -> None:
 @given(cursors)
 def test_next_moves_one_offset_in_the_same_epoch(cursor: Cursor) -> None:
     assert cursor.next() == Cursor(cursor.epoch, cursor.offset + 1)
+
+
+@given(epochs, offsets, epochs, offsets)
+def test_cursors_are_equal_and_hash_alike_exactly_when_their_fields_are(
+    epoch: str, offset: int, other_epoch: str, other_offset: int
+) -> None:
+    first, same, other = (
+        Cursor(epoch, offset),
+        Cursor(epoch, offset),
+        Cursor(other_epoch, other_offset),
+    )
+    assert first == same and hash(first) == hash(same) and len({first, same}) == 1
+    assert (first == other) == (epoch == other_epoch and offset == other_offset)
+    assert first != (epoch, offset)  # a cursor is not its fields' tuple
+    assert repr(first) == f"Cursor(epoch={epoch!r}, offset={offset!r})"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.protocol.cursor import Cursor, format_cursor_list
-from tidings.protocol.event import Event, Reset, encode_data
+from tidings.protocol.event import Batch, Event, Reset, encode_data
 from tidings.protocol.poll import poll_body
 
 EPOCH_CHARS = string.ascii_letters + string.digits
@@ -104,6 +104,26 @@ def test_the_encoding_cache_does_not_change_equality() -> None:
     second = Event("news", "k3x9", 1, "message", b"1", 0)
     first.as_json()
     assert first == second
+
+
+@given(events, events)
+def test_events_are_equal_and_hash_alike_exactly_when_their_fields_are(
+    event: Event, other: Event
+) -> None:
+    twin = Event(event.channel, event.epoch, event.offset, event.event, event.data, event.ts)
+    assert event == twin and hash(event) == hash(twin) and len({event, twin}) == 1
+    fields = lambda e: (e.channel, e.epoch, e.offset, e.event, e.data, e.ts)  # noqa: E731
+    assert (event == other) == (fields(event) == fields(other))
+    assert "wire" not in repr(event) and repr(event).startswith(f"Event(channel={event.channel!r}")
+
+
+def test_a_batch_is_equal_by_its_channel_and_events_not_its_encodings() -> None:
+    event = Event("news", "k3x9", 1, "message", b"1", 0)
+    first, second = Batch("news", (event,)), Batch("news", (event,))
+    first.joined("json", Event.as_json)
+    assert first == second and hash(first) == hash(second)
+    assert first != Batch("other", (event,)) and first != Batch("news", ())
+    assert repr(first) == f"Batch(channel='news', events=({event!r},))"
 
 
 def test_encode_data_is_compact() -> None:

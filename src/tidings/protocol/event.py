@@ -7,25 +7,58 @@ it; every subscriber then gets the same ``bytes`` object (encode once, write man
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import orjson
 
 from tidings.protocol.cursor import Cursor
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One stored event. ``data`` is its compact JSON encoding, kept as published."""
+    """One stored event. ``data`` is its compact JSON encoding, kept as published.
 
-    channel: str
-    epoch: str
-    offset: int
-    event: str
-    data: bytes
-    ts: int
-    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    Equal and hashed by its fields but ``wire`` (its encodings, made as needed). A plain class
+    like :class:`Cursor`, not a frozen dataclass, for the same reason: every event makes one.
+    Nothing changes an event once made (its fields are ``Final``).
+    """
+
+    __slots__ = ("channel", "data", "epoch", "event", "offset", "ts", "wire")
+
+    def __init__(
+        self,
+        channel: str,
+        epoch: str,
+        offset: int,
+        event: str,
+        data: bytes,
+        ts: int,
+        wire: dict[str, bytes] | None = None,
+    ) -> None:
+        self.channel: Final = channel
+        self.epoch: Final = epoch
+        self.offset: Final = offset
+        self.event: Final = event
+        self.data: Final = data
+        self.ts: Final = ts
+        self.wire: Final[dict[str, bytes]] = {} if wire is None else wire
+
+    def _fields(self) -> tuple[str, str, int, str, bytes, int]:
+        return (self.channel, self.epoch, self.offset, self.event, self.data, self.ts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(channel={self.channel!r}, epoch={self.epoch!r}, offset={self.offset!r},"
+            f" event={self.event!r}, data={self.data!r}, ts={self.ts!r})"
+        )
 
     @property
     def id(self) -> str:
@@ -58,19 +91,39 @@ class Event:
         return decoded
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
     """Consecutive events of one channel that reached the node together.
 
     Every subscriber positioned just before the first event gets the same concatenated
-    bytes in one write: under load, one system call carries several events.
+    bytes in one write: under load, one system call carries several events. Equal by its
+    channel and events; a plain class as :class:`Event` is.
     """
 
-    channel: str
-    events: tuple[Event, ...]
-    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
-    # answers built once for the batch (the shared long-poll response), by format
-    answers: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    __slots__ = ("answers", "channel", "events", "wire")
+
+    def __init__(
+        self,
+        channel: str,
+        events: tuple[Event, ...],
+        wire: dict[str, bytes] | None = None,
+        answers: dict[str, Any] | None = None,
+    ) -> None:
+        self.channel: Final = channel
+        self.events: Final = events
+        self.wire: Final[dict[str, bytes]] = {} if wire is None else wire
+        # answers built once for the batch (the shared long-poll response), by format
+        self.answers: Final[dict[str, Any]] = {} if answers is None else answers
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return self.channel == other.channel and self.events == other.events
+
+    def __hash__(self) -> int:
+        return hash((self.channel, self.events))
+
+    def __repr__(self) -> str:
+        return f"Batch(channel={self.channel!r}, events={self.events!r})"
 
     @property
     def first(self) -> Event:

@@ -23,6 +23,7 @@ from tests.server.support import (
     wait_until,
     waiter_count,
 )
+from tidings.server.core.transports.poll import PARSED_TARGET_BYTES
 
 
 async def poll(client: httpx.AsyncClient, channels: list[str], **params: Any) -> httpx.Response:
@@ -358,6 +359,26 @@ async def test_abandoned_long_poll_is_forgotten(server: RunningServer) -> None:
     await wait_until(lambda: waiter_count(server, "gone") == 1, "the long poll to be held")
     connection.abort()
     await wait_until(lambda: waiter_count(server, "gone") == 0, "the waiter to be removed")
+
+
+async def test_a_poll_of_a_long_target_is_answered_and_its_parse_not_kept(
+    server: RunningServer,
+) -> None:
+    """Parsed polls are kept by target, up to PARSED_TARGET_BYTES: a longer target (here a
+    long token) is parsed at each poll, and answered as any other."""
+    node = server.node
+    assert node is not None
+    short = "/poll?channel=kept"
+    long = "/poll?channel=unkept&token=" + "t" * PARSED_TARGET_BYTES
+    async with async_http_client(server) as client:
+        for _ in range(2):
+            for target in (short, long):
+                response = await client.get(target)
+                assert response.status_code == 200, response.text
+                assert response.json()["events"] == []
+    kept = server.call(lambda: sorted(node.parsed_polls))
+    assert short.encode() in kept
+    assert not any(len(target) >= PARSED_TARGET_BYTES for target in kept)
 
 
 @pytest.mark.parametrize(

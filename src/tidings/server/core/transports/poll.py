@@ -44,7 +44,11 @@ class Gathered:
     resets: list[Reset]
 
 
+# Parsed polls kept, up to this many, each of a target shorter than PARSED_TARGET_BYTES: the
+# keys take 8 MB at most (a target may be as long as ``server.max_header_bytes``), and a poll
+# of a longer target (many channels and their cursors) is parsed every time.
 PARSED_POLLS_KEPT = 4096
+PARSED_TARGET_BYTES = 2048
 
 
 def parsed_poll(node: Node, request: Request) -> PollRequest:
@@ -63,9 +67,10 @@ def parsed_poll(node: Node, request: Request) -> PollRequest:
             server.max_poll_seconds,
             server.max_rewind,
         )
-        if len(cache) >= PARSED_POLLS_KEPT:
-            cache.clear()
-        cache[request.target] = poll
+        if len(request.target) < PARSED_TARGET_BYTES:
+            if len(cache) >= PARSED_POLLS_KEPT:
+                cache.clear()
+            cache[request.target] = poll
     return poll
 
 

@@ -38,6 +38,7 @@ COMPILED = [
     "src/tidings/hub/tally.py",
     "src/tidings/hub/timers.py",
     "src/tidings/server/core/access.py",
+    "src/tidings/server/core/api/publish.py",
     "src/tidings/server/core/exchange.py",
     "src/tidings/server/core/hooked.py",
     "src/tidings/server/core/limits.py",

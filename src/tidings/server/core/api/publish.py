@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -32,12 +31,18 @@ if TYPE_CHECKING:
 MAX_BATCH = 1000
 
 
-@dataclass(frozen=True, slots=True)
 class PublishCommand:
-    channel: Channel
-    event: str
-    data: bytes
-    idempotency_key: str | None
+    """One event to publish, checked: a plain class, as events are (protocol/event.py)."""
+
+    __slots__ = ("channel", "data", "event", "idempotency_key")
+
+    def __init__(
+        self, channel: Channel, event: str, data: bytes, idempotency_key: str | None
+    ) -> None:
+        self.channel: Final = channel
+        self.event: Final = event
+        self.data: Final = data
+        self.idempotency_key: Final = idempotency_key
 
 
 def parse_command(obj: Any, max_bytes: int) -> PublishCommand:

@@ -12,18 +12,20 @@ It is repeatable to a few per cent on a busy machine, where a fan-out run is not
     python3 bench/edge_cost.py poll_304             # short polls answered 304, one connection
 
 Kinds: ``ws``, ``sse``, ``long_poll`` (us per delivery), ``poll_304``, ``poll_200`` (a short
-poll with nothing new, with and without ``If-None-Match``; us per request). Run it with the
-project's environment (``.venv/bin/python``); ``PYTHONPATH=<other checkout>/src`` measures
-another version the same way.
+poll with nothing new, with and without ``If-None-Match``; us per request), ``publish`` (``POST
+/api/publish`` with no subscriber, ``--subs`` times ``--rounds`` of them; us per publish). Run
+it with the project's environment (``.venv/bin/python``); ``PYTHONPATH=<other checkout>/src``
+measures another version the same way.
 
 ``--instructions`` counts instead of timing: the process runs under valgrind's callgrind twice,
 with 4 and with 14 rounds, and the difference of the instructions executed, divided by the
 deliveries (or requests) of the 10 rounds between, is the cost of one, start-up left out. It
-is the same number on every run of the same code (to 0.2 %), whatever else the machine does,
-so a change of a few per cent shows (times here vary by 10 to 15 per cent between runs); it is
-about 30 times slower, and instructions are not time (a cache miss costs no instruction).
-Polls only: the ``ws`` and ``sse`` fan-outs follow the loop's timing (slices, heartbeats), and
-their counts vary by a tenth.
+is about the same number on every run of the same code (to 0.2 % on one machine, 2.5 % on
+another), whatever else the machine does, so a change of a few per cent shows (times here
+vary by 10 to 15 per cent between runs); it is about 30 times slower, and instructions are
+not time (a cache miss costs no instruction). Polls and publishes only: the ``ws`` and
+``sse`` fan-outs follow the loop's timing (slices, heartbeats), and their counts vary by a
+tenth.
 
     python3 bench/edge_cost.py long_poll --instructions
 """
@@ -97,12 +99,21 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         connection.connection_made(transport)  # type: ignore[arg-type]
         return connection, transport
 
-    publisher, _ = connect()
+    publisher, answers = connect()
 
     async def publish() -> None:
         publisher.data_received(PUBLISH)
         for _ in range(5):  # the fan-out runs on the next loop iterations
             await asyncio.sleep(0)
+
+    if kind == "publish":
+        total = subs * rounds
+        started = time.process_time()
+        for _ in range(total):
+            await publish()
+            answers.written.clear()
+        spent = time.process_time() - started
+        return f"publish: {spent * 1e6 / total:.2f} us per publish"
 
     if kind in ("poll_304", "poll_200"):
         await publish()
@@ -203,13 +214,15 @@ def instructions(kind: str, subs: int) -> str:
             raise SystemExit(f"callgrind run failed ({run.returncode}):\n{run.stderr[-2000:]}")
         counts.append(int(found.group(1)))
     each = (counts[1] - counts[0]) / ((COUNTED_ROUNDS[1] - COUNTED_ROUNDS[0]) * subs)
-    unit = "request" if kind.startswith("poll_") else "delivery"
+    unit = "request" if kind.startswith("poll_") else kind if kind == "publish" else "delivery"
     return f"{kind}: {each:,.0f} instructions per {unit}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("ws", "sse", "long_poll", "poll_304", "poll_200"))
+    parser.add_argument(
+        "kind", choices=("ws", "sse", "long_poll", "poll_304", "poll_200", "publish")
+    )
     parser.add_argument("--subs", type=int, default=1000, help="connections (default 1000)")
     parser.add_argument("--rounds", type=int, default=30, help="publishes (default 30)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements (default 3)")
@@ -221,7 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.instructions:
         if args.kind in ("ws", "sse"):
-            parser.error("--instructions counts polls only: ws and sse follow the loop's timing")
+            parser.error("--instructions counts polls and publishes: ws and sse follow the loop")
         print(instructions(args.kind, args.subs), flush=True)
         return
     for _ in range(args.repeat):

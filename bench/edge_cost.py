@@ -214,7 +214,8 @@ def instructions(kind: str, subs: int) -> str:
             raise SystemExit(f"callgrind run failed ({run.returncode}):\n{run.stderr[-2000:]}")
         counts.append(int(found.group(1)))
     each = (counts[1] - counts[0]) / ((COUNTED_ROUNDS[1] - COUNTED_ROUNDS[0]) * subs)
-    unit = "request" if kind.startswith("poll_") else kind if kind == "publish" else "delivery"
+    units = {"poll_304": "request", "poll_200": "request", "publish": "publish"}
+    unit = units.get(kind, "delivery")
     return f"{kind}: {each:,.0f} instructions per {unit}"
 
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.protocol.query import Query, parse_query
 
-# Targets split into path and query are kept (under polling most requests repeat one of a
-# few), up to this many, each shorter than SPLIT_TARGET_BYTES: a few megabytes at most.
+Parsed = TypeVar("Parsed")
+
+
+def keep_for_target(
+    kept: dict[bytes, Parsed], target: bytes, parsed: Parsed, most: int, target_bytes: int
+) -> None:
+    """Keep what was read from a request target, for the next request of the same target
+    (under polling most requests repeat one of a few): only a target shorter than
+    ``target_bytes``, and at most ``most`` of them (a full cache starts over), so that what
+    is kept stays within ``most * target_bytes`` bytes of keys."""
+    if len(target) < target_bytes:
+        if len(kept) >= most:
+            kept.clear()
+        kept[target] = parsed
+
+
+# Targets split into path and query, kept: a few megabytes at most.
 SPLITS_KEPT: Final = 4096
 SPLIT_TARGET_BYTES: Final = 512
 _splits: Final[dict[bytes, tuple[str, str]]] = {}
@@ -20,10 +35,7 @@ def split_target(target: bytes) -> tuple[str, str]:
     if split is None:
         path, _, query = target.decode("latin-1").partition("?")
         split = (path, query)
-        if len(target) < SPLIT_TARGET_BYTES:
-            if len(_splits) >= SPLITS_KEPT:
-                _splits.clear()
-            _splits[target] = split
+        keep_for_target(_splits, target, split, SPLITS_KEPT, SPLIT_TARGET_BYTES)
     return split
 
 

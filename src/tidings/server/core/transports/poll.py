@@ -30,7 +30,7 @@ from tidings.protocol.query import PollRequest, parse_poll
 from tidings.server.core.access import subscriber
 from tidings.server.core.exchange import Exchange
 from tidings.server.core.hooked import ask_then, call_for
-from tidings.server.core.request import Request
+from tidings.server.core.request import Request, keep_for_target
 from tidings.server.core.response import Response
 
 if TYPE_CHECKING:
@@ -44,9 +44,9 @@ class Gathered:
     resets: list[Reset]
 
 
-# Parsed polls kept, up to this many, each of a target shorter than PARSED_TARGET_BYTES: the
-# keys take 8 MB at most (a target may be as long as ``server.max_header_bytes``), and a poll
-# of a longer target (many channels and their cursors) is parsed every time.
+# Parsed polls kept (``keep_for_target``): the keys take 8 MB at most (a target may be as long
+# as ``server.max_header_bytes``), and a poll of a longer target (many channels and their
+# cursors) is parsed every time.
 PARSED_POLLS_KEPT = 4096
 PARSED_TARGET_BYTES = 2048
 
@@ -67,10 +67,7 @@ def parsed_poll(node: Node, request: Request) -> PollRequest:
             server.max_poll_seconds,
             server.max_rewind,
         )
-        if len(request.target) < PARSED_TARGET_BYTES:
-            if len(cache) >= PARSED_POLLS_KEPT:
-                cache.clear()
-            cache[request.target] = poll
+        keep_for_target(cache, request.target, poll, PARSED_POLLS_KEPT, PARSED_TARGET_BYTES)
     return poll
 
 

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.protocol.http import build_error, build_response, error_body, status_line
+from tidings.protocol.http import (
+    build_error,
+    build_response,
+    error_body,
+    is_header,
+    status_line,
+)
 
 FINAL_STATUSES = [status.value for status in HTTPStatus if status.value >= 200]
 header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
@@ -117,3 +123,39 @@ def test_error_responses(status: int, code: str, headers: list[tuple[bytes, byte
     received = headers_of(response)
     for name, value in headers:
         assert received[name.lower()] == value
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "same"),
+    [
+        (b"if-none-match", b"if-none-match", True),
+        (b"If-None-Match", b"if-none-match", True),
+        (b"IF-NONE-MATCH", b"if-none-match", True),
+        (b"X-Forwarded-For", b"x-forwarded-for", True),
+        (b"Content-Length", b"content-length", True),
+        (b"Content-Lengths", b"content-length", False),
+        (b"Content_Length", b"content-length", False),
+        (b"If-None-Matcx", b"if-none-match", False),
+        (b"Sec-WebSocket-Key1", b"sec-websocket-key", False),
+        (b"", b"origin", False),
+    ],
+)
+def test_a_header_name_is_recognised_in_any_case(key: bytes, name: bytes, same: bool) -> None:
+    assert is_header(key, name) is same
+
+
+TOKEN = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@settings(max_examples=500)
+@given(
+    st.text(alphabet=TOKEN, min_size=1, max_size=20),
+    st.sampled_from(
+        [b"origin", b"if-none-match", b"last-event-id", b"x-forwarded-for", b"content-length"]
+    ),
+)
+def test_is_header_agrees_with_lower(key: str, name: bytes) -> None:
+    """For any token, the same answer as ``key.lower() == name``."""
+    raw = key.encode()
+    assert is_header(raw, name) == (raw.lower() == name)
+    assert is_header(name.upper(), name)

@@ -51,3 +51,17 @@ def build_error(
     keep_alive: bool = True,
 ) -> bytes:
     return build_response(status, error_body(code, message), JSON, headers, keep_alive)
+
+
+def is_header(key: bytes, name: bytes) -> bool:
+    """Whether the header name ``key``, as a client sent it, is ``name``, in any case.
+
+    ``name`` is lower-case letters, digits and ``-``; ``key`` is a token (both edges' parsers
+    refuse any other name). A byte of ``key`` with the 0x20 bit set equals a byte of ``name``
+    only if it is that byte or its upper case: the other bytes it could be (0x10-0x19 for a
+    digit, CR for ``-``) are not in tokens. Compiled, this costs a fraction of
+    ``key.lower() == name``, a method call that makes a new ``bytes``.
+    """
+    if len(key) != len(name):
+        return False
+    return all(key[index] | 0x20 == name[index] for index in range(len(name)))

@@ -35,7 +35,7 @@ from tidings.exceptions import (
     TooManyChannels,
     Unauthorized,
 )
-from tidings.protocol.http import build_error
+from tidings.protocol.http import build_error, is_header
 
 if TYPE_CHECKING:
     from tidings.config import ServerSettings
@@ -111,7 +111,7 @@ class TrustedProxies:
 
 def forwarded_for(headers: list[tuple[bytes, bytes]]) -> str | None:
     """Every ``X-Forwarded-For`` value in order, joined as one list."""
-    values = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
+    values = [value for name, value in headers if is_header(name, b"x-forwarded-for")]
     return b", ".join(values).decode("latin-1") if values else None
 
 

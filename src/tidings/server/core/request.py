@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final, TypeVar
 
+from tidings.protocol.http import is_header
 from tidings.protocol.identity import ANONYMOUS, Identity
 from tidings.protocol.query import Query, parse_query
 
@@ -98,9 +99,8 @@ class Request:
     def raw_header(self, name: bytes) -> bytes | None:
         """``header``, as the bytes the client sent."""
         joined = None
-        size = len(name)
         for key, value in self.headers:  # a loop, not a comprehension: no frame of its own
-            if len(key) == size and key.lower() == name:
+            if is_header(key, name):
                 joined = value if joined is None else joined + b", " + value
         return joined
 

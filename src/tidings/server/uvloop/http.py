@@ -16,7 +16,7 @@ from typing import cast
 
 import httptools
 
-from tidings.protocol.http import build_error, status_line
+from tidings.protocol.http import build_error, is_header, status_line
 from tidings.protocol.identity import Identity
 from tidings.server.core.exchange import Exchange, Held, Session, Sink
 from tidings.server.core.limits import forwarded_for
@@ -261,7 +261,7 @@ class HttpConnection(Exchange):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.edge.max_header_bytes:
             raise _Refuse(431, "too_large", HEAD_TOO_LARGE)
-        if len(name) == 14 and name.lower() == b"content-length":
+        if is_header(name, b"content-length"):
             self._declared_length(value)
 
     def _declared_length(self, value: bytes) -> None:

@@ -30,7 +30,8 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
 fi
 case "$compile" in
   0) sources="" ;;
-  1) sources="$(find "$ROOT/src" -name '*.py' -print0 | sort -z | xargs -0 cat | sha1sum)" ;;
+  1) sources="$(find "$ROOT/src" \( -name '*.py' -o -name '*.c' \) -print0 | sort -z \
+       | xargs -0 cat | sha1sum)" ;;
   *) echo "TIDINGS_COMPILE must be 0 or 1, not ${compile}" >&2; exit 1 ;;
 esac
 # a compiled build is redone when any source changes: an extension runs the code it was built from

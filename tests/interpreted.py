@@ -1,7 +1,8 @@
 """``pytest -p tests.interpreted``: import Tidings from its ``.py`` files even where compiled
 extensions sit beside them, so one checkout tests both the compiled modules and the
 interpreted fallback that runs where no C compiler was present (scripts/test runs a part of
-the suite so).
+the suite so). A module written in C, with no ``.py`` to fall back on, is not found, as where
+nothing was compiled.
 
 A plugin, not a conftest: it must be in place before anything imports ``tidings``.
 """
@@ -43,7 +44,7 @@ class SourceOnly(MetaPathFinder):
             if module.exists():
                 loader = SourceFileLoader(fullname, str(module))
                 return spec_from_file_location(fullname, module, loader=loader)
-        return None
+        raise ModuleNotFoundError(f"no source of {fullname} (tests.interpreted)", name=fullname)
 
 
 if any(name == PACKAGE or name.startswith(PACKAGE + ".") for name in sys.modules):

@@ -40,6 +40,19 @@ def test_an_extension_older_than_its_source_is_stale(tmp_path: Path) -> None:
     assert stale_modules(root) == ["pkg.fast"]
 
 
+def test_a_module_written_in_c_counts_and_goes_stale_as_its_source_changes(
+    tmp_path: Path,
+) -> None:
+    root = package(tmp_path)
+    (root / "sub" / "_reader.c").write_text("")
+    (root / "sub" / "_other.c").write_text("")  # not built: not a module of this process
+    build(root / "sub" / "_reader.c", 10)
+    assert compiled_modules(root) == ["pkg.sub._reader"]
+    assert stale_modules(root) == []
+    build(root / "sub" / "_reader.c", -10)
+    assert stale_modules(root) == ["pkg.sub._reader"]
+
+
 def test_a_package_without_extensions_is_interpreted(tmp_path: Path) -> None:
     assert compiled_modules(package(tmp_path)) == []
 

@@ -17,9 +17,10 @@ PACKAGE = Path(__file__).parent
 
 
 def _extensions(package: Path) -> list[tuple[str, Path, Path]]:
-    """(module name, source, extension) of every source with an extension beside it."""
+    """(module name, source, extension) of every source with an extension beside it: a
+    ``.py`` compiled by mypyc, or a module written in C (``.c``)."""
     found = []
-    for source in sorted(package.rglob("*.py")):
+    for source in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):
         for suffix in EXTENSION_SUFFIXES:
             extension = source.with_name(source.stem + suffix)
             if extension.exists():

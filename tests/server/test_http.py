@@ -73,6 +73,26 @@ async def test_three_pipelined_gets_come_back_in_request_order(server: RunningSe
     assert statuses == [200, 404, 200]
 
 
+async def test_plain_heads_and_others_in_one_write_are_answered_in_order(
+    server: RunningServer,
+) -> None:
+    """A GET read whole, a publish with a body, a GET cut in two by the writes: each kind of
+    head the edge reads (plain ones in one call, the rest by httptools) in one stream."""
+    body = orjson.dumps({"channel": "mix", "data": "between"})
+    second = get("/poll?channel=mix", 'If-None-Match: "x"', "Connection: keep-alive")
+    async with await RawConnection.open(server) as connection:
+        await connection.send(get("/healthz") + post("/api/publish", body) + second[:20])
+        assert (await connection.response()).json() == {"status": "ok"}
+        published = await connection.response()
+        await connection.send(second[20:] + get("/healthz", "Connection: close"))
+        polled = await connection.response()
+        closing = await connection.response()
+        assert await connection.closed_by_server() == b""
+    assert published.status == 200
+    assert polled.status == 200 and polled.json()["cursor"] == published.json()["id"]
+    assert closing.status == 200 and closing.header("Connection") == "close"
+
+
 async def test_malformed_request_line_is_a_400_and_closes(server: RunningServer) -> None:
     async with await RawConnection.open(server) as connection:
         await connection.send(b"THIS IS NOT HTTP\r\n\r\n")

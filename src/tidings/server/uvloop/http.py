@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import socket
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -29,6 +30,13 @@ from tidings.server.core.response import Response
 from tidings.server.core.routes import Routes
 from tidings.server.core.transports.websocket import websocket_opened
 from tidings.server.uvloop.websocket import FrameSocket, handshake
+
+ReadHead = Callable[[bytes, int], tuple[str, bytes, list[tuple[bytes, bytes]], int] | None]
+read_head: ReadHead | None
+try:  # built with the compiled modules (setup.py); without it httptools reads every head
+    from tidings.server.uvloop._heads import read_head
+except ImportError:
+    read_head = None
 
 log = logging.getLogger("tidings.http")
 
@@ -173,6 +181,11 @@ class HttpConnection(Exchange):
         parser = self.parser
         if parser is None:
             return
+        reader = read_head
+        if reader is not None and not self._in_message:
+            data = self._read_plain_heads(reader, data)
+            if not data or self.parser is None:
+                return
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -188,6 +201,32 @@ class HttpConnection(Exchange):
                 self.refuse(500, "internal", "the server failed to read the request")
         except httptools.HttpParserError as error:
             self.refuse(400, "invalid_field", f"malformed HTTP request: {error}")
+
+    def _read_plain_heads(self, reader: ReadHead, data: bytes) -> bytes:
+        """Take the plain request heads at the start of ``data`` (``_heads.read_head``: a GET,
+        HEAD or OPTIONS of HTTP/1.1 with no body that keeps the connection, whole); what
+        follows is httptools' to read.
+
+        Only heads under half of ``server.max_header_bytes`` are taken: the limit's count
+        (the target and each header with four bytes more) stays within 1.2 times a head's
+        length, so a head taken here is one that httptools would not refuse as too large.
+        """
+        start = 0
+        most = self.edge.max_header_bytes // 2
+        while not self.closed:
+            head = reader(data, start)
+            if head is None:
+                break
+            method, target, headers, end = head
+            if end - start > most:
+                break
+            start = end
+            peer = self._forwarded_client(headers) if self.proxied else self.peer
+            self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
+            self._take(Request(method, target, headers, b"", True, peer))
+            if start == len(data):
+                return b""
+        return data[start:] if start else data
 
     def _await_request(self) -> None:
         """Give the client ``read_timeout_seconds`` to send its next request.
@@ -298,10 +337,14 @@ class HttpConnection(Exchange):
             self._headers,
             b"" if self._body is None else b"".join(self._body),
             self.parser.should_keep_alive(),
-            self._forwarded_client() if self.proxied else self.peer,
+            self._forwarded_client(self._headers) if self.proxied else self.peer,
             upgrade=self.parser.should_upgrade(),
         )
         self._reset_message()
+        self._take(request)
+
+    def _take(self, request: Request) -> None:
+        """Answer a complete request now if the connection is idle, else queue it."""
         if not self._queue and not self._busy and not request.upgrade and not self.closed:
             self._busy = True  # the connection is idle: answer at once, past the queue
             self.current = request
@@ -313,8 +356,8 @@ class HttpConnection(Exchange):
         if not request.upgrade:
             self._next()
 
-    def _forwarded_client(self) -> str:
-        return self.node.limits.proxies.client_address(self.peer, forwarded_for(self._headers))
+    def _forwarded_client(self, headers: list[tuple[bytes, bytes]]) -> str:
+        return self.node.limits.proxies.client_address(self.peer, forwarded_for(headers))
 
     def admit(self, request: Request) -> None:
         """Count a trusted proxy's connection under the client of ``request``."""

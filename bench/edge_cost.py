@@ -17,6 +17,10 @@ poll with nothing new, with and without ``If-None-Match``; us per request), ``pu
 it with the project's environment (``.venv/bin/python``); ``PYTHONPATH=<other checkout>/src``
 measures another version the same way.
 
+``--browser`` gives every poll the twelve headers Chromium's ``fetch()`` sends besides ``Host``
+(user agent, client hints, fetch metadata, ``Accept-*``, ``Referer``): a real client's request,
+where the bare one carries ``Host`` alone.
+
 ``--instructions`` counts instead of timing: the process runs under valgrind's callgrind twice,
 with 4 and with 14 rounds, and the difference of the instructions executed, divided by the
 deliveries (or requests) of the 10 rounds between, is the cost of one, start-up left out. It
@@ -66,6 +70,22 @@ PUBLISH = (
     b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(PAYLOAD), PAYLOAD)
 )
+# What Chromium's fetch() sends besides Host, in its order: a poll "from a browser" (--browser).
+BROWSER_HEADERS = (
+    b"Connection: keep-alive\r\n"
+    b'sec-ch-ua-platform: "Linux"\r\n'
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/156.0.0.0 Safari/537.36\r\n"
+    b'sec-ch-ua: "Chromium";v="156", "Not)A;Brand";v="24"\r\n'
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b"Accept: */*\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: cors\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Referer: http://127.0.0.1/app\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+)
 WS_UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -79,7 +99,7 @@ def masked_text(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + body
 
 
-async def measure(kind: str, subs: int, rounds: int) -> str:
+async def measure(kind: str, subs: int, rounds: int, browser: bool = False) -> str:
     # no heartbeat within a run: a fan-out writes those whose turn came, which are not deliveries
     settings = load_settings(environ={"TIDINGS_SERVER_HEARTBEAT_SECONDS": "864000"})
     node = Node(settings, asyncio.get_running_loop())
@@ -87,12 +107,12 @@ async def measure(kind: str, subs: int, rounds: int) -> str:
     await node.start()
     tune_collector()  # as `tidings serve` does once listening
     try:
-        return await _measure(edge, kind, subs, rounds)
+        return await _measure(edge, kind, subs, rounds, BROWSER_HEADERS if browser else b"")
     finally:
         await node.close()
 
 
-async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
+async def _measure(edge: Edge, kind: str, subs: int, rounds: int, extra: bytes) -> str:
 
     def connect() -> tuple[HttpConnection, MemoryTransport]:
         connection, transport = edge.protocol_factory(), MemoryTransport()
@@ -123,8 +143,9 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
         assert found is not None, transport.written
         cursor = found.group(1)
         match = b'If-None-Match: "' + cursor + b'"\r\n' if kind == "poll_304" else b""
-        request = b"GET /poll?channel=bench&since=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (
+        request = b"GET /poll?channel=bench&since=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s\r\n" % (
             cursor,
+            extra,
             match,
         )
         total = subs * rounds
@@ -148,7 +169,7 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
                 transport.written.clear()
                 connection.data_received(
                     b"GET /poll?channel=bench&timeout=30&since=%s HTTP/1.1\r\n"
-                    b"Host: 127.0.0.1\r\n\r\n" % cursor
+                    b"Host: 127.0.0.1\r\n%s\r\n" % (cursor, extra)
                 )
 
         await publish()
@@ -199,7 +220,7 @@ async def _measure(edge: Edge, kind: str, subs: int, rounds: int) -> str:
 COUNTED_ROUNDS = (4, 14)
 
 
-def instructions(kind: str, subs: int) -> str:
+def instructions(kind: str, subs: int, browser: bool = False) -> str:
     """Instructions per delivery (or request) of ``kind``, counted by callgrind."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -208,6 +229,7 @@ def instructions(kind: str, subs: int) -> str:
     for rounds in COUNTED_ROUNDS:
         argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
         argv += [os.path.abspath(__file__), kind, "--subs", str(subs), "--rounds", str(rounds)]
+        argv += ["--browser"] if browser else []
         run = subprocess.run([*argv, "--repeat", "1"], capture_output=True, text=True)
         found = re.search(r"Collected : (\d+)", run.stderr)
         if run.returncode != 0 or found is None:
@@ -228,6 +250,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="publishes (default 30)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements (default 3)")
     parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="polls carry the twelve headers Chromium's fetch() adds to Host (long_poll, poll_*)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="count instructions under callgrind instead of timing (see above)",
@@ -236,10 +263,10 @@ def main() -> None:
     if args.instructions:
         if args.kind in ("ws", "sse"):
             parser.error("--instructions counts polls and publishes: ws and sse follow the loop")
-        print(instructions(args.kind, args.subs), flush=True)
+        print(instructions(args.kind, args.subs, args.browser), flush=True)
         return
     for _ in range(args.repeat):
-        print(uvloop.run(measure(args.kind, args.subs, args.rounds)), flush=True)
+        print(uvloop.run(measure(args.kind, args.subs, args.rounds, args.browser)), flush=True)
 
 
 if __name__ == "__main__":

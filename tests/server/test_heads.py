@@ -226,6 +226,9 @@ def test_every_byte_in_every_place_reads_as_llhttp_reads_it(byte: int) -> None:
         b"GET / HTTP/1.1\r\nX-A: " + one + b"\r\n\r\n",
     ):
         assert_as_llhttp(data)
+    for at in range(17):  # long runs are read eight bytes at a time: the byte in each place
+        assert_as_llhttp(b"GET /" + b"a" * at + one + b"b" * 12 + b" HTTP/1.1\r\n\r\n")
+        assert_as_llhttp(b"GET / HTTP/1.1\r\nX-A: " + b"x" * at + one + b"y" * 12 + b"\r\n\r\n")
 
 
 def test_the_arguments_are_checked() -> None:

@@ -19,6 +19,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* More headers than this: declined, for httptools and the edge's limits to judge. */
@@ -44,6 +45,38 @@ static void fill_tables(void)
                                          (c >= 'A' && c <= 'Z') ||
                                          (c != 0 && strchr(specials, c) != NULL));
     }
+}
+
+/* Where a header lies in the head. */
+struct span {
+    const unsigned char *name, *value;
+    Py_ssize_t name_size, value_size;
+};
+
+#define ONES ((uint64_t)0x0101010101010101ULL)
+#define HIGHS ((uint64_t)0x8080808080808080ULL)
+
+/* Past the bytes from p that `table` admits, stopping at end. Eight at a time while all eight
+ * lie in [lowest, 0x7e] (a range the table admits whole), then byte by byte: the word tests
+ * are "has a byte less than n" and "has a byte more than n" of Bit Twiddling Hacks, exact for
+ * n up to 0x80. */
+static const unsigned char *skip(const unsigned char *p, const unsigned char *end,
+                                 const unsigned char table[256], unsigned lowest)
+{
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        uint64_t below = (word - ONES * lowest) & ~word & HIGHS;
+        uint64_t above = ((word + ONES * (0x7f - 0x7e)) | word) & HIGHS;
+        if (below | above) {
+            break;
+        }
+        p += 8;
+    }
+    while (p < end && table[*p]) {
+        p++;
+    }
+    return p;
 }
 
 /* Whether the n bytes at s are `lower` (lower-case ASCII, n bytes long) in any case. */
@@ -126,18 +159,16 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (p == end || *p != '/') {
         Py_RETURN_NONE;
     }
-    while (p < end && target_bytes[*p]) {
-        p++;
-    }
+    p = skip(p, end, target_bytes, 0x21);
     Py_ssize_t target_size = p - target;
     if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0) {
         Py_RETURN_NONE;
     }
     p += 11;
 
-    /* The head is read twice: first to judge it (most declines cost no allocation), then
-     * to build what it holds. */
-    const unsigned char *headers_start = p;
+    /* Where each header lies, found while the head is judged: a head declined costs no
+     * allocation, and one taken is not read again. */
+    struct span found[MOST_HEADERS];
     Py_ssize_t count = 0;
     for (;;) {
         if (end - p < 2) {
@@ -160,21 +191,21 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
             p++;
         }
         const unsigned char *value = p;
-        while (p < end && value_bytes[*p]) {
-            p++;
-        }
+        p = skip(p, end, value_bytes, 0x20);
         Py_ssize_t value_size = p - value;
         if (end - p < 2 || p[0] != '\r' || p[1] != '\n' || value_size == 0 ||
             value[value_size - 1] == ' ' || value[value_size - 1] == '\t') {
             Py_RETURN_NONE;
         }
         p += 2;
-        if (++count > MOST_HEADERS) {
+        if (count == MOST_HEADERS || declines(name, name_size, value, value_size)) {
             Py_RETURN_NONE;
         }
-        if (declines(name, name_size, value, value_size)) {
-            Py_RETURN_NONE;
-        }
+        found[count].name = name;
+        found[count].name_size = name_size;
+        found[count].value = value;
+        found[count].value_size = value_size;
+        count++;
     }
     Py_ssize_t head_end = p - data;
 
@@ -182,21 +213,11 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (headers == NULL) {
         return NULL;
     }
-    p = headers_start;
     for (Py_ssize_t index = 0; index < count; index++) {
-        const unsigned char *name = p;
-        while (*p != ':') {
-            p++;
-        }
-        Py_ssize_t name_size = p - name;
-        p++;
-        while (*p == ' ' || *p == '\t') {
-            p++;
-        }
-        const unsigned char *value = p;
-        while (*p != '\r') {
-            p++;
-        }
+        const unsigned char *name = found[index].name;
+        Py_ssize_t name_size = found[index].name_size;
+        const unsigned char *value = found[index].value;
+        Py_ssize_t value_size = found[index].value_size;
         PyObject *pair = PyTuple_New(2);
         if (pair == NULL) {
             Py_DECREF(headers);
@@ -209,14 +230,12 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
             return NULL;
         }
         PyTuple_SET_ITEM(pair, 0, name_object);
-        PyObject *value_object =
-            PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)(p - value));
+        PyObject *value_object = PyBytes_FromStringAndSize((const char *)value, value_size);
         if (value_object == NULL) {
             Py_DECREF(headers);
             return NULL;
         }
         PyTuple_SET_ITEM(pair, 1, value_object);
-        p += 2;
     }
     PyObject *head = PyTuple_New(4);
     if (head == NULL) {

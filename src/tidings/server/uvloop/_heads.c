@@ -121,6 +121,17 @@ static int declines(const unsigned char *name, Py_ssize_t name_size,
     }
 }
 
+/* Put a new reference in slot `index` of a new tuple: 0, or -1 if the reference is NULL (its
+ * maker failed, with a Python error set). */
+static int put(PyObject *tuple, Py_ssize_t index, PyObject *item)
+{
+    if (item == NULL) {
+        return -1;
+    }
+    PyTuple_SET_ITEM(tuple, index, item);
+    return 0;
+}
+
 static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
@@ -224,18 +235,11 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
             return NULL;
         }
         PyList_SET_ITEM(headers, index, pair);
-        PyObject *name_object = PyBytes_FromStringAndSize((const char *)name, name_size);
-        if (name_object == NULL) {
+        if (put(pair, 0, PyBytes_FromStringAndSize((const char *)name, name_size)) < 0 ||
+            put(pair, 1, PyBytes_FromStringAndSize((const char *)value, value_size)) < 0) {
             Py_DECREF(headers);
             return NULL;
         }
-        PyTuple_SET_ITEM(pair, 0, name_object);
-        PyObject *value_object = PyBytes_FromStringAndSize((const char *)value, value_size);
-        if (value_object == NULL) {
-            Py_DECREF(headers);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(pair, 1, value_object);
     }
     PyObject *head = PyTuple_New(4);
     if (head == NULL) {
@@ -245,18 +249,11 @@ static PyObject *read_head(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_INCREF(method);
     PyTuple_SET_ITEM(head, 0, method);
     PyTuple_SET_ITEM(head, 2, headers);
-    PyObject *target_object = PyBytes_FromStringAndSize((const char *)target, target_size);
-    if (target_object == NULL) {
+    if (put(head, 1, PyBytes_FromStringAndSize((const char *)target, target_size)) < 0 ||
+        put(head, 3, PyLong_FromSsize_t(head_end)) < 0) {
         Py_DECREF(head);
         return NULL;
     }
-    PyTuple_SET_ITEM(head, 1, target_object);
-    PyObject *end_object = PyLong_FromSsize_t(head_end);
-    if (end_object == NULL) {
-        Py_DECREF(head);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(head, 3, end_object);
     return head;
 }
 

@@ -374,6 +374,31 @@ async def test_an_idempotency_key_publishes_anew_once_its_aged_event_was_expired
 # Fan-out
 
 
+async def test_publish_nowait_stores_as_publish_does_or_not_at_all(
+    make_broker: MakeBroker, sink: Sink, holds_history_locally: bool
+) -> None:
+    """Mixed with ``publish``: offsets stay consecutive, the sink gets every stored event, an
+    idempotency key holds across both; a broker that stores over the network stores nothing."""
+    broker = make_broker()
+    broker.start(sink, lambda channel: None)
+    await broker.subscribe("news")
+    first = await broker.publish("news", "message", b"1", idempotency_key="k")
+    now = broker.publish_nowait("news", "message", b"2")
+    if not holds_history_locally:
+        assert now is None
+        assert broker.publish_nowait("news", "message", b"again", idempotency_key="k") is None
+        page = await broker.history("news", Cursor(first.epoch, 0), 10)
+        assert offsets(page.events) == [1]
+        return
+    assert now is not None and now.offset == 2 and now.data == b"2"
+    assert broker.publish_nowait("news", "message", b"again", idempotency_key="k") == first
+    last = await broker.publish("news", "message", b"3")
+    assert last.offset == 3
+    assert offsets(await sink.wait_for(3)) == [1, 2, 3]
+    page = await broker.history("news", Cursor(first.epoch, 0), 10)
+    assert [event.data for event in page.events] == [b"1", b"2", b"3"]
+
+
 async def test_the_sink_receives_every_published_event_in_order(
     make_broker: MakeBroker, sink: Sink
 ) -> None:

@@ -85,12 +85,17 @@ async def background(coroutine: Coroutine[Any, Any, Any]) -> AsyncIterator[async
 
 class PublishStandIn:
     """A node's broker with ``publish`` stood in for: the memory broker runs compiled
-    (setup.py), so its methods cannot be replaced on the instance. Everything else is the
-    broker's own. ``server.node.broker = PublishStandIn(broker, publish)``, on the loop."""
+    (setup.py), so its methods cannot be replaced on the instance. It stores as a broker over
+    the network does, only when awaited: ``publish_nowait`` declines, so every publish goes
+    through the stand-in. Everything else is the broker's own.
+    ``server.node.broker = PublishStandIn(broker, publish)``, on the loop."""
 
     def __init__(self, broker: Any, publish: Callable[..., Awaitable[Any]]) -> None:
         self.broker = broker
         self.publish = publish
+
+    def publish_nowait(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.broker, name)

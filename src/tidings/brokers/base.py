@@ -14,6 +14,9 @@ Guarantees every implementation keeps, checked by one conformance suite:
   amount of memory at a time. ``more`` says that history holds events after the page.
 - An idempotency key repeated on the same channel while its first event is still in history
   returns that first event and stores nothing.
+- ``publish_nowait`` is ``publish`` without an await, from a broker that stores in this
+  process: it does exactly what ``publish`` does and returns the event, or returns None and
+  does nothing (a broker that stores over the network), for the caller to ``publish``.
 - ``check`` makes a real round trip, so a dead link is reported, not guessed.
 
 Presence (namespaces with ``presence = true``) is who is subscribed right now, per channel:
@@ -148,6 +151,13 @@ class Broker(Protocol):
         self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
     ) -> Event:
         """Store and fan out one event; raise BrokerUnavailable if it was not stored."""
+        ...
+
+    def publish_nowait(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> Event | None:
+        """``publish`` done at once when the broker stores in this process, else ``None``
+        (nothing stored): the HTTP publish then costs no task and no await."""
         ...
 
     async def history(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage:

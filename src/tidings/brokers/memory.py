@@ -93,6 +93,12 @@ class MemoryBroker:
     async def publish(
         self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
     ) -> Event:
+        return self.publish_nowait(channel, event, data, idempotency_key)
+
+    def publish_nowait(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> Event:
+        """Stored at once, in this process: never None."""
         log = self._log(channel)
         if idempotency_key is not None:
             first = log.find_key(idempotency_key)

@@ -369,6 +369,12 @@ class NatsBroker:
             return gap
         return page_after(since, events, state.last_seq)
 
+    def publish_nowait(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> None:
+        """Events are stored in NATS: always a round trip (``publish``)."""
+        return None
+
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
         """History lives in NATS: always a round trip."""
         return None

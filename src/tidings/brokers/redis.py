@@ -399,6 +399,12 @@ class RedisBroker:
                     reply = await self._read(keys=self.keys(channel), args=args)
         return page_of(channel, since, reply)
 
+    def publish_nowait(
+        self, channel: str, event: str, data: bytes, idempotency_key: str | None = None
+    ) -> None:
+        """Events are stored in Redis: always a round trip (``publish``)."""
+        return None
+
     def history_nowait(self, channel: str, since: Cursor | None, limit: int) -> HistoryPage | None:
         """An empty page when ``since`` (or no cursor) is the newest event the link
         delivered of a channel this node follows; else None: history lives in Redis.

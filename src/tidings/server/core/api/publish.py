@@ -16,7 +16,7 @@ from tidings.exceptions import (
 )
 from tidings.protocol.channel import Channel, namespace_of, parse_channel, parse_event_name
 from tidings.protocol.cursor import parse_cursor
-from tidings.protocol.event import encode_data
+from tidings.protocol.event import Event, encode_data
 from tidings.protocol.identity import Identity
 from tidings.protocol.poll import poll_body
 from tidings.protocol.query import MAX_POLL_LIMIT, _parse_limit
@@ -79,7 +79,13 @@ def handle_publish(node: Node, exchange: Exchange, request: Request) -> None:
         node.hub.spawn(_publish_batch(node, exchange, entries, max_bytes, publisher))
     else:
         command = _allowed(node, publisher, parse_command(body, max_bytes))
-        node.hub.spawn(_publish_one(node, exchange, command))
+        event = node.broker.publish_nowait(
+            command.channel, command.event, command.data, command.idempotency_key
+        )
+        if event is None:  # stored over the network: awaited in a task
+            node.hub.spawn(_publish_one(node, exchange, command))
+        else:
+            exchange.respond(200, orjson.dumps(_stored(node, event)))
 
 
 def _allowed(node: Node, publisher: Identity | None, command: PublishCommand) -> PublishCommand:
@@ -92,6 +98,11 @@ async def _store(node: Node, command: PublishCommand) -> dict[str, str]:
     event = await node.broker.publish(
         command.channel, command.event, command.data, command.idempotency_key
     )
+    return _stored(node, event)
+
+
+def _stored(node: Node, event: Event) -> dict[str, str]:
+    """Count a stored event; what the publisher is answered."""
     node.stats.published += 1
     return {"channel": event.channel, "id": event.id}
 

@@ -221,9 +221,7 @@ class HttpConnection(Exchange):
             if end - start > most:
                 break
             start = end
-            peer = self._forwarded_client(headers) if self.proxied else self.peer
-            self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
-            self._take(Request(method, target, headers, b"", True, peer))
+            self._take(Request(method, target, headers, b"", True, self._client(headers)))
             if start == len(data):
                 return b""
         return data[start:] if start else data
@@ -329,7 +327,6 @@ class HttpConnection(Exchange):
     def on_message_complete(self) -> None:
         assert self.parser is not None
         self._in_message = False
-        self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
         request = Request(
             # llhttp knows only ASCII method names; latin-1 is compiled's fast decoder
             self.parser.get_method().decode("latin-1"),
@@ -337,7 +334,7 @@ class HttpConnection(Exchange):
             self._headers,
             b"" if self._body is None else b"".join(self._body),
             self.parser.should_keep_alive(),
-            self._forwarded_client(self._headers) if self.proxied else self.peer,
+            self._client(self._headers),
             upgrade=self.parser.should_upgrade(),
         )
         self._reset_message()
@@ -345,6 +342,7 @@ class HttpConnection(Exchange):
 
     def _take(self, request: Request) -> None:
         """Answer a complete request now if the connection is idle, else queue it."""
+        self._deadline = math.inf  # the wheel entry stays; it ignores a busy connection
         if not self._queue and not self._busy and not request.upgrade and not self.closed:
             self._busy = True  # the connection is idle: answer at once, past the queue
             self.current = request
@@ -356,7 +354,10 @@ class HttpConnection(Exchange):
         if not request.upgrade:
             self._next()
 
-    def _forwarded_client(self, headers: list[tuple[bytes, bytes]]) -> str:
+    def _client(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """Who sent a request with ``headers``: the peer, or the client a trusted proxy names."""
+        if not self.proxied:
+            return self.peer
         return self.node.limits.proxies.client_address(self.peer, forwarded_for(headers))
 
     def admit(self, request: Request) -> None:

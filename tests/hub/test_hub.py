@@ -213,6 +213,40 @@ async def test_streams_in_step_are_written_by_the_cohort_in_order(hub: Hub) -> N
     assert hub.tally.deliveries["websocket"] == 3 * len(offsets)
 
 
+async def test_a_fan_out_visits_followers_in_the_order_they_came(hub: Hub) -> None:
+    """Streams, cohort members and long polls alike: the order their connections were made
+    in, which their memory mostly follows (a set's order is its hash's, scattered)."""
+    order: list[object] = []
+
+    class InOrder(Sharer):
+        def write_batch(self, tail: Tail, batch: Batch) -> None:
+            order.append(self)
+            super().write_batch(tail, batch)
+
+        def write_shared(self, data: bytes) -> bool:
+            order.append(self)
+            return super().write_shared(data)
+
+    class WokenInOrder(Woken):
+        def wake(self, batch: Batch) -> None:
+            order.append(self)
+            super().wake(batch)
+
+    head = (await hub.broker.history("news", None, 0)).cursor
+    sharers = [InOrder(hub, ("news", head)) for _ in range(40)]
+    await subscribed(hub, "news", *sharers)
+    await published(hub, "news", *sharers)  # each written the general way, then joins
+    assert order == sharers
+    order.clear()
+    await published(hub, "news", *sharers)  # the cohort writes them
+    assert order == sharers
+    order.clear()
+    waiters = [WokenInOrder(hub, "news") for _ in range(40)]
+    await hub.broker.publish("news", "m", b"1")
+    await waiters[-1].until(lambda: len(waiters[-1].woken) == 1, "every long poll")
+    assert order == [*sharers, *waiters]
+
+
 async def test_a_member_that_lags_leaves_the_cohort_and_misses_nothing(hub: Hub) -> None:
     lagging, steady = await sharing(hub, "news", 2)
     offsets = await published(hub, "news", lagging, steady)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tidings.hub.tally import LAG_BUCKETS_MS
-from tidings.hub.timers import MAX_SLICES, Rounds, TimerWheel
+from tidings.hub.timers import COARSE_PARTS, MAX_SLEEP_SECONDS, MAX_SLICES, Rounds, TimerWheel
 from tidings.supervisor import Supervisor
 
 RESOLUTION = 0.05
@@ -553,3 +553,70 @@ def test_the_wheel_runs_once_a_step_on_a_millisecond_clock() -> None:
     loop.run_for(2.0)
     assert loop.calls <= 2.01 / RESOLUTION + 1, loop.calls
     assert len(expired) == 1 and 0.2 <= expired[0] - added <= 0.2 + RESOLUTION + 0.002
+
+
+def test_an_idle_wheel_sleeps_a_second_at_a_time() -> None:
+    """Nothing due: no deadline, no member in the rounds, no periodic job within a second."""
+    loop = MillisecondLoop()
+    timers = TimerWheel(loop, RESOLUTION)  # type: ignore[arg-type]
+    timers.rounds(0.5, Visits().of)  # no member yet
+    timers.start()
+    loop.run_for(5.0)
+    assert loop.calls <= 5 / MAX_SLEEP_SECONDS + 1, loop.calls
+
+
+def test_far_deadlines_share_coarse_slots_and_are_late_by_a_32nd_at_most() -> None:
+    """A thousand connections' 30 s deadlines, made over 30 s, wake the wheel about once a
+    second, not once a step; none expires early, none later than its delay / 32."""
+    loop = MillisecondLoop()
+    timers = TimerWheel(loop, RESOLUTION)  # type: ignore[arg-type]
+    timers.start()
+    late: list[float] = []
+
+    class Deadline:
+        def __init__(self, delay: float) -> None:
+            self.due = loop.time() + delay
+            timers.add(self, delay)
+
+        def expire(self) -> None:
+            late.append(loop.time() - self.due)
+
+    for _ in range(1000):
+        Deadline(30.0)
+        loop.run_for(0.03)
+    calls = loop.calls
+    loop.run_for(31.0)
+    assert len(late) == 1000
+    assert min(late) >= 0 and max(late) <= 30.0 / COARSE_PARTS + 0.002, (min(late), max(late))
+    assert loop.calls - calls <= 31.0 * 2, loop.calls - calls  # 620 a step apart
+
+
+def test_a_sleeping_wheel_wakes_for_a_nearer_deadline_a_job_or_a_first_member() -> None:
+    loop = MillisecondLoop()
+    timers = TimerWheel(loop, RESOLUTION)  # type: ignore[arg-type]
+    seen: list[tuple[str, float]] = []
+
+    class Due:
+        def expire(self) -> None:
+            seen.append(("deadline", loop.time()))
+
+    def visit(member: int) -> Callable[[float], None]:
+        return lambda now: seen.append(("member", loop.time()))
+
+    rounds = timers.rounds(0.2, visit)
+    timers.start()
+    loop.run_for(0.3)  # asleep now, until a second after it started
+    start = loop.time()
+    timers.add(Due(), 0.1)
+    loop.run_for(0.3)
+    timers.every(0.1, lambda: seen.append(("job", loop.time())))
+    loop.run_for(0.15)
+    rounds.add(1)
+    loop.run_for(0.3)
+    kinds = [kind for kind, _ in seen]
+    assert kinds[:2] == ["deadline", "job"] and "member" in kinds, seen
+    deadline, job = seen[0][1], seen[1][1]
+    assert 0.1 <= deadline - start <= 0.1 + RESOLUTION + 0.002
+    assert 0.4 <= job - start <= 0.4 + RESOLUTION + 0.002
+    member = next(at for kind, at in seen if kind == "member")
+    assert member - (start + 0.55) <= 0.2 + RESOLUTION + 0.002

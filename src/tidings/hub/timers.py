@@ -3,6 +3,13 @@
 A long poll's timeout, a request's read deadline and a lingering close each put one entry in a
 bucket; answering early removes it in O(1). No connection owns a timer or a task.
 
+The wheel sleeps while nothing is due: its callback is scheduled for the first bucket that
+holds an entry, the next periodic job, or the next step while heartbeat rounds have members,
+and a second from now at the latest. A far deadline shares a coarser bucket (a step, or up to
+1/32 of its delay, in powers of two), so that thousands of connections' read deadlines and
+long-poll timeouts wake the loop about once a second rather than once a step: an idle node,
+or one holding long polls, is not woken twenty times a second for nothing.
+
 Heartbeats are ``Rounds``: every member is visited once per interval, each tick visiting the
 slice of members whose turn came. A tick's work is the members over the number of slices,
 never all of them at once: a hundred thousand streams get their pings spread evenly over the
@@ -16,6 +23,7 @@ on: the next item expires, the next job runs, and the wheel is scheduled again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +44,12 @@ Member = TypeVar("Member")
 
 # How late each tick is scheduled after its slot's end: the event loop's clock resolution.
 CLOCK_SLACK = 0.001
+
+# A deadline is late by at most a step or 1/COARSE_PARTS of its delay, whichever is more.
+COARSE_PARTS = 32
+
+# The longest the wheel sleeps with nothing due.
+MAX_SLEEP_SECONDS = 1.0
 
 # Slices per round at most: a long interval (a heartbeat of a day) gets slices longer than
 # the wheel's step rather than a slice for every step (1.7 million of them for a day).
@@ -59,8 +73,10 @@ class Rounds(Generic[Member]):
         resolution: float,
         visit: Callable[[Member], Callable[[float], None]],
         delay: LagHistogram | None = None,
+        joined: Callable[[], None] | None = None,
     ) -> None:
         self.interval = interval
+        self._first_joined = joined  # called when a first member joins: the wheel wakes
         self.delay = delay if delay is not None else LagHistogram()
         count = max(1, min(MAX_SLICES, round(interval / resolution)))
         self._resolution = interval / count  # a slice's turn: the wheel's step, or longer
@@ -73,6 +89,8 @@ class Rounds(Generic[Member]):
     def add(self, member: Member) -> None:
         if member in self._slice_of:
             return
+        if not self._slice_of and self._first_joined is not None:
+            self._first_joined()
         index = self._joined % len(self._slices)
         self._joined += 1
         self._slices[index][member] = None
@@ -145,10 +163,15 @@ class TimerWheel:
         self._resolution = resolution
         self._buckets: dict[int, set[Expiring]] = {}
         self._bucket_of: dict[Expiring, int] = {}
+        self._slots: list[int] = []  # a heap of the slots of buckets, each once
+        self._queued: set[int] = set()  # the slots in the heap
         self._periodic: list[_Periodic] = []
         self._rounds: list[Rounds[object]] = []
         self._next_slot = self._slot(loop.time())
+        self._max_sleep = max(1, round(MAX_SLEEP_SECONDS / resolution))  # in slots
         self._handle: asyncio.TimerHandle | None = None
+        self._wake_slot = 0  # the slot the callback is scheduled for
+        self._ticking = False
 
     def start(self) -> None:
         self._schedule()
@@ -162,10 +185,25 @@ class TimerWheel:
         return math.ceil(when / self._resolution)
 
     def add(self, item: Expiring, delay: float) -> None:
-        """Expire ``item`` after ``delay`` seconds (within one resolution step)."""
+        """Expire ``item`` after ``delay`` seconds: within one resolution step after it, or
+        1/``COARSE_PARTS`` of ``delay`` for a long one."""
         self.discard(item)
-        slot = max(self._slot(self._loop.time() + delay), self._next_slot)
-        self._buckets.setdefault(slot, set()).add(item)
+        slot = self._slot(self._loop.time() + delay)
+        grain = 1
+        while grain * 2 * COARSE_PARTS * self._resolution <= delay:
+            grain *= 2
+        if grain > 1:
+            slot = -(-slot // grain) * grain
+        slot = max(slot, self._next_slot)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            if slot not in self._queued:
+                self._queued.add(slot)
+                heapq.heappush(self._slots, slot)
+                if slot < self._wake_slot:
+                    self._wake_at(slot)
+        bucket.add(item)
         self._bucket_of[item] = slot
 
     def discard(self, item: Expiring) -> None:
@@ -188,13 +226,17 @@ class TimerWheel:
     ) -> Rounds[Member]:
         """Members visited once every ``interval``, spread over it: at each member's turn,
         ``visit(member)(now)`` runs (and its delay is counted in ``delay``)."""
-        spread: Rounds[Member] = Rounds(interval, self._resolution, visit, delay)
+        spread: Rounds[Member] = Rounds(
+            interval, self._resolution, visit, delay, lambda: self._wake_at(self._next_slot)
+        )
         self._rounds.append(spread)  # type: ignore[arg-type]
         return spread
 
     def every(self, interval: float, job: Callable[[], None]) -> None:
         """Run ``job`` every ``interval`` seconds from this tick on."""
-        self._periodic.append(_Periodic(self._loop.time() + interval, interval, job))
+        due = self._loop.time() + interval
+        self._periodic.append(_Periodic(due, interval, job))
+        self._wake_at(self._slot(due))
 
     def beat(self) -> None:
         """Visit the rounds' members whose turn came, now: called from inside long work (a
@@ -207,23 +249,49 @@ class TimerWheel:
             spread.tick(now, run)
 
     def _schedule(self) -> None:
+        """Sleep until the first slot with something due: a bucket, a periodic job, the next
+        step while rounds have members; ``MAX_SLEEP_SECONDS`` at most."""
+        first = self._next_slot
+        slot = first if any(self._rounds) else first + self._max_sleep
+        slot = min(slot, self._slots[0]) if self._slots else slot
+        for periodic in self._periodic:
+            slot = min(slot, self._slot(periodic.due))
+        self._schedule_at(max(slot, first))
+
+    def _schedule_at(self, slot: int) -> None:
         # a millisecond past the slot's end: uvloop's clock counts whole milliseconds and
         # rounds a timer's delay, so a tick due at the very end could run before it, find
         # its slot not yet over, and be scheduled again and again until the clock moved on
-        when = self._next_slot * self._resolution + CLOCK_SLACK
+        self._wake_slot = slot
+        when = slot * self._resolution + CLOCK_SLACK
         self._handle = self._loop.call_at(when, self._tick)
+
+    def _wake_at(self, slot: int) -> None:
+        """Something is due at ``slot``: wake then if the wheel sleeps longer (a tick under
+        way schedules the next itself, when it ends)."""
+        if self._handle is None or self._ticking or slot >= self._wake_slot:
+            return
+        self._handle.cancel()
+        self._schedule_at(max(slot, self._next_slot))
 
     def _tick(self) -> None:
         now = self._loop.time()
         current = math.floor(now / self._resolution)  # every slot here has its deadline passed
         run = self._supervisor.run
-        for slot in range(self._next_slot, current + 1):
-            for item in self._buckets.pop(slot, ()):
-                del self._bucket_of[item]
-                run(item.expire)
-        self._next_slot = current + 1
-        self._visit_rounds(now)
-        self._run_periodic(now)
+        slots = self._slots
+        self._next_slot = current + 1  # what an expiry adds again goes to a later slot
+        self._ticking = True
+        try:
+            while slots and slots[0] <= current:
+                slot = heapq.heappop(slots)
+                self._queued.discard(slot)
+                for item in self._buckets.pop(slot, ()):
+                    del self._bucket_of[item]
+                    run(item.expire)
+            self._visit_rounds(now)
+            self._run_periodic(now)
+        finally:
+            self._ticking = False
         self._schedule()
 
     def _run_periodic(self, now: float) -> None:

@@ -161,10 +161,10 @@ class TimerWheel:
         self._loop = loop
         self._supervisor = supervisor or Supervisor()
         self._resolution = resolution
+        # a bucket stays, emptied or not, until its slot's tick: its slot is in the heap once
         self._buckets: dict[int, set[Expiring]] = {}
         self._bucket_of: dict[Expiring, int] = {}
-        self._slots: list[int] = []  # a heap of the slots of buckets, each once
-        self._queued: set[int] = set()  # the slots in the heap
+        self._slots: list[int] = []  # a heap of the buckets' slots
         self._periodic: list[_Periodic] = []
         self._rounds: list[Rounds[object]] = []
         self._next_slot = self._slot(loop.time())
@@ -198,21 +198,15 @@ class TimerWheel:
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = set()
-            if slot not in self._queued:
-                self._queued.add(slot)
-                heapq.heappush(self._slots, slot)
-                if slot < self._wake_slot:
-                    self._wake_at(slot)
+            heapq.heappush(self._slots, slot)
+            self._wake_at(slot)
         bucket.add(item)
         self._bucket_of[item] = slot
 
     def discard(self, item: Expiring) -> None:
         slot = self._bucket_of.pop(item, None)
         if slot is not None:
-            bucket = self._buckets[slot]
-            bucket.discard(item)
-            if not bucket:
-                del self._buckets[slot]
+            self._buckets[slot].discard(item)
 
     @property
     def resolution(self) -> float:
@@ -283,9 +277,7 @@ class TimerWheel:
         self._ticking = True
         try:
             while slots and slots[0] <= current:
-                slot = heapq.heappop(slots)
-                self._queued.discard(slot)
-                for item in self._buckets.pop(slot, ()):
+                for item in self._buckets.pop(heapq.heappop(slots)):
                     del self._bucket_of[item]
                     run(item.expire)
             self._visit_rounds(now)

@@ -339,6 +339,25 @@ def test_a_late_tick_visits_every_slice_it_missed_and_no_member_twice() -> None:
     assert all(len(times) <= 3 for times in visits.times.values())
 
 
+def test_members_joining_after_an_empty_spell_wait_for_their_turn() -> None:
+    """The wheel sleeps while rounds are empty, so their last tick may be a second old when a
+    first member joins: the slices that passed empty are not caught up on, and no member is
+    visited before its slice's turn (a WebSocket got a ping within a step of its upgrade)."""
+    visits = Visits()
+    rounds: Rounds[int] = Rounds(1.0, RESOLUTION, visits.of)
+    rounds.tick(100 * RESOLUTION, run)
+    for member in range(20):  # one in each slice
+        rounds.add(member)
+    assert rounds.tick(118 * RESOLUTION, run) == 1  # its own slice's member, not 18
+    assert [rounds.tick(step * RESOLUTION, run) for step in range(119, 138)] == [1] * 19
+    assert all(len(times) == 1 for times in visits.times.values())
+    for member in range(20):
+        rounds.discard(member)
+    rounds.tick(140 * RESOLUTION, run)
+    rounds.add(20)  # into slice 0, which passed at step 140: its turn is step 160
+    assert [rounds.tick(step * RESOLUTION, run) for step in range(159, 162)] == [0, 1, 0]
+
+
 def test_each_visit_counts_how_late_its_slice_came() -> None:
     rounds: Rounds[int] = Rounds(1.0, RESOLUTION, Visits().of)
     for member in range(200):  # ten in each of the twenty slices

@@ -349,7 +349,7 @@ async def open_raw_websocket(server: RunningServer) -> tuple[RawConnection, Fram
     await connection.send(ws_handshake())
     response = await connection.head()
     assert response.status == 101
-    return connection, FrameReader()
+    return connection, FrameReader(pings=True)
 
 
 @pytest.mark.standalone_only("the ASGI server sends its own pings")

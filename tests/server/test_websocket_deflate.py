@@ -241,7 +241,8 @@ def masked(payload: bytes, rsv: int) -> bytes:
 
 
 async def read_frames(connection: RawConnection, until_close: bool = False) -> list[Any]:
-    """The next server frames as (first byte, payload): one read's worth, or up to a close."""
+    """The next server frames as (first byte, payload): one read's worth, or up to a close;
+    the heartbeat's pings, which may come at any moment, left out."""
     buffer = b""
     frames: list[tuple[int, bytes]] = []
     while not frames or (until_close and frames[-1][0] & 0x0F != 0x8):
@@ -256,6 +257,7 @@ async def read_frames(connection: RawConnection, until_close: bool = False) -> l
                 length, start = struct.unpack("!Q", buffer[2:10])[0], 10
             if len(buffer) < start + length:
                 break
-            frames.append((buffer[0], buffer[start : start + length]))
+            if buffer[0] & 0x0F != 0x9:
+                frames.append((buffer[0], buffer[start : start + length]))
             buffer = buffer[start + length :]
     return frames

@@ -89,8 +89,12 @@ class Rounds(Generic[Member]):
     def add(self, member: Member) -> None:
         if member in self._slice_of:
             return
-        if not self._slice_of and self._first_joined is not None:
-            self._first_joined()
+        if not self._slice_of:
+            # the slices passed empty while the wheel slept: none is left to catch up on, or a
+            # first member would be visited at once if its slice had passed in that sleep
+            self._step = None
+            if self._first_joined is not None:
+                self._first_joined()
         index = self._joined % len(self._slices)
         self._joined += 1
         self._slices[index][member] = None

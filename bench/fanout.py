@@ -1116,7 +1116,7 @@ def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
             keys = set().union(*values)
             return {k: merge([v.get(k) for v in values]) for k in keys}
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if nums and len(nums) == len(values):
+        if nums and len(nums) == len(values) and len(set(nums)) > 1:  # 1,000 stays 1,000
             return statistics.median(nums)
         return values[0]
 
@@ -1873,28 +1873,31 @@ def main(argv: list[str] | None = None) -> int:
     def measure() -> None:
         for transport in args.transports:
             for n in args.subs:
-                for target in args.targets:
-                    if not serves(target, transport):
-                        continue
-                    runs = []
+                targets = [t for t in args.targets if serves(t, transport)]
+                runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+                try:
+                    # the targets in turn, run after run: a machine whose speed drifts over
+                    # minutes moves every target's runs alike, not one target's more
                     for k in range(args.repeat):
-                        log(f"{target} {transport} {n} subscribers (run {k + 1}/{args.repeat})")
-                        try:
-                            cell = run_cell(target, transport, n, args, workdir)
-                        except (RuntimeError, LoadGenError, OSError) as exc:
-                            log(f"  failed: {exc}")
-                            cell = {
-                                "target": target,
-                                "transport": transport,
-                                "subs": n,
-                                "error": str(exc),
-                                "notes": [],
-                            }
-                        if "error" not in cell:
-                            log_cell(cell)
-                        runs.append(cell)
-                    ok = [r for r in runs if "error" not in r]
-                    results.append(median_cell(ok) if ok else runs[-1])
+                        for target in targets:
+                            log(f"{target} {transport} {n} subscribers (run {k + 1}/{args.repeat})")
+                            runs[target].append(measured_cell(target, transport, n))
+                finally:  # an interrupted group keeps the runs it finished
+                    for target in targets:
+                        done = runs[target]
+                        ok = [r for r in done if "error" not in r]
+                        if done:
+                            results.append(median_cell(ok) if ok else done[-1])
+
+    def measured_cell(target: str, transport: str, n: int) -> dict[str, Any]:
+        try:
+            cell = run_cell(target, transport, n, args, workdir)
+        except (RuntimeError, LoadGenError, OSError) as exc:
+            log(f"  failed: {exc}")
+            failed = {"target": target, "transport": transport, "subs": n, "notes": []}
+            return {**failed, "error": str(exc)}
+        log_cell(cell)
+        return cell
 
     interrupted = measure_until_interrupted(measure)
 

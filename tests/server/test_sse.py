@@ -299,7 +299,7 @@ async def drain_retries(streams: list[SSEStream], server: RunningServer) -> list
     for stream in streams:
         rest = await stream.connection.body_until_closed()
         await stream.close()
-        while rest.startswith(HEARTBEAT):  # a heartbeat may come at any moment before
+        while rest.startswith(HEARTBEAT):  # heartbeats written before the drain's retry
             rest = rest[len(HEARTBEAT) :]
         assert rest.startswith(b"retry: ") and rest.endswith(b"\n\n"), rest
         stream.parser.retry = None
